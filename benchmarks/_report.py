@@ -1,0 +1,74 @@
+"""Shared helpers for the benchmark scripts: machine description and BENCHMARKS.md sections.
+
+Each script owns one section of BENCHMARKS.md, delimited by HTML comments, and
+rewrites only that section so scripts can be rerun independently.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+HEADER = (
+    "# Benchmarks\n\n"
+    "Written by the scripts in `benchmarks/` (each owns one section; rerun it to refresh).\n"
+    "Machines are shared and noisy: figures are medians of repeats, and comparisons are\n"
+    "ratios measured in the same run.\n"
+)
+
+
+def machine_line() -> str:
+    """One line describing the machine and the library versions that matter for speed."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"date {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, object]:
+    """Run `fn` warmup + repeats times; return (median seconds, last result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    """Render a GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the section `name` of BENCHMARKS.md with `body`."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else HEADER
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
