@@ -1,0 +1,923 @@
+"""Quantize stage: optimal quantization of one class's latents (data -> encode -> **quantize**).
+
+Given the empirical measure mu = (1/N) sum_i delta_{z_i} of a class's latents, a grid
+x = (x_1..x_K) quantizes it; the Voronoi cell masses w_k = mu(C_k(x)) are the weights
+that make nu* = sum_k w_k delta_{x_k} the W2-closest measure on the grid
+(paper Prop. 1, W2(mu, nu*)^2 = D(x), the quadratic distortion).
+
+Reading order:
+  public functions   resolve_device, nearest_centroid, kmeans_plusplus, temper_weights,
+                     quantize_classes
+  batched solvers    _clvq_step, _clvq_fit, _lloyd_fit (shape (C, N, d): C classes at once)
+  the estimator      CLVQ (scikit-learn style: fit, partial_fit, predict, attributes_)
+
+Every solver works on a stack of C classes padded to a common N, so quantizing many classes
+at once keeps a GPU busy; a single class is the case C = 1 of the same code, which is why
+`quantize_classes` gives exactly what class-by-class `CLVQ.fit` gives with the same seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin
+
+ArrayLike = np.ndarray | torch.Tensor
+StepRule = str | float | Callable[[int], float]
+
+# Distance matrices are computed in row chunks so memory stays near this many bytes,
+# whatever N, K and d are (the ImageNet range N=1,300, d=16,384, K=200 included).
+_CHUNK_BYTES = 64 * 2**20
+# Rows whose two nearest centroids are closer than this (relative to |x|^2 + |c|^2) are
+# re-assigned in float64: the float32 |x|^2 - 2 x.c + |c|^2 form loses that much to rounding.
+_TIE_RTOL = 1e-5
+
+
+# --------------------------------------------------------------------------------------
+# Public functions
+# --------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Turn a device argument into a `torch.device`; "auto" picks CUDA when available.
+
+    Raises ValueError when CUDA is asked for and is not available, rather than failing
+    later inside a kernel.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu' or 'cuda'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use 'cpu'")
+    return dev
+
+
+def _chunk_rows(n_classes: int, width: int) -> int:
+    """Rows per chunk so that a (C, rows, width) float32 block stays near _CHUNK_BYTES."""
+    return max(1, _CHUNK_BYTES // (4 * n_classes * max(width, 1)))
+
+
+def _assign_batched(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of every point, for C classes at once.
+
+    x: (C, n, d) points, centers: (C, K, d). Returns labels (C, n) int64 and the exact
+    squared distances (C, n). The argmin uses the matrix-product form
+    |x|^2 - 2 x.c + |c|^2 (one batched GEMM); near ties are re-decided in float64 with
+    ties broken by the lowest index, and the returned distances are recomputed as
+    |x - c_label|^2, which has no cancellation error.
+    """
+    n_classes, n, _ = x.shape
+    k = centers.shape[1]
+    labels = torch.empty((n_classes, n), dtype=torch.long, device=x.device)
+    sq_dist = torch.empty((n_classes, n), dtype=x.dtype, device=x.device)
+    c_sq = centers.square().sum(-1)  # (C, K)
+    step = _chunk_rows(n_classes, max(k, x.shape[2]))
+    for start in range(0, n, step):
+        xb = x[:, start : start + step]
+        # |c|^2 - 2 x.c: the |x|^2 term does not change the argmin.
+        partial = torch.baddbmm(c_sq.unsqueeze(1), xb, centers.transpose(1, 2), alpha=-2.0)
+        lab = partial.argmin(-1)
+        if k > 1:
+            best = partial.gather(-1, lab.unsqueeze(-1)).squeeze(-1)
+            second = partial.scatter(-1, lab.unsqueeze(-1), float("inf")).amin(-1)
+            scale = xb.square().sum(-1) + c_sq.amax(-1, keepdim=True)
+            near = (second - best) <= _TIE_RTOL * scale
+            if near.any():
+                cls, row = near.nonzero(as_tuple=True)
+                exact = (xb[cls, row].double().unsqueeze(1) - centers[cls].double()).square()
+                lab[cls, row] = exact.sum(-1).argmin(-1)
+        labels[:, start : start + step] = lab
+        nearest = centers.gather(1, lab.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+        sq_dist[:, start : start + step] = (xb - nearest).square().sum(-1)
+    return labels, sq_dist
+
+
+def nearest_centroid(points: ArrayLike, centers: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the nearest centroid and the squared distance to it, for each point.
+
+    points: (N, d), centers: (K, d). Ties go to the lowest index (the Voronoi convention
+    of DESIGN.md). Computed in float64 when either input is float64, else float32.
+    Returns (labels (N,) int64, sq_dist (N,)) as tensors on the points' device.
+    """
+    p = torch.as_tensor(points)
+    c = torch.as_tensor(centers, device=p.device)
+    dtype = torch.float64 if torch.float64 in (p.dtype, c.dtype) else torch.float32
+    labels, sq = _assign_batched(p.to(dtype)[None], c.to(dtype)[None])
+    return labels[0], sq[0]
+
+
+def _kmeans_plusplus_batched(
+    x: torch.Tensor,
+    lengths: Sequence[int],
+    n_clusters: int,
+    generators: Sequence[torch.Generator],
+    n_local_trials: int | None = None,
+) -> torch.Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) for C classes at once.
+
+    x: (C, n, d) with class c's valid rows in x[c, :lengths[c]]. At each step
+    `n_local_trials` candidates are drawn with probability proportional to the squared
+    distance to the current seeds and the one lowering the potential most is kept
+    (scikit-learn's default of 2 + log K trials). Returns centers (C, K, d).
+    """
+    n_classes, n, d = x.shape
+    device = x.device
+    trials = n_local_trials or 2 + int(math.log(n_clusters))
+    valid = (
+        torch.arange(n, device=device)[None, :] < torch.as_tensor(lengths, device=device)[:, None]
+    )
+    rows = torch.arange(n_classes, device=device)
+    centers = torch.empty((n_classes, n_clusters, d), dtype=x.dtype, device=device)
+    first = torch.stack(
+        [
+            torch.randint(int(m), (1,), generator=g, device=device)[0]
+            for m, g in zip(lengths, generators)
+        ]
+    )
+    centers[:, 0] = x[rows, first]
+    closest = (x - centers[:, :1]).square().sum(-1).masked_fill(~valid, 0.0)  # (C, n)
+    x_sq = x.square().sum(-1)
+    for j in range(1, n_clusters):
+        weights = closest.clamp_min(0.0)
+        cand = []
+        for c, g in enumerate(generators):
+            w = weights[c, : lengths[c]]
+            if not torch.isfinite(w.sum()) or w.sum() <= 0:  # every point is already a seed
+                w = torch.ones_like(w)
+            cand.append(torch.multinomial(w, trials, replacement=True, generator=g))
+        cand_idx = torch.stack(cand)  # (C, trials)
+        cand_pts = x[rows[:, None], cand_idx]  # (C, trials, d)
+        cand_sq = cand_pts.square().sum(-1)
+        dist = x_sq[:, None, :] + cand_sq[:, :, None] - 2 * torch.bmm(cand_pts, x.transpose(1, 2))
+        dist = torch.minimum(dist.clamp_min_(0.0), closest[:, None, :])
+        dist = dist.masked_fill(~valid[:, None, :], 0.0)  # (C, trials, n)
+        best = dist.sum(-1).argmin(-1)  # (C,)
+        centers[:, j] = cand_pts[rows, best]
+        closest = dist[rows, best]
+    return centers
+
+
+def kmeans_plusplus(
+    points: ArrayLike,
+    n_clusters: int,
+    *,
+    random_state: int | None = None,
+    n_local_trials: int | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Greedy k-means++ seeds of `points` (N, d): returns a (K, d) float32 array of data points."""
+    x = _as_points(points, "points")
+    _check_n_clusters(n_clusters, x.shape[0])
+    dev = resolve_device(device)
+    gen = _make_generator(_seed(random_state), dev)
+    xt = torch.as_tensor(x, dtype=torch.float32, device=dev)[None]
+    return (
+        _kmeans_plusplus_batched(xt, [x.shape[0]], n_clusters, [gen], n_local_trials)[0]
+        .cpu()
+        .numpy()
+    )
+
+
+def temper_weights(masses: ArrayLike, alpha: float) -> np.ndarray:
+    """Weight variance reduction: w_k proportional to mass_k ** alpha, summing to 1.
+
+    alpha = 1 keeps the raw Voronoi masses (DDOQ), alpha = 0 gives uniform weights
+    (the D4M / Wasserstein-barycenter choice), alpha = 0.5 a square root. Empty cells
+    (mass 0) keep weight 0 for every alpha > 0.
+    """
+    m = np.asarray(masses, dtype=np.float64)
+    if m.ndim != 1 or m.size == 0 or np.any(m < 0) or not np.all(np.isfinite(m)):
+        raise ValueError(f"masses must be a non-empty 1-D array of finite values >= 0, got {m!r}")
+    if not np.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    if m.sum() <= 0:
+        raise ValueError("masses must not all be zero")
+    w = np.ones_like(m) if alpha == 0 else np.where(m > 0, m, 0.0) ** alpha
+    return w / w.sum()
+
+
+# --------------------------------------------------------------------------------------
+# Input checks and small helpers
+# --------------------------------------------------------------------------------------
+
+
+def _as_points(data: ArrayLike, name: str = "X") -> np.ndarray | torch.Tensor:
+    """Validate (N, d) or (N, *feature_shape) numeric data; return it as given (not copied)."""
+    if not isinstance(data, np.ndarray | torch.Tensor):
+        try:
+            data = np.asarray(data, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"{name} must be a numeric array or tensor, got {type(data).__name__}"
+            ) from err
+    if data.ndim < 2:
+        raise ValueError(
+            f"{name} must have shape (N, d) or (N, C, H, W), got shape {tuple(data.shape)}; "
+            "reshape a single sample with X[None] or a 1-D feature with X[:, None]"
+        )
+    if data.shape[0] == 0 or math.prod(data.shape[1:]) == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(data.shape)}); give at least one point")
+    finite = (
+        torch.isfinite(data).all() if isinstance(data, torch.Tensor) else np.isfinite(data).all()
+    )
+    if not bool(finite):
+        raise ValueError(f"{name} contains NaN or infinite values; clean or drop those rows first")
+    return data
+
+
+def _to_tensor(data: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(N, *feat) data as a contiguous float32 (N, d) tensor on `device`."""
+    t = torch.as_tensor(data).to(device=device, dtype=torch.float32)
+    return t.reshape(t.shape[0], -1).contiguous()
+
+
+def _check_n_clusters(n_clusters: int, n_points: int) -> None:
+    if (
+        isinstance(n_clusters, bool)
+        or not isinstance(n_clusters, int | np.integer)
+        or n_clusters < 1
+    ):
+        raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
+    if n_clusters > n_points:
+        raise ValueError(
+            f"n_clusters={n_clusters} is larger than the number of points ({n_points}); "
+            "ask for at most as many centroids as points"
+        )
+
+
+def _seed(random_state: int | None) -> int:
+    if random_state is None:
+        return int(np.random.default_rng().integers(2**62))
+    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
+        raise ValueError(f"random_state must be an int or None, got {random_state!r}")
+    return int(random_state)
+
+
+def _make_generator(seed: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def _pad_stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack (n_c, d) tensors into (C, max n_c, d), zero-padded."""
+    n_max = max(t.shape[0] for t in tensors)
+    out = tensors[0].new_zeros((len(tensors), n_max, tensors[0].shape[1]))
+    for c, t in enumerate(tensors):
+        out[c, : t.shape[0]] = t
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Batched solvers: state for C classes, one CLVQ step, full fits
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """Per-step record of a fit, for convergence plots (`pandas.DataFrame(asdict(h))`).
+
+    For CLVQ `distortion` is the mean squared distance of the step's mini-batch to its
+    winners; for Lloyd it is the exact distortion of the iteration. `running_distortion`
+    is Alg. 1's online estimate (equal to `distortion` for Lloyd).
+    """
+
+    step: list[int] = field(default_factory=list)
+    n_samples: list[int] = field(default_factory=list)
+    distortion: list[float] = field(default_factory=list)
+    running_distortion: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    """Mutable solver state of C classes (tensors on the solver's device)."""
+
+    centers: torch.Tensor  # (C, K, d)
+    counts: torch.Tensor  # (C, K) points won so far (the 1/count step rule)
+    companion: torch.Tensor  # (C, K) Alg. 1 companion weights p_k
+    running: torch.Tensor  # (C,) Alg. 1 running distortion
+    n_seen: torch.Tensor  # (C,) samples seen
+    wins_window: torch.Tensor  # (C, K) wins since the last dead-centroid check
+    n_steps: torch.Tensor  # (C,) steps taken (steps with no sample are not counted)
+
+    @classmethod
+    def start(cls, centers: torch.Tensor) -> _State:
+        n_classes, k, _ = centers.shape
+        zeros = centers.new_zeros
+        return cls(
+            centers=centers,
+            counts=zeros((n_classes, k)),
+            companion=centers.new_full((n_classes, k), 1.0 / k),
+            running=zeros(n_classes),
+            n_seen=zeros(n_classes),
+            wins_window=zeros((n_classes, k)),
+            n_steps=torch.zeros(n_classes, dtype=torch.long, device=centers.device),
+        )
+
+    def select(self, c: int) -> _State:
+        """The state of class c alone, as a C = 1 state."""
+        return _State(**{f: getattr(self, f)[c : c + 1].clone() for f in self.__dataclass_fields__})
+
+
+def _step_gammas(step: StepRule, n_seen: torch.Tensor) -> torch.Tensor | None:
+    """Per-class step gamma_{n+1} for a schedule, or None for the 1/count rule."""
+    if isinstance(step, str):
+        return None
+    if callable(step):
+        return torch.tensor(
+            [float(step(int(n) + 1)) for n in n_seen.tolist()], device=n_seen.device
+        )
+    return torch.full_like(n_seen, float(step))
+
+
+def _clvq_step(
+    state: _State,
+    xb: torch.Tensor,
+    mask: torch.Tensor,
+    step: StepRule,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One mini-batch CLVQ step (Alg. 1 in closed form per centroid), in place on `state`.
+
+    xb: (C, B, d) batch, mask: (C, B) bool marking real samples. Each centroid k moves
+    towards the mean of the m_k samples it won: x_k += eta_k (mean_k - x_k) with
+    eta_k = m_k / count_k for the 1/count rule (mini-batch k-means, Sculley 2010: exactly
+    m_k sequential steps of gamma = 1/count) and eta_k = 1 - (1 - gamma)^m_k for a
+    schedule gamma (m_k sequential steps towards a common point). Companion weights and
+    the running distortion follow the same rule with the global sample count.
+    Returns (labels (C, B), squared distances (C, B)).
+    """
+    n_classes, _, d = xb.shape
+    k = state.centers.shape[1]
+    labels, sq = _assign_batched(xb, state.centers)
+    maskf = mask.to(xb.dtype)
+    flat = (labels + k * torch.arange(n_classes, device=xb.device)[:, None]).reshape(-1)
+    won = torch.zeros(n_classes * k, dtype=xb.dtype, device=xb.device)
+    won.index_add_(0, flat, maskf.reshape(-1))
+    sums = torch.zeros((n_classes * k, d), dtype=xb.dtype, device=xb.device)
+    sums.index_add_(0, flat, (xb * maskf.unsqueeze(-1)).reshape(-1, d))
+    won, sums = won.view(n_classes, k), sums.view(n_classes, k, d)
+    n_batch = maskf.sum(1)  # (C,)
+
+    gammas = _step_gammas(step, state.n_seen)
+    state.counts += won
+    if gammas is None:
+        eta = won / state.counts.clamp_min(1.0)
+        g_global = n_batch / (state.n_seen + n_batch).clamp_min(1.0)
+    else:
+        eta = 1.0 - (1.0 - gammas[:, None]) ** won
+        g_global = 1.0 - (1.0 - gammas) ** n_batch
+    means = sums / won.clamp_min(1.0).unsqueeze(-1)
+    state.centers += eta.unsqueeze(-1) * (means - state.centers) * (won > 0).unsqueeze(-1)
+
+    frac = won / n_batch.clamp_min(1.0)[:, None]
+    batch_sq = (sq * maskf).sum(1) / n_batch.clamp_min(1.0)
+    state.companion += g_global[:, None] * (frac - state.companion)
+    state.running += g_global * (batch_sq - state.running)
+    state.n_seen += n_batch
+    state.wins_window += won
+    state.n_steps += (n_batch > 0).long()
+    return labels, sq
+
+
+def _reseed_dead(
+    state: _State,
+    xb: torch.Tensor,
+    mask: torch.Tensor,
+    sq: torch.Tensor,
+    generators: Sequence[torch.Generator],
+) -> None:
+    """Move centroids that won nothing since the last check onto batch points.
+
+    Replacement points are drawn without replacement with probability proportional to
+    their squared distance to the grid (where the grid serves the data worst), as in
+    k-means++; a moved centroid restarts with count 1, the point it sits on.
+    """
+    dead = state.wins_window == 0
+    for c in torch.nonzero(dead.any(1)).flatten().tolist():
+        idx = torch.nonzero(dead[c]).flatten()
+        w = (sq[c] * mask[c]).clamp_min(0.0)
+        n_valid = int(mask[c].sum())
+        if n_valid == 0:
+            continue
+        if float(w.sum()) <= 0:
+            w = mask[c].to(w.dtype)
+        take = min(len(idx), int((w > 0).sum()))
+        picks = torch.multinomial(w, take, replacement=False, generator=generators[c])
+        state.centers[c, idx[:take]] = xb[c, picks]
+        state.counts[c, idx[:take]] = 1.0
+    state.wins_window.zero_()
+
+
+def _relocate_empty(
+    centers: torch.Tensor,
+    x: torch.Tensor,
+    lengths: Sequence[int],
+    labels: torch.Tensor,
+    sq: torch.Tensor,
+) -> bool:
+    """Move centroids with empty cells onto the points farthest from their centroid.
+
+    Deterministic (scikit-learn's rule for Lloyd). Returns True when anything moved.
+    """
+    moved = False
+    for c, n in enumerate(lengths):
+        counts = torch.bincount(labels[c, :n], minlength=centers.shape[1])
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty) == 0:
+            continue
+        far = torch.argsort(sq[c, :n], descending=True, stable=True)[: len(empty)]
+        far = far[sq[c, far] > 0]  # a point already on a centroid cannot help
+        if len(far):
+            centers[c, empty[: len(far)]] = x[c, far]
+            moved = True
+    return moved
+
+
+def _final_pass(
+    centers: torch.Tensor, x: torch.Tensor, lengths: Sequence[int], max_relocations: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact assignment of every point; empty cells are re-seeded a few times first."""
+    labels, sq = _assign_batched(x, centers)
+    for _ in range(max_relocations):
+        if not _relocate_empty(centers, x, lengths, labels, sq):
+            break
+        labels, sq = _assign_batched(x, centers)
+    return labels, sq
+
+
+def _history_rows(hist: list[tuple[torch.Tensor, ...]], n_classes: int) -> list[History]:
+    """Split per-step (C,) tensors into one History per class, skipping empty steps."""
+    out = [History() for _ in range(n_classes)]
+    if not hist:
+        return out
+    active, n_steps, n_seen, dist, running = (torch.stack(col).cpu() for col in zip(*hist))
+    for c in range(n_classes):
+        keep = active[:, c]
+        h = out[c]
+        h.step = n_steps[keep, c].tolist()
+        h.n_samples = n_seen[keep, c].long().tolist()
+        h.distortion = dist[keep, c].double().tolist()
+        h.running_distortion = running[keep, c].double().tolist()
+    return out
+
+
+def _clvq_fit(
+    x: torch.Tensor,
+    lengths: Sequence[int],
+    centers: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    *,
+    batch_size: int,
+    epochs: int,
+    step: StepRule,
+) -> tuple[_State, list[History]]:
+    """CLVQ over `epochs` shuffled passes of each class, all classes in lock-step."""
+    n_classes, _, d = x.shape
+    device = x.device
+    state = _State.start(centers)
+    steps_per_epoch = [math.ceil(n / batch_size) for n in lengths]
+    width = max(steps_per_epoch) * batch_size
+    rows = torch.arange(n_classes, device=device)[:, None]
+    hist: list[tuple[torch.Tensor, ...]] = []
+    for _ in range(epochs):
+        order = torch.full((n_classes, width), -1, dtype=torch.long, device=device)
+        for c, (n, g) in enumerate(zip(lengths, generators)):
+            order[c, :n] = torch.randperm(n, generator=g, device=device)
+        for t in range(max(steps_per_epoch)):
+            idx = order[:, t * batch_size : (t + 1) * batch_size]
+            mask = idx >= 0
+            xb = x[rows, idx.clamp_min(0)]
+            _, sq = _clvq_step(state, xb, mask, step)
+            n_batch = mask.sum(1)
+            batch_sq = (sq * mask).sum(1) / n_batch.clamp_min(1)
+            hist.append(
+                (
+                    n_batch > 0,
+                    state.n_steps.clone(),
+                    state.n_seen.clone(),
+                    batch_sq,
+                    state.running.clone(),
+                )
+            )
+            # Dead-centroid check once per epoch, on each class's last batch of the epoch.
+            last = torch.tensor([t == s - 1 for s in steps_per_epoch], device=device)
+            if last.any():
+                saved = state.wins_window.clone()
+                state.wins_window[~last] = 1.0  # only classes ending their epoch are checked
+                _reseed_dead(state, xb, mask, sq, generators)
+                state.wins_window[~last] = saved[~last]
+    return state, _history_rows(hist, n_classes)
+
+
+def _lloyd_fit(
+    x: torch.Tensor,
+    lengths: Sequence[int],
+    centers: torch.Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+) -> tuple[torch.Tensor, torch.Tensor, list[History]]:
+    """Lloyd's algorithm: x_k <- mean of cell k until the centroids stop moving.
+
+    A class stops when the squared centroid shift falls to `tol` times the mean
+    per-feature variance of its data (scikit-learn's convention). Returns
+    (centers, iterations per class, histories).
+    """
+    n_classes, n, d = x.shape
+    device = x.device
+    len_t = torch.as_tensor(lengths, device=device, dtype=x.dtype)
+    valid = torch.arange(n, device=device)[None, :] < len_t[:, None]
+    validf = valid.to(x.dtype)
+    mean = (x * validf.unsqueeze(-1)).sum(1) / len_t[:, None]
+    var = (((x - mean[:, None]) ** 2) * validf.unsqueeze(-1)).sum(1) / len_t[:, None]
+    threshold = tol * var.mean(-1)
+    active = torch.ones(n_classes, dtype=torch.bool, device=device)
+    n_iter = torch.zeros(n_classes, dtype=torch.long, device=device)
+    k = centers.shape[1]
+    offsets = k * torch.arange(n_classes, device=device)[:, None]
+    hist: list[tuple[torch.Tensor, ...]] = []
+    for _ in range(max_iter):
+        labels, sq = _assign_batched(x, centers)
+        if _relocate_empty(centers, x, lengths, labels, sq):
+            labels, sq = _assign_batched(x, centers)
+        flat = (labels + offsets).reshape(-1)
+        counts = torch.zeros(n_classes * k, dtype=x.dtype, device=device)
+        counts.index_add_(0, flat, validf.reshape(-1))
+        sums = torch.zeros((n_classes * k, d), dtype=x.dtype, device=device)
+        sums.index_add_(0, flat, (x * validf.unsqueeze(-1)).reshape(-1, d))
+        counts, sums = counts.view(n_classes, k), sums.view(n_classes, k, d)
+        new = torch.where(
+            counts.unsqueeze(-1) > 0, sums / counts.clamp_min(1.0).unsqueeze(-1), centers
+        )
+        shift = (new - centers).square().sum((1, 2))
+        dist = (sq * validf).sum(1) / len_t
+        n_iter += active.long()
+        hist.append((active.clone(), n_iter.clone(), len_t * n_iter, dist, dist))
+        centers = torch.where(active[:, None, None], new, centers)
+        active &= shift > threshold
+        if not active.any():
+            break
+    return centers, n_iter, _history_rows(hist, n_classes)
+
+
+# --------------------------------------------------------------------------------------
+# The estimator
+# --------------------------------------------------------------------------------------
+
+
+class CLVQ(ClusterMixin, BaseEstimator):
+    """Optimal quantization by CLVQ (online k-means) with Voronoi-mass weights.
+
+    Competitive Learning Vector Quantization is stochastic gradient descent on the
+    quadratic distortion D(x) = E min_k |Z - x_k|^2 (paper Alg. 1, Prop. 6): draw
+    xi ~ mu, find the winner k*, move it x_{k*} <- x_{k*} - gamma (x_{k*} - xi), update the
+    companion weights p_k <- p_k - gamma (p_k - 1{k = k*}) and the running distortion.
+    With the default step rule gamma = 1/(points won by k so far) this is mini-batch
+    k-means (Sculley 2010), applied here in closed form per centroid on mini-batches.
+    After the last step, one exact pass over all points gives the Voronoi cell masses
+    `weights_` and the exact `distortion_` (= W2^2 to the weighted grid, Prop. 1).
+
+    Parameters
+    ----------
+    n_clusters : int
+        K, the number of centroids (images per class).
+    solver : {"clvq", "lloyd"}
+        "clvq": mini-batch CLVQ for `max_iter` epochs. "lloyd": full-batch Lloyd
+        iterations (k-means) until the centroids move less than `tol`.
+    batch_size : int
+        Mini-batch size B of CLVQ (ignored by Lloyd).
+    max_iter : int
+        CLVQ: number of passes (epochs) over the data. Lloyd: maximum iterations.
+    init : {"k-means++", "random"} or array (K, d)
+        Seeding: greedy k-means++ on `init_size` points, K distinct random points, or
+        given centroids.
+    init_size : int or None
+        Points used by the seeding; None means 3 * batch_size (at least 3 K) for CLVQ, all
+        points for Lloyd (the scikit-learn defaults of MiniBatchKMeans and KMeans).
+    step : "count", float in (0, 1], or callable n -> gamma_n
+        CLVQ step rule: per-centroid 1/count (default), a constant gamma, or a global
+        schedule gamma_{n+1} evaluated at the number of samples seen (Bally and Pagès'
+        convergence needs sum gamma = inf, sum gamma^2 < inf, e.g. lambda n: 1 / (1 + n) ** 0.7).
+    tol : float
+        Lloyd's stopping tolerance, relative to the mean per-feature variance.
+    random_state : int or None
+        Seed of the seeding, shuffling and re-seeding; equal seeds give equal results.
+    device : str or torch.device
+        "cpu" (default), "cuda", or "auto". All computation happens there in float32.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray (K, d) float32
+    weights_ : ndarray (K,) float64, exact Voronoi cell masses, summing to 1
+    labels_ : ndarray (N,) int64, nearest centroid of each training point
+    distortion_ : float, exact mean squared distance to the nearest centroid
+    companion_weights_ : ndarray (K,), Alg. 1's online estimate of the cell masses
+    running_distortion_ : float, Alg. 1's online estimate of the distortion
+    counts_ : ndarray (K,), points won by each centroid during the steps
+    n_steps_ : int, CLVQ mini-batch steps (or Lloyd iterations) taken
+    n_samples_seen_ : int
+    history_ : History, per-step record for convergence plots
+    feature_shape_ : tuple, the shape of one input sample (for `get_centers`)
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        solver: str = "clvq",
+        batch_size: int = 256,
+        max_iter: int = 3,
+        init: str | ArrayLike = "k-means++",
+        init_size: int | None = None,
+        step: StepRule = "count",
+        tol: float = 1e-4,
+        random_state: int | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.solver = solver
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.init = init
+        self.init_size = init_size
+        self.step = step
+        self.tol = tol
+        self.random_state = random_state
+        self.device = device
+
+    # -- parameter checks ---------------------------------------------------------------
+
+    def _check_params(self, n_points: int) -> None:
+        _check_n_clusters(self.n_clusters, n_points)
+        if self.solver not in ("clvq", "lloyd"):
+            raise ValueError(f"solver must be 'clvq' or 'lloyd', got {self.solver!r}")
+        for name in ("batch_size", "max_iter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.init_size is not None and (
+            not isinstance(self.init_size, int | np.integer) or self.init_size < 1
+        ):
+            raise ValueError(f"init_size must be None or an integer >= 1, got {self.init_size!r}")
+        if isinstance(self.step, str):
+            if self.step != "count":
+                raise ValueError(
+                    f"step must be 'count', a float in (0, 1] or a callable, got {self.step!r}"
+                )
+        elif not callable(self.step) and not (
+            isinstance(self.step, int | float) and 0 < self.step <= 1
+        ):
+            raise ValueError(
+                f"step must be 'count', a float in (0, 1] or a callable, got {self.step!r}"
+            )
+        if not (isinstance(self.tol, int | float) and self.tol >= 0):
+            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
+        if isinstance(self.init, str) and self.init not in ("k-means++", "random"):
+            raise ValueError(
+                f"init must be 'k-means++', 'random' or an array (K, d), got {self.init!r}"
+            )
+        _seed(self.random_state)  # raises on a non-integer seed
+
+    def _init_size(self, n: int) -> int:
+        if self.init_size is not None:
+            return max(min(n, int(self.init_size)), self.n_clusters)
+        if self.solver == "lloyd":
+            return n
+        return min(n, max(3 * self.batch_size, 3 * self.n_clusters))
+
+    # -- seeding shared by fit, partial_fit and quantize_classes ----------------------
+
+    def _seed_centers(
+        self, x: torch.Tensor, lengths: Sequence[int], generators: Sequence[torch.Generator]
+    ) -> torch.Tensor:
+        """Initial centers (C, K, d) for the padded data x (C, n, d)."""
+        n_classes, _, d = x.shape
+        k = self.n_clusters
+        if not isinstance(self.init, str):
+            given = torch.as_tensor(self.init, dtype=torch.float32, device=x.device).reshape(k, -1)
+            if given.shape != (k, d):
+                raise ValueError(f"init has shape {tuple(given.shape)}, expected ({k}, {d})")
+            return given.expand(n_classes, k, d).clone()
+        subsets = []
+        for c, (n, g) in enumerate(zip(lengths, generators)):
+            size = self._init_size(n)
+            pick = torch.randperm(n, generator=g, device=x.device)[:size]
+            subsets.append(x[c, pick])
+        sub = _pad_stack(subsets)
+        sub_lengths = [s.shape[0] for s in subsets]
+        if self.init == "random":
+            return torch.stack([s[:k] for s in subsets])
+        return _kmeans_plusplus_batched(sub, sub_lengths, k, generators)
+
+    # -- fitting --------------------------------------------------------------------------
+
+    def fit(self, X: ArrayLike, y: object = None) -> CLVQ:
+        """Quantize X (N, d) or (N, C, H, W); returns self with the fitted attributes."""
+        X = _as_points(X)
+        self._check_params(X.shape[0])
+        _fit_batched([self], [X])
+        return self
+
+    def partial_fit(self, X: ArrayLike, y: object = None) -> CLVQ:
+        """One CLVQ step on the mini-batch X (streaming; drives the live view).
+
+        The first call seeds the grid from this batch (which must hold at least K points).
+        Centroids that win nothing during about 10 K samples are re-seeded. `weights_`,
+        `labels_` and `distortion_` are only set by `fit` or by `assign(X_all)`: until then
+        the online estimates `companion_weights_` and `running_distortion_` are what
+        the steps know.
+        """
+        X = _as_points(X)
+        dev = resolve_device(self.device)
+        if not hasattr(self, "_state"):
+            self._check_params(X.shape[0])
+            self.feature_shape_ = tuple(X.shape[1:])
+            self._generator = _make_generator(_seed(self.random_state), dev)
+            x = _to_tensor(X, dev)[None]
+            self._state = _State.start(self._seed_centers(x, [x.shape[1]], [self._generator]))
+            self.history_ = History()
+            self._window_samples = 0
+        else:
+            self._check_features(X)
+        x = _to_tensor(X, dev)[None]
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=dev)
+        _, sq = _clvq_step(self._state, x, mask, self.step)
+        self._window_samples += x.shape[1]
+        if self._window_samples >= 10 * self.n_clusters:
+            _reseed_dead(self._state, x, mask, sq, [self._generator])
+            self._window_samples = 0
+        self._publish_state(self._state)
+        h = self.history_
+        h.step.append(self.n_steps_)
+        h.n_samples.append(self.n_samples_seen_)
+        h.distortion.append(float(sq.mean()))
+        h.running_distortion.append(self.running_distortion_)
+        return self
+
+    def assign(self, X: ArrayLike) -> CLVQ:
+        """Exact pass over all points X: sets `labels_`, `weights_` and `distortion_`."""
+        X = _as_points(X)
+        self._check_features(X)
+        x = _to_tensor(X, resolve_device(self.device))
+        labels, sq = _assign_batched(x[None], self._centers()[None])
+        self._publish_exact(labels[0], sq[0])
+        return self
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Index of the nearest centroid of each point of X (ties: lowest index)."""
+        X = _as_points(X)
+        self._check_features(X)
+        x = _to_tensor(X, resolve_device(self.device))
+        return _assign_batched(x[None], self._centers()[None])[0][0].cpu().numpy()
+
+    def score(self, X: ArrayLike, y: object = None) -> float:
+        """Minus the distortion of X under the grid (higher is better, as in scikit-learn)."""
+        X = _as_points(X)
+        self._check_features(X)
+        x = _to_tensor(X, resolve_device(self.device))
+        return -float(_assign_batched(x[None], self._centers()[None])[1].mean())
+
+    def get_centers(self, *, unflatten: bool = True, as_tensor: bool = False) -> ArrayLike:
+        """The centroids, in the input's sample shape (K, *feature_shape_) by default."""
+        centers = self._centers()
+        if unflatten:
+            centers = centers.reshape(self.n_clusters, *self.feature_shape_)
+        return centers if as_tensor else centers.cpu().numpy()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _centers(self) -> torch.Tensor:
+        if hasattr(self, "_state"):
+            return self._state.centers[0]
+        if not hasattr(self, "cluster_centers_"):
+            raise ValueError("this CLVQ is not fitted yet; call fit(X) or partial_fit(batch) first")
+        return torch.as_tensor(self.cluster_centers_, device=resolve_device(self.device))
+
+    def _check_features(self, X: ArrayLike) -> None:
+        if not hasattr(self, "feature_shape_"):
+            raise ValueError("this CLVQ is not fitted yet; call fit(X) or partial_fit(batch) first")
+        d_expected = math.prod(self.feature_shape_)
+        d_given = math.prod(X.shape[1:])
+        if d_given != d_expected:
+            raise ValueError(
+                f"X has {d_given} features per sample (shape {tuple(X.shape)}) but this CLVQ "
+                f"was fitted on {d_expected} (sample shape {self.feature_shape_})"
+            )
+
+    def _publish_state(self, state: _State) -> None:
+        """Copy the solver state (C = 1) into the public attributes."""
+        self.cluster_centers_ = state.centers[0].cpu().numpy().copy()
+        self.counts_ = state.counts[0].cpu().numpy().astype(np.int64)
+        self.companion_weights_ = state.companion[0].double().cpu().numpy()
+        self.running_distortion_ = float(state.running[0])
+        self.n_samples_seen_ = int(state.n_seen[0])
+        self.n_steps_ = int(state.n_steps[0])
+
+    def _publish_exact(self, labels: torch.Tensor, sq: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.labels_ = labels.cpu().numpy()
+        self.weights_ = np.bincount(self.labels_, minlength=self.n_clusters).astype(np.float64) / n
+        self.distortion_ = float(sq.double().mean())
+
+
+def _fit_batched(estimators: Sequence[CLVQ], data: Sequence[ArrayLike]) -> None:
+    """Fit estimators (identical parameters but seeds) on their classes, all at once."""
+    first = estimators[0]
+    dev = resolve_device(first.device)
+    tensors = [_to_tensor(X, dev) for X in data]
+    lengths = [t.shape[0] for t in tensors]
+    x = _pad_stack(tensors)
+    del tensors
+    generators = [_make_generator(_seed(est.random_state), dev) for est in estimators]
+    centers = first._seed_centers(x, lengths, generators)
+    n_iter = None
+    if first.solver == "clvq":
+        state, histories = _clvq_fit(
+            x,
+            lengths,
+            centers,
+            generators,
+            batch_size=first.batch_size,
+            epochs=first.max_iter,
+            step=first.step,
+        )
+    else:
+        centers, n_iter, histories = _lloyd_fit(
+            x, lengths, centers, max_iter=first.max_iter, tol=first.tol
+        )
+        state = _State.start(centers)
+    labels, sq = _final_pass(state.centers, x, lengths)  # may re-seed empty cells in place
+    for c, (est, X, gen) in enumerate(zip(estimators, data, generators)):
+        est.feature_shape_ = tuple(X.shape[1:])
+        # Keep the solver state so that partial_fit can continue from the fitted grid.
+        est._state, est._generator, est._window_samples = state.select(c), gen, 0
+        est._publish_state(est._state)
+        if n_iter is not None:  # Lloyd has no online estimates
+            est.n_steps_ = int(n_iter[c])
+            est.n_samples_seen_ = est.n_steps_ * lengths[c]
+            est.companion_weights_ = None
+            est.running_distortion_ = None
+        est.history_ = histories[c]
+        est._publish_exact(labels[c, : lengths[c]], sq[c, : lengths[c]])
+
+
+def quantize_classes(
+    X: ArrayLike | Sequence[ArrayLike],
+    y: ArrayLike | None = None,
+    *,
+    n_clusters: int,
+    random_state: int | Sequence[int] | None = None,
+    **params: object,
+) -> list[CLVQ]:
+    """Quantize many classes at once; returns one fitted CLVQ per class.
+
+    X is either a list of per-class arrays (n_c, d) / (n_c, C, H, W), or one array with
+    labels `y` (classes taken in sorted label order). `random_state` is one seed per class,
+    or an int s giving class i the seed s + i. The result equals, class by class,
+    `CLVQ(n_clusters, random_state=seed_i, **params).fit(X_i)`: the batched solvers run
+    the same arithmetic on a padded (C, N_max, d) stack, so one call keeps a GPU busy.
+    """
+    if y is not None:
+        data = _as_points(X)
+        labels = (
+            np.asarray(torch.as_tensor(y).cpu()) if isinstance(y, torch.Tensor) else np.asarray(y)
+        )
+        if labels.shape != (data.shape[0],):
+            raise ValueError(f"y must have shape ({data.shape[0]},), got {labels.shape}")
+        groups = [
+            data[torch.as_tensor(labels == c) if isinstance(data, torch.Tensor) else labels == c]
+            for c in np.unique(labels)
+        ]
+    else:
+        if isinstance(X, np.ndarray | torch.Tensor):
+            raise ValueError("give a list of per-class arrays, or one array X with labels y")
+        groups = [_as_points(g, f"X[{i}]") for i, g in enumerate(X)]
+        if not groups:
+            raise ValueError("X is an empty list; give at least one class")
+    shapes = {tuple(g.shape[1:]) for g in groups}
+    if len(shapes) > 1:
+        raise ValueError(f"all classes must have the same sample shape, got {sorted(shapes)}")
+    if random_state is None:
+        seeds = [_seed(None) for _ in groups]
+    elif isinstance(random_state, int | np.integer) and not isinstance(random_state, bool):
+        seeds = [int(random_state) + i for i in range(len(groups))]
+    else:
+        seeds = [int(s) for s in random_state]  # type: ignore[union-attr]
+        if len(seeds) != len(groups):
+            raise ValueError(f"random_state has {len(seeds)} seeds for {len(groups)} classes")
+    estimators = [CLVQ(n_clusters, random_state=s, **params) for s in seeds]  # type: ignore[arg-type]
+    if not isinstance(estimators[0].init, str):
+        raise ValueError(
+            "quantize_classes seeds each class itself: init must be 'k-means++' or 'random'"
+        )
+    for est, g in zip(estimators, groups):
+        est._check_params(g.shape[0])
+    _fit_batched(estimators, groups)
+    return estimators
