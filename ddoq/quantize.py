@@ -64,38 +64,51 @@ def _chunk_rows(n_classes: int, width: int) -> int:
     return max(1, _CHUNK_BYTES // (4 * n_classes * max(width, 1)))
 
 
-def _assign_batched(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean norms along the last axis, without a full-size temporary."""
+    return torch.linalg.vector_norm(x, dim=-1).square()
+
+
+def _assign_batched(
+    x: torch.Tensor, centers: torch.Tensor, *, exact: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid of every point, for C classes at once.
 
-    x: (C, n, d) points, centers: (C, K, d). Returns labels (C, n) int64 and the exact
-    squared distances (C, n). The argmin uses the matrix-product form
-    |x|^2 - 2 x.c + |c|^2 (one batched GEMM); near ties are re-decided in float64 with
-    ties broken by the lowest index, and the returned distances are recomputed as
-    |x - c_label|^2, which has no cancellation error.
+    x: (C, n, d) points, centers: (C, K, d). Returns labels (C, n) int64 and squared
+    distances (C, n). The argmin uses the matrix-product form |x|^2 - 2 x.c + |c|^2 (one
+    batched GEMM); near ties are re-decided in float64 with ties broken by the lowest
+    index. With `exact` the distances are recomputed as |x - c_label|^2, which has no
+    cancellation error; otherwise they come from the matrix-product form (clamped at 0),
+    good enough for the online estimates of a CLVQ step.
     """
-    n_classes, n, _ = x.shape
+    n_classes, n, d = x.shape
     k = centers.shape[1]
     labels = torch.empty((n_classes, n), dtype=torch.long, device=x.device)
     sq_dist = torch.empty((n_classes, n), dtype=x.dtype, device=x.device)
-    c_sq = centers.square().sum(-1)  # (C, K)
-    step = _chunk_rows(n_classes, max(k, x.shape[2]))
+    c_sq = _sq_norms(centers)  # (C, K)
+    c_flat = centers.reshape(n_classes * k, d)
+    offsets = k * torch.arange(n_classes, device=x.device)[:, None]
+    step = _chunk_rows(n_classes, max(k, d))
     for start in range(0, n, step):
         xb = x[:, start : start + step]
         # |c|^2 - 2 x.c: the |x|^2 term does not change the argmin.
         partial = torch.baddbmm(c_sq.unsqueeze(1), xb, centers.transpose(1, 2), alpha=-2.0)
         lab = partial.argmin(-1)
+        x_sq = _sq_norms(xb)
+        best = partial.gather(-1, lab.unsqueeze(-1)).squeeze(-1)
         if k > 1:
-            best = partial.gather(-1, lab.unsqueeze(-1)).squeeze(-1)
             second = partial.scatter(-1, lab.unsqueeze(-1), float("inf")).amin(-1)
-            scale = xb.square().sum(-1) + c_sq.amax(-1, keepdim=True)
-            near = (second - best) <= _TIE_RTOL * scale
+            near = (second - best) <= _TIE_RTOL * (x_sq + c_sq.amax(-1, keepdim=True))
             if near.any():
                 cls, row = near.nonzero(as_tuple=True)
-                exact = (xb[cls, row].double().unsqueeze(1) - centers[cls].double()).square()
-                lab[cls, row] = exact.sum(-1).argmin(-1)
+                diff = (xb[cls, row].double().unsqueeze(1) - centers[cls].double()).square()
+                lab[cls, row] = diff.sum(-1).argmin(-1)
         labels[:, start : start + step] = lab
-        nearest = centers.gather(1, lab.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-        sq_dist[:, start : start + step] = (xb - nearest).square().sum(-1)
+        if exact:
+            nearest = c_flat.index_select(0, (lab + offsets).reshape(-1)).view(xb.shape)
+            sq_dist[:, start : start + step] = _sq_norms(nearest.sub_(xb))
+        else:
+            sq_dist[:, start : start + step] = (best + x_sq).clamp_min_(0.0)
     return labels, sq_dist
 
 
@@ -142,8 +155,8 @@ def _kmeans_plusplus_batched(
         ]
     )
     centers[:, 0] = x[rows, first]
-    closest = (x - centers[:, :1]).square().sum(-1).masked_fill(~valid, 0.0)  # (C, n)
-    x_sq = x.square().sum(-1)
+    closest = _sq_norms(x - centers[:, :1]).masked_fill(~valid, 0.0)  # (C, n)
+    x_sq = _sq_norms(x)
     for j in range(1, n_clusters):
         weights = closest.clamp_min(0.0)
         cand = []
@@ -154,7 +167,7 @@ def _kmeans_plusplus_batched(
             cand.append(torch.multinomial(w, trials, replacement=True, generator=g))
         cand_idx = torch.stack(cand)  # (C, trials)
         cand_pts = x[rows[:, None], cand_idx]  # (C, trials, d)
-        cand_sq = cand_pts.square().sum(-1)
+        cand_sq = _sq_norms(cand_pts)
         dist = x_sq[:, None, :] + cand_sq[:, :, None] - 2 * torch.bmm(cand_pts, x.transpose(1, 2))
         dist = torch.minimum(dist.clamp_min_(0.0), closest[:, None, :])
         dist = dist.masked_fill(~valid[:, None, :], 0.0)  # (C, trials, n)
@@ -268,6 +281,8 @@ def _make_generator(seed: int, device: torch.device) -> torch.Generator:
 
 def _pad_stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack (n_c, d) tensors into (C, max n_c, d), zero-padded."""
+    if len(tensors) == 1:
+        return tensors[0][None]
     n_max = max(t.shape[0] for t in tensors)
     out = tensors[0].new_zeros((len(tensors), n_max, tensors[0].shape[1]))
     for c, t in enumerate(tensors):
@@ -355,7 +370,7 @@ def _clvq_step(
     """
     n_classes, _, d = xb.shape
     k = state.centers.shape[1]
-    labels, sq = _assign_batched(xb, state.centers)
+    labels, sq = _assign_batched(xb, state.centers, exact=False)
     maskf = mask.to(xb.dtype)
     flat = (labels + k * torch.arange(n_classes, device=xb.device)[:, None]).reshape(-1)
     won = torch.zeros(n_classes * k, dtype=xb.dtype, device=xb.device)

@@ -1,0 +1,208 @@
+"""Benchmark the quantization engine against scikit-learn on Gaussian-mixture data.
+
+For each case (N points of dimension d, K centroids; or ten classes at once) it times
+ddoq CLVQ, ddoq Lloyd, scikit-learn KMeans (n_init=1 and 10) and MiniBatchKMeans in the
+same run, and reports
+- the median wall time of repeats,
+- the distortion relative to KMeans(n_init=10) (the reference optimum),
+- the time as a multiple of the matrix-product lower bound: passes x 2 N K d divided by
+  the float32 GEMM rate measured in the same run at the case's shape, where `passes` is
+  the number of full assignment passes each method made (its own iteration count),
+- the speed-up of ddoq CLVQ over each method.
+
+scikit-learn gets float64 input: on float32 its threads collapsed under load here.
+
+Run: `python benchmarks/quantize.py` (about 10 minutes on 2 cores); `--quick` for a
+small smoke run that does not touch BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from _report import machine_line, markdown_table, median_time, write_section
+from sklearn.cluster import KMeans, MiniBatchKMeans
+
+from ddoq.quantize import CLVQ, quantize_classes
+from ddoq.transport import distortion
+
+
+@dataclass
+class Case:
+    name: str
+    n: int  # points per class
+    d: int
+    k: int
+    classes: int = 1
+    repeats: int = 3
+
+
+def mixture(rng: np.random.Generator, n: int, d: int, components: int = 32) -> np.ndarray:
+    """n points from an unequal (Dirichlet-weighted) mixture of unit Gaussians.
+
+    Component means are N(0, 4.5 I), so two means are about 3 noise standard deviations
+    apart per coordinate: overlapping enough that K-means has many local optima.
+    """
+    means = rng.normal(scale=3.0 / np.sqrt(2), size=(components, d))
+    weights = rng.dirichlet(np.full(components, 2.0))
+    comp = rng.choice(components, size=n, p=weights)
+    return (means[comp] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def gemm_rate(n: int, d: int, k: int, repeats: int = 20) -> float:
+    """Float32 GEMM FLOP/s of torch at the (n, d) x (d, k) shape of one assignment pass."""
+    a = torch.randn(n, d)
+    b = torch.randn(d, k)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2.0 * n * d * k / min(times)
+
+
+def run_case(case: Case, seed: int = 0) -> list[list[object]]:
+    rng = np.random.default_rng(seed)
+    groups = [mixture(rng, case.n, case.d) for _ in range(case.classes)]
+    groups64 = [g.astype(np.float64) for g in groups]
+    k = case.k
+
+    def total_distortion(centers_per_class: list[np.ndarray]) -> float:
+        return float(np.mean([distortion(g, c) for g, c in zip(groups64, centers_per_class)]))
+
+    def ddoq(solver: str):
+        def fit():
+            if case.classes == 1:
+                m = CLVQ(
+                    k, solver=solver, random_state=seed, max_iter=3 if solver == "clvq" else 300
+                )
+                return [m.fit(groups[0])]
+            return quantize_classes(
+                groups,
+                n_clusters=k,
+                solver=solver,
+                random_state=seed,
+                max_iter=3 if solver == "clvq" else 300,
+            )
+
+        def passes(models):
+            # CLVQ: max_iter epochs of mini-batches + the final exact pass; Lloyd: one per
+            # iteration + the final pass. k-means++ seeding on a subset is not counted.
+            return float(
+                np.mean([(m.n_samples_seen_ / len(g)) + 1 for m, g in zip(models, groups)])
+            )
+
+        return fit, lambda ms: [m.cluster_centers_ for m in ms], passes
+
+    def sklearn(make):
+        def fit():
+            return [make().fit(g) for g in groups64]
+
+        def passes(models):
+            out = []
+            for m, g in zip(models, groups64):
+                if isinstance(m, MiniBatchKMeans):
+                    out.append(m.n_steps_ * m._batch_size / len(g) + 1)
+                else:
+                    out.append(m.n_iter_ * m.n_init + 1)
+            return float(np.mean(out))
+
+        return fit, lambda ms: [m.cluster_centers_ for m in ms], passes
+
+    methods = {
+        "ddoq CLVQ (3 epochs, B=256)": ddoq("clvq"),
+        "ddoq Lloyd": ddoq("lloyd"),
+        "sklearn KMeans(n_init=1)": sklearn(lambda: KMeans(k, n_init=1, random_state=seed)),
+        "sklearn KMeans(n_init=10)": sklearn(lambda: KMeans(k, n_init=10, random_state=seed)),
+        "sklearn MiniBatchKMeans": sklearn(
+            lambda: MiniBatchKMeans(k, n_init=1, batch_size=256, random_state=seed)
+        ),
+    }
+    rate = gemm_rate(case.n * case.classes, case.d, k)
+    results = {}
+    for name, (fit, centers, passes) in methods.items():
+        # torch pays a first-call cost, so ddoq gets one warm-up run; the slow reference
+        # KMeans(n_init=10) runs once.
+        slow = "n_init=10" in name
+        seconds, models = median_time(
+            fit, repeats=1 if slow else case.repeats, warmup=int(name.startswith("ddoq"))
+        )
+        results[name] = (seconds, total_distortion(centers(models)), passes(models))
+    ref_d = results["sklearn KMeans(n_init=10)"][1]
+    ours = results["ddoq CLVQ (3 epochs, B=256)"][0]
+    rows = []
+    for name, (seconds, dist, n_pass) in results.items():
+        bound = n_pass * 2.0 * case.n * case.classes * k * case.d / rate
+        rows.append(
+            [
+                case.name,
+                name,
+                f"{seconds:.3f}",
+                f"{dist / ref_d:.4f}",
+                f"{n_pass:.1f}",
+                f"{seconds / bound:.1f}x",
+                f"{seconds / ours:.1f}x",
+            ]
+        )
+    print(markdown_table(HEADER, rows), flush=True)
+    return rows, rate
+
+
+HEADER = [
+    "case",
+    "method",
+    "median s",
+    "distortion / KMeans(10)",
+    "passes",
+    "time / GEMM bound",
+    "time / ddoq CLVQ",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run, no BENCHMARKS.md")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        cases = [
+            Case("N=200 d=16 K=5", 200, 16, 5, repeats=1),
+            Case("3 classes N=100 d=16 K=5", 100, 16, 5, classes=3, repeats=1),
+        ]
+    else:
+        cases = [
+            Case("N=500 d=64 K=10", 500, 64, 10, repeats=5),
+            Case("N=1300 d=4096 K=10", 1300, 4096, 10),
+            Case("N=1300 d=4096 K=50", 1300, 4096, 50),
+            Case("N=1300 d=4096 K=100", 1300, 4096, 100),
+            Case("10 classes x N=1300 d=4096 K=50", 1300, 4096, 50, classes=10, repeats=1),
+        ]
+    rows, rates = [], []
+    for case in cases:
+        case_rows, rate = run_case(case)
+        rows += case_rows
+        rates.append(rate)
+    body = (
+        "## Quantization engine (`benchmarks/quantize.py`)\n\n"
+        f"Machine: {machine_line()}. Float32 GEMM rate at the cases' shapes: "
+        + ", ".join(f"{r / 1e9:.0f}" for r in rates)
+        + " GFLOP/s. Median wall time of repeats; distortion relative to scikit-learn "
+        "KMeans(n_init=10) on the same data; bound = passes x 2 N K d / GEMM rate.\n\n"
+        + markdown_table(HEADER, rows)
+    )
+    print(body)
+    if not args.quick:
+        write_section("quantize", body)
+
+
+if __name__ == "__main__":
+    main()
