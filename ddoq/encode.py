@@ -1,0 +1,182 @@
+"""Latent cache (pipeline stage: encode): dataset images -> prior latents, class by class, on disk.
+
+Encoding a class's images through a prior's VAE is the first heavy step of every
+distillation; its result depends only on the dataset and the prior. So the latents of
+each class are stored as a safetensors file keyed by both fingerprints:
+
+    <cache_dir>/latents/<dataset fingerprint[:16]>-<prior fingerprint[:16]>/class-00003.safetensors
+
+A changed dataset (other images, split or size) or prior (other weights or config) gives
+another key, hence a fresh encode. Each file also records the full fingerprints, the class
+and the encoding mode in its metadata and is re-checked on load. Files are written to a
+temporary name and renamed into place (`os.replace`), so a crash never leaves half a file.
+
+The default cache folder is ``$DDOQ_CACHE_DIR`` or ``~/.cache/ddoq``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+__all__ = ["cache_path", "default_cache_dir", "encode_class", "encode_dataset"]
+
+_FORMAT = "ddoq-latents-1"
+
+
+def default_cache_dir() -> Path:
+    """``$DDOQ_CACHE_DIR`` if set, else ``~/.cache/ddoq``."""
+    env = os.environ.get("DDOQ_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddoq"
+
+
+def _dataset_fingerprint(dataset) -> str:
+    fp = getattr(dataset, "fingerprint", None)
+    if not fp:
+        raise ValueError(
+            f"dataset {type(dataset).__name__} has no `fingerprint`; load it with "
+            "ddoq.data.load_dataset or pass cache_dir=False to encode without caching"
+        )
+    return str(fp)
+
+
+def cache_path(
+    dataset, prior, class_index: int, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """Where the latents of `class_index` of `dataset` under `prior` are cached."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    key = f"{_dataset_fingerprint(dataset)[:16]}-{str(prior.fingerprint)[:16]}"
+    return root / "latents" / key / f"class-{int(class_index):05d}.safetensors"
+
+
+def _metadata(dataset, prior, class_index: int, n: int) -> dict[str, str]:
+    return {
+        "format": _FORMAT,
+        "dataset_fingerprint": _dataset_fingerprint(dataset),
+        "prior_fingerprint": str(prior.fingerprint),
+        "class_index": str(int(class_index)),
+        "count": str(int(n)),
+        "latent_shape": ",".join(map(str, prior.latent_shape)),
+        "mode": "posterior-mode",
+    }
+
+
+def _read(path: Path, expected: dict[str, str]) -> torch.Tensor | None:
+    """The cached latents at `path` if present and matching `expected`, else None."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if f.metadata() != expected:
+                return None
+            latents = f.get_tensor("latents")
+    except Exception:  # noqa: BLE001 - a corrupt or foreign file is a cache miss
+        return None
+    return latents
+
+
+def _write(path: Path, latents: torch.Tensor, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({"latents": latents.contiguous()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _class_indices(dataset, class_index: int) -> np.ndarray:
+    n_classes = len(dataset.classes)
+    if isinstance(class_index, bool) or not 0 <= int(class_index) < n_classes:
+        raise ValueError(f"class_index must be in [0, {n_classes - 1}], got {class_index!r}")
+    return np.asarray(dataset.class_indices(int(class_index)), dtype=np.int64)
+
+
+def _load_images(dataset, indices: np.ndarray) -> torch.Tensor:
+    if hasattr(dataset, "images"):
+        return dataset.images(indices)
+    return torch.stack([dataset[int(i)][0] for i in indices])
+
+
+@torch.no_grad()
+def encode_class(
+    dataset,
+    prior,
+    class_index: int,
+    *,
+    cache_dir: str | os.PathLike | None | bool = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Latents of every image of one class, from the cache when possible.
+
+    Args:
+        dataset: a `ddoq.data` dataset (``classes``, ``class_indices``, ``images``,
+            ``fingerprint``), at the prior's image size and channels.
+        prior: a `ddoq.priors.GenerativePrior`.
+        class_index: the class, in [0, len(dataset.classes)).
+        cache_dir: cache root (default `default_cache_dir()`); ``False`` disables caching.
+        batch_size: images loaded and encoded together.
+        progress: show a tqdm bar.
+
+    Returns:
+        float32 CPU tensor ``N_c x *latent_shape``, in ``dataset.class_indices(class_index)`` order
+        (posterior modes, deterministic).
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(batch_size, bool) or int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    indices = _class_indices(dataset, class_index)
+    use_cache = cache_dir is not False
+    if use_cache:
+        path = cache_path(dataset, prior, class_index, None if cache_dir is True else cache_dir)
+        meta = _metadata(dataset, prior, class_index, len(indices))
+        cached = _read(path, meta)
+        if cached is not None and tuple(cached.shape) == (len(indices), *prior.latent_shape):
+            return cached
+    chunks = []
+    name = dataset.classes[int(class_index)]
+    for start in tqdm(
+        range(0, len(indices), batch_size),
+        desc=f"encode {name}",
+        disable=not progress,
+        unit="batch",
+    ):
+        images = _load_images(dataset, indices[start : start + batch_size])
+        chunks.append(prior.encode(images, batch_size=batch_size).to("cpu", torch.float32))
+    latents = torch.cat(chunks) if chunks else torch.empty((0, *prior.latent_shape))
+    if use_cache:
+        _write(path, latents, meta)
+    return latents
+
+
+def encode_dataset(
+    dataset,
+    prior,
+    classes: Iterable[int] | None = None,
+    *,
+    cache_dir: str | os.PathLike | None | bool = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict[int, torch.Tensor]:
+    """Latents of every class (or of `classes`), as ``{class_index: N_c x *latent_shape}``.
+
+    See `encode_class` for the arguments; each class is cached on its own.
+    """
+    wanted = range(len(dataset.classes)) if classes is None else [int(c) for c in classes]
+    return {
+        c: encode_class(
+            dataset, prior, c, cache_dir=cache_dir, batch_size=batch_size, progress=progress
+        )
+        for c in wanted
+    }

@@ -1,0 +1,194 @@
+"""Generative priors (pipeline stages: encode, decode / img2img): one interface, three back-ends.
+
+`load_prior(name_or_path, device="cpu")` returns a `GenerativePrior`:
+
+- ``"embedded"``: the shipped MNIST prior (small `AutoencoderKL` + tiny class-conditional
+  `DiTTransformer2DModel`, trained by ``ddoq train-prior``), or any folder that command wrote;
+- a Stable Diffusion v1.x folder (`model_index.json` with ``StableDiffusionPipeline``);
+- a DiT folder (`model_index.json` with ``DiTPipeline``);
+- a Hugging Face hub id (``"org/name"``) of either, taken from the local hub cache, or
+  downloaded when the network is allowed. Offline, a missing model fails at once with a
+  `ValueError` telling how to point at local weights.
+
+Example::
+
+    from ddoq.data import load_dataset
+    from ddoq.priors import load_prior
+
+    prior = load_prior("embedded")
+    ds = load_dataset("mnist", split="train", image_size=prior.image_size)
+    z = prior.encode(ds.images(ds.class_indices(3)[:8]))       # 8 x 4 x 8 x 8
+    x = prior.decode(z)                                          # 8 x 1 x 32 x 32 in [0, 1]
+    x2 = prior.generate(z, 3, strength=0.7, steps=50, seed=0)    # D4M img2img
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ddoq.priors.base import PRIOR_JSON, GenerativePrior, PriorInfo, sample_seeds
+from ddoq.priors.dit import DiTPrior, load_dit
+from ddoq.priors.embedded import EMBEDDED_PRIOR_DIR, EmbeddedPrior, load_embedded
+from ddoq.priors.stable_diffusion import StableDiffusionPrior, load_stable_diffusion
+
+__all__ = [
+    "DiTPrior",
+    "EMBEDDED_PRIOR_DIR",
+    "EmbeddedPrior",
+    "GenerativePrior",
+    "PriorInfo",
+    "StableDiffusionPrior",
+    "detect_kind",
+    "load_prior",
+    "sample_seeds",
+]
+
+_SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
+_DIT_PIPELINES = {"DiTPipeline"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# what a hub download fetches: configs, tokenizer files and full-precision safetensors
+_HUB_ALLOW = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
+_HUB_IGNORE = [
+    "*fp16*",
+    "*non_ema*",
+    "*.ckpt",
+    "*.bin",
+    "*.msgpack",
+    "*.onnx*",
+    "*.h5",
+    "safety_checker/*",
+]
+
+
+def _offline() -> bool:
+    flags = (
+        os.environ.get(name, "")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DDOQ_OFFLINE")
+    )
+    return any(flag.strip().lower() in {"1", "true", "yes", "on"} for flag in flags)
+
+
+def _how_to_local(name: str) -> str:
+    return (
+        f"download it on a machine with network access "
+        f"(e.g. `hf download {name} --local-dir DIR`), copy the folder here "
+        "and pass its path: load_prior('/path/to/DIR')"
+    )
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local folder for `name_or_path`: the folder itself, or a hub snapshot."""
+    if str(name_or_path) == "embedded":
+        return EMBEDDED_PRIOR_DIR
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"prior path {str(path)!r} is a file; expected a model folder")
+        return path
+    name = str(name_or_path)
+    if not _HUB_ID.match(name) or name.startswith((".", "~")):
+        raise ValueError(
+            f"no prior folder at {name!r}; give 'embedded', an existing model folder, "
+            "or a Hugging Face hub id like 'org/name'"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:  # the local hub cache first, never the network
+        return Path(
+            snapshot_download(
+                name, local_files_only=True, allow_patterns=_HUB_ALLOW, ignore_patterns=_HUB_IGNORE
+            )
+        )
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        pass
+    if _offline():
+        raise ValueError(
+            f"{name!r} is not a local folder, and as a hub id it is not in the local cache "
+            f"while the hub is offline (HF_HUB_OFFLINE); {_how_to_local(name)}"
+        )
+    try:
+        return Path(
+            snapshot_download(
+                name, allow_patterns=_HUB_ALLOW, ignore_patterns=_HUB_IGNORE, etag_timeout=10
+            )
+        )
+    except Exception as err:  # noqa: BLE001 - network, auth or missing repo
+        reason = (str(err).splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"{name!r} is not a local folder, and fetching it from the hub failed "
+            f"({type(err).__name__}: {reason}); {_how_to_local(name)}"
+        ) from err
+
+
+def detect_kind(path: str | os.PathLike) -> str:
+    """``"embedded"``, ``"stable-diffusion"`` or ``"dit"`` for a model folder, else ValueError."""
+    path = Path(path)
+    if (path / PRIOR_JSON).is_file():
+        return "embedded"
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ValueError(
+            f"{str(path)!r} is not a prior folder: it has neither {PRIOR_JSON} (written by "
+            "`ddoq train-prior`) nor a diffusers model_index.json"
+        )
+    try:
+        class_name = json.loads(index_file.read_text()).get("_class_name")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{index_file} is not valid JSON: {err}") from err
+    if class_name in _SD_PIPELINES:
+        return "stable-diffusion"
+    if class_name in _DIT_PIPELINES:
+        return "dit"
+    raise ValueError(
+        f"unsupported pipeline {class_name!r} in {index_file}; supported: "
+        f"{sorted(_SD_PIPELINES | _DIT_PIPELINES)} and folders written by `ddoq train-prior`"
+    )
+
+
+def load_prior(
+    name_or_path: str | os.PathLike = "embedded",
+    device: str | torch.device = "cpu",
+    *,
+    class_names: Sequence[str] | None = None,
+) -> GenerativePrior:
+    """Load a generative prior.
+
+    Args:
+        name_or_path: ``"embedded"`` (the shipped MNIST prior), a local model folder, or a
+            Hugging Face hub id.
+        device: torch device for every component (``"cpu"`` default, ``"cuda"`` when asked).
+        class_names: class vocabulary for a text-conditional (Stable Diffusion) prior, in
+            label order; for class-conditional priors, display names replacing the stored
+            ones (same count).
+
+    Raises:
+        ValueError: unknown folder layout, missing folder, or an unreachable hub id.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device; use device='cpu'")
+    path = _resolve(name_or_path)
+    kind = detect_kind(path)
+    source = str(name_or_path)
+    if kind == "embedded":
+        prior: GenerativePrior = load_embedded(path, device)
+    elif kind == "dit":
+        return load_dit(
+            path, device, class_names=list(class_names) if class_names else None, source=source
+        )
+    else:
+        return load_stable_diffusion(path, device, class_names=class_names, source=source)
+    if class_names is not None:
+        names = tuple(str(c) for c in class_names)
+        if len(names) != prior.num_classes:
+            raise ValueError(
+                f"{len(names)} class names given for a prior with {prior.num_classes} classes"
+            )
+        prior._class_names = names
+    return prior
