@@ -168,7 +168,9 @@ def _kmeans_plusplus_batched(
         cand_idx = torch.stack(cand)  # (C, trials)
         cand_pts = x[rows[:, None], cand_idx]  # (C, trials, d)
         cand_sq = _sq_norms(cand_pts)
-        dist = x_sq[:, None, :] + cand_sq[:, :, None] - 2 * torch.bmm(x, cand_pts.transpose(1, 2)).transpose(1, 2)
+        # x @ cand^T keeps the big operand contiguous (cand @ x^T made bmm copy x each time).
+        dots = torch.bmm(x, cand_pts.transpose(1, 2)).transpose(1, 2)  # (C, trials, n)
+        dist = x_sq[:, None, :] + cand_sq[:, :, None] - 2 * dots
         dist = torch.minimum(dist.clamp_min_(0.0), closest[:, None, :])
         dist = dist.masked_fill(~valid[:, None, :], 0.0)  # (C, trials, n)
         best = dist.sum(-1).argmin(-1)  # (C,)
