@@ -1,19 +1,24 @@
-"""Streamlit entry point of the ddoq app: navigation only (pages live in pages/)."""
+"""Streamlit entry point of the ddoq app: navigation only (the pages live in pages/).
+
+Run with ``streamlit run app.py``. Each page is a thin view over the `ddoq` package.
+"""
 
 import streamlit as st
 
+from pages._common import keep_settings
+
 st.set_page_config(page_title="ddoq", page_icon=":material/scatter_plot:", layout="wide")
+keep_settings()
 
-st.title("ddoq: Dataset Distillation by Optimal Quantization")
-st.markdown(
-    """
-Distil a dataset into K images per class: encode a class with a latent diffusion
-model, quantize its latents with **CLVQ** (online k-means) to get K centroids
-**and the mass of each centroid's Voronoi cell**, decode the centroids, soft-label
-them with a teacher and train students with a loss weighted by those masses.
+PAGES = [
+    st.Page(
+        "pages/explore.py", title="Explore a class", icon=":material/scatter_plot:", default=True
+    ),
+    st.Page("pages/decoded.py", title="Decoded images", icon=":material/image:"),
+    st.Page("pages/wasserstein.py", title="Wasserstein", icon=":material/compare_arrows:"),
+    st.Page("pages/train.py", title="Train a student", icon=":material/model_training:"),
+    st.Page("pages/distill.py", title="Distill and export", icon=":material/compress:"),
+    st.Page("pages/teach.py", title="Teach: quantization vs barycenter", icon=":material/school:"),
+]
 
-The interactive pages (explore a class, watch CLVQ live, Wasserstein comparison,
-training, export, teaching) are being built; the engine is available as the
-`ddoq` Python package and command line.
-"""
-)
+st.navigation(PAGES).run()

@@ -1,0 +1,157 @@
+"""Benchmark: responsiveness of the Streamlit app (issue 5 targets: page < 2 s, tick < 200 ms).
+
+- Page open: `streamlit.testing.v1.AppTest` switching to each page and running it, with
+  warm caches (the prior loaded, the class encoded, the PCA map fitted: the state of a
+  server a person has already used). The first, cold open is reported too.
+- Live tick: the function the page timers call, timed directly (AppTest fires no timers):
+  `ddoq.figures.live_frame` (Explore: a few CLVQ steps, exact assignment, centroid
+  placement, figures) and `ddoq.figures.playground_frame` (Teach: the same plus the Voronoi
+  grid and two exact W2). Streamlit's own cost of sending a figure is not included.
+
+Writes section "app" of BENCHMARKS.md (not with --quick).
+
+Run: ``python benchmarks/app.py [--repeats 5] [--threads 1] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _report import machine_line, markdown_table, median_time, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PAGES = {
+    "Explore a class": "pages/explore.py",
+    "Decoded images": "pages/decoded.py",
+    "Wasserstein": "pages/wasserstein.py",
+    "Train a student": "pages/train.py",
+    "Distill and export": "pages/distill.py",
+    "Teach": "pages/teach.py",
+}
+
+
+def _page_times(repeats: int) -> tuple[list[list[object]], str]:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    start = time.perf_counter()
+    at.run()
+    cold = time.perf_counter() - start
+    if at.exception:
+        raise RuntimeError(f"the app failed: {[e.value for e in at.exception]}")
+    space = at.session_state["s_prior"]
+    rows = [["first open (Explore; prior already loaded)", f"{cold:.2f}", "-"]]
+    for name, path in PAGES.items():
+        at.switch_page(path).run()  # warm this page's caches
+        other = "pages/teach.py" if path != "pages/teach.py" else "pages/explore.py"
+
+        times: list[float] = []
+        for _ in range(repeats):
+            at.switch_page(other).run()
+            start = time.perf_counter()
+            at.switch_page(path).run()
+            times.append(time.perf_counter() - start)
+        times.sort()
+        rows.append([f"open {name}", f"{times[len(times) // 2]:.3f}", f"{max(times):.3f}"])
+    # A Step press reruns the whole Explore page once (the tick inside included).
+    at.switch_page("pages/explore.py").run()
+    steps: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        at.button(key="btn_run").click().run()
+        steps.append(time.perf_counter() - start)
+    steps.sort()
+    rows.append(
+        ["Run press on Explore (full rerun)", f"{steps[len(steps) // 2]:.3f}", f"{max(steps):.3f}"]
+    )
+    return rows, space
+
+
+def _tick_times(repeats: int) -> list[list[object]]:
+    from ddoq.compare import load_class_points
+    from ddoq.data import load_dataset
+    from ddoq.figures import live_frame, playground_frame
+    from ddoq.live import LiveCLVQ
+    from ddoq.playground import sample_distribution
+    from ddoq.projection import project
+
+    try:
+        from ddoq.priors import load_prior
+
+        prior = load_prior("embedded")
+        dataset = load_dataset("mnist", image_size=prior.image_size, channels=prior.channels)
+    except Exception:  # noqa: BLE001 - no prior yet: the app falls back to pixels too
+        prior, dataset = None, load_dataset("mnist")
+    pts = load_class_points(dataset, 0, prior)
+    proj = project(pts.points, "pca")
+    rows = []
+    for k in (10, 50):
+        live = LiveCLVQ(pts.points, k, batch_size=32, steps_per_tick=5)
+        t, _ = median_time(lambda live=live: live_frame(live, proj, uniform_overlay=True), repeats)
+        rows.append(
+            [
+                f"Explore tick ({pts.space}, d={pts.points.shape[1]}, "
+                f"N={len(pts.points)}, K={k}, 5 steps)",
+                f"{1000 * t:.1f}",
+            ]
+        )
+    toy = sample_distribution("gaussian mixture", 2000, seed=0)
+    bounds = (-3.0, 3.0, -3.0, 3.0)
+    for k in (8, 40):
+        live = LiveCLVQ(toy, k, batch_size=16, steps_per_tick=4)
+        t, _ = median_time(lambda live=live: playground_frame(live, bounds), repeats)
+        rows.append(
+            [
+                f"Teach tick (2-D, N=2000, K={k}, 4 steps, Voronoi grid 110², 2 exact W2)",
+                f"{1000 * t:.1f}",
+            ]
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (the app uses DDOQ_APP_THREADS=1)"
+    )
+    parser.add_argument("--quick", action="store_true", help="2 repeats, write nothing")
+    args = parser.parse_args()
+    repeats = 2 if args.quick else args.repeats
+    os.environ["DDOQ_APP_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        os.environ.setdefault("DDOQ_CACHE_DIR", tempfile.mkdtemp(prefix="ddoq-bench-app-"))
+    os.environ["DDOQ_APP_UMAP"] = "0"
+
+    ticks = _tick_times(repeats)
+    pages, space = _page_times(repeats)
+    page_table = markdown_table(["action", "median s", "max s"], pages)
+    tick_table = markdown_table(["live tick (function called directly)", "median ms"], ticks)
+    print(page_table)
+    print()
+    print(tick_table)
+    if args.quick:
+        return
+    body = (
+        "## app\n\n"
+        f"`python benchmarks/app.py --repeats {repeats}`; {machine_line()}.\n"
+        f"Default settings (mnist, prior {space!r}, class 0, K=10), warm caches, UMAP off, "
+        f"torch threads {args.threads}; load average {os.getloadavg()[0]:.1f} at the end "
+        "(the machine is shared).\n"
+        "Targets (issue 5): opening a page < 2 s, a live CLVQ tick < 200 ms.\n\n"
+        f"{page_table}\n\n{tick_table}\n"
+    )
+    write_section("app", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,518 @@
+"""Plotly figures of the quantize stage (views only: they draw results, compute nothing new).
+
+Used by the Streamlit pages and usable from a notebook. Every function takes arrays
+(or the small result objects of `ddoq.live`, `ddoq.playground`, `ddoq.compare`) and
+returns a `plotly.graph_objects.Figure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from ddoq.compare import W2Comparison
+from ddoq.live import LiveCLVQ, LiveHistory, LiveSnapshot
+from ddoq.playground import (
+    DistortionCurve,
+    VoronoiGrid,
+    W2Pair,
+    voronoi_grid,
+    w2_weighted_vs_uniform,
+)
+from ddoq.projection import Projection, place_centroids
+
+__all__ = [
+    "PALETTE",
+    "LiveFrame",
+    "PlaygroundFrame",
+    "live_frame",
+    "playground_frame",
+    "centroid_map",
+    "distortion_history",
+    "distortion_vs_k",
+    "image_row",
+    "to_uint8",
+    "train_curves",
+    "voronoi_map",
+    "w2_against_k_chart",
+    "w2_bars",
+    "weights_bars",
+]
+
+PALETTE = qualitative.Plotly + qualitative.D3[1:] + qualitative.Set2 + qualitative.Pastel1
+# No named template: resolving one costs ~13 ms per figure, and st.plotly_chart applies
+# the app's theme anyway. Colours per cell go through a discrete colour scale on integer
+# labels, not per-point colour strings (validating N strings is slow).
+_LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "plot_bgcolor": "white"}
+
+
+def _colors(labels: np.ndarray) -> list[str]:
+    return [PALETTE[int(k) % len(PALETTE)] for k in labels]
+
+
+def _discrete_scale(k: int) -> list[list[object]]:
+    """A piecewise-constant colour scale: colour i on [i/K, (i+1)/K) (value i + 0.5)."""
+    scale: list[list[object]] = []
+    for i in range(k):
+        c = PALETTE[i % len(PALETTE)]
+        scale += [[i / k, c], [(i + 1) / k, c]]
+    return scale
+
+
+def _cell_marker(labels: np.ndarray, k: int, **extra: object) -> dict[str, object]:
+    return {
+        "color": np.asarray(labels, dtype=np.float64) + 0.5,
+        "cmin": 0.0,
+        "cmax": float(k),
+        "colorscale": _discrete_scale(k),
+        **extra,
+    }
+
+
+def _figure(traces: list, **layout: object) -> go.Figure:
+    """A Figure from traces and a layout given as keywords (``xaxis_title`` style allowed).
+
+    Building the layout in the constructor is several times faster than `update_layout`,
+    which matters at a few figures per live tick.
+    """
+    spec: dict[str, object] = dict(_LAYOUT)
+    for key, value in layout.items():
+        if key in ("xaxis_title", "yaxis_title"):
+            axis = key.split("_")[0]
+            spec[axis] = {**spec.get(axis, {}), "title": {"text": value}}
+        elif isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    for axis in ("xaxis", "yaxis"):
+        if isinstance(spec.get(axis), dict) and isinstance(spec[axis].get("title"), str):
+            spec[axis]["title"] = {"text": spec[axis]["title"]}
+    return go.Figure(data=traces, layout=spec)
+
+
+def _marker_sizes(weights: np.ndarray, k: int, base: float = 16.0) -> np.ndarray:
+    """Marker diameters proportional to sqrt(K w_k): area proportional to the weight."""
+    w = np.clip(np.asarray(weights, dtype=np.float64) * k, 0.0, None)
+    return np.clip(base * np.sqrt(w), 4.0, 60.0)
+
+
+def centroid_map(
+    embedding: np.ndarray,
+    labels: np.ndarray | None,
+    centers_2d: np.ndarray | None,
+    weights: np.ndarray | None,
+    *,
+    uniform_overlay: bool = False,
+    point_ids: np.ndarray | None = None,
+    title: str = "",
+    height: int = 520,
+) -> go.Figure:
+    """Points coloured by Voronoi cell, centroids sized by weight (area ~ weight).
+
+    embedding: (N, 2); labels: (N,) cell of each point or None (one colour);
+    centers_2d: (K, 2) or None; weights: (K,) cell masses; uniform_overlay draws the
+    same centroids as equal hollow circles (the uniform barycenter / D4M weights);
+    point_ids: (N,) dataset index of each point, shown on hover.
+    """
+    traces: list = []
+    k = len(weights) if weights is not None else 1
+    marker = {"color": "#7f8c9d"} if labels is None else _cell_marker(labels, k)
+    ids = np.arange(len(embedding)) if point_ids is None else np.asarray(point_ids)
+    traces.append(
+        go.Scattergl(
+            x=embedding[:, 0],
+            y=embedding[:, 1],
+            mode="markers",
+            marker={"size": 5, "opacity": 0.55, **marker},
+            customdata=np.stack([np.arange(len(embedding)), ids], axis=1),
+            hovertemplate="image %{customdata[0]} (dataset index %{customdata[1]})<extra></extra>",
+            name="points",
+            showlegend=False,
+        )
+    )
+    if centers_2d is not None and weights is not None:
+        ok = ~np.isnan(centers_2d[:, 0])
+        idx = np.flatnonzero(ok)
+        traces.append(
+            go.Scatter(
+                x=centers_2d[ok, 0],
+                y=centers_2d[ok, 1],
+                mode="markers",
+                marker=_cell_marker(
+                    idx,
+                    k,
+                    size=_marker_sizes(weights[ok], k),
+                    line={"color": "#1a202c", "width": 1.5},
+                ),
+                customdata=np.stack([idx, weights[ok]], axis=1),
+                hovertemplate="centroid %{customdata[0]}<br>weight %{customdata[1]:.3f}"
+                "<extra></extra>",
+                name="DDOQ centroids (size = weight)",
+            )
+        )
+        if uniform_overlay:
+            traces.append(
+                go.Scatter(
+                    x=centers_2d[ok, 0],
+                    y=centers_2d[ok, 1],
+                    mode="markers",
+                    marker={
+                        "size": np.full(int(ok.sum()), 16.0),
+                        "color": "rgba(0,0,0,0)",
+                        "line": {"color": "#e53e3e", "width": 2},
+                        "symbol": "circle-open",
+                    },
+                    hoverinfo="skip",
+                    name=f"D4M barycenter (uniform 1/{k})",
+                )
+            )
+    return _figure(
+        traces,
+        title=title,
+        height=height,
+        legend={"orientation": "h", "y": -0.05},
+        xaxis={"showticklabels": False, "title": ""},
+        yaxis={"showticklabels": False, "title": "", "scaleanchor": "x"},
+    )
+
+
+def distortion_history(
+    history: LiveHistory, title: str = "Distortion against CLVQ steps"
+) -> go.Figure:
+    """Exact distortion D(x) and Alg. 1's running estimate, per tick."""
+    traces: list = []
+    traces.append(
+        go.Scatter(x=history.step, y=history.distortion, mode="lines", name="exact D(x) = W2²")
+    )
+    traces.append(
+        go.Scatter(
+            x=history.step,
+            y=history.running_distortion,
+            mode="lines",
+            line={"dash": "dot"},
+            name="running estimate",
+        )
+    )
+    return _figure(
+        traces,
+        title=title,
+        height=300,
+        xaxis_title="CLVQ steps",
+        yaxis_title="distortion",
+        legend={"orientation": "h", "y": -0.3},
+    )
+
+
+def voronoi_map(
+    points: np.ndarray,
+    grid: VoronoiGrid,
+    centers: np.ndarray | None,
+    masses: np.ndarray | None,
+    *,
+    uniform_overlay: bool = False,
+    height: int = 520,
+) -> go.Figure:
+    """2-D points over their Voronoi cells (a coloured grid) with weight-sized centroids."""
+    k = int(grid.labels.max()) + 1 if centers is None else len(centers)
+    scale = _discrete_scale(k)
+    traces: list = [
+        go.Heatmap(
+            x=grid.xs,
+            y=grid.ys,
+            z=grid.labels + 0.5,
+            zmin=0,
+            zmax=k,
+            colorscale=scale,
+            opacity=0.28,
+            showscale=False,
+            hoverinfo="skip",
+        )
+    ]
+    traces.append(
+        go.Scattergl(
+            x=points[:, 0],
+            y=points[:, 1],
+            mode="markers",
+            marker={"size": 3, "color": "#2d3748", "opacity": 0.45},
+            hoverinfo="skip",
+            name="samples of μ",
+        )
+    )
+    if centers is not None and masses is not None:
+        traces.append(
+            go.Scatter(
+                x=centers[:, 0],
+                y=centers[:, 1],
+                mode="markers",
+                marker=_cell_marker(
+                    np.arange(k),
+                    k,
+                    size=_marker_sizes(masses, k),
+                    line={"color": "#1a202c", "width": 1.5},
+                ),
+                customdata=np.stack([np.arange(k), masses], axis=1),
+                hovertemplate="x_%{customdata[0]}: mass %{customdata[1]:.3f}<extra></extra>",
+                name="centroids (area = cell mass)",
+            )
+        )
+        if uniform_overlay:
+            traces.append(
+                go.Scatter(
+                    x=centers[:, 0],
+                    y=centers[:, 1],
+                    mode="markers",
+                    marker={"size": 16, "symbol": "circle-open", "color": "#e53e3e"},
+                    hoverinfo="skip",
+                    name="uniform barycenter (1/K)",
+                )
+            )
+    return _figure(
+        traces,
+        height=height,
+        xaxis={"range": [grid.xs[0], grid.xs[-1]], "title": ""},
+        yaxis={"range": [grid.ys[0], grid.ys[-1]], "scaleanchor": "x", "title": ""},
+        legend={"orientation": "h", "y": -0.08},
+    )
+
+
+def weights_bars(companion: np.ndarray, masses: np.ndarray) -> go.Figure:
+    """Companion weights p_k beside the exact cell masses w_k they estimate."""
+    k = np.arange(len(masses))
+    traces: list = []
+    traces.append(go.Bar(x=k, y=masses, name="cell mass w_k = μ(C_k)", marker_color="#2b6cb0"))
+    traces.append(go.Bar(x=k, y=companion, name="companion weight p_k", marker_color="#ed8936"))
+    traces.append(
+        go.Scatter(
+            x=[-0.5, len(masses) - 0.5],
+            y=[1 / len(masses)] * 2,
+            mode="lines",
+            line={"dash": "dot", "color": "#1a202c", "width": 1},
+            name="uniform 1/K",
+        )
+    )
+    return _figure(
+        traces,
+        barmode="group",
+        height=300,
+        xaxis_title="centroid k",
+        yaxis_title="weight",
+        legend={"orientation": "h", "y": -0.3},
+    )
+
+
+def distortion_vs_k(curve: DistortionCurve) -> go.Figure:
+    """D_K against K on log-log axes, with a K^(-2/d) reference line through the first K."""
+    ks = curve.ks.astype(float)
+    ref = curve.distortion[0] * (ks / ks[0]) ** curve.zador_slope
+    traces: list = []
+    traces.append(
+        go.Scatter(
+            x=ks,
+            y=curve.distortion,
+            mode="lines+markers",
+            name=f"optimal grid (slope {curve.slope:.2f})",
+        )
+    )
+    traces.append(
+        go.Scatter(
+            x=ks,
+            y=ref,
+            mode="lines",
+            line={"dash": "dash"},
+            name=f"K^(-2/d) = K^({curve.zador_slope:.2f})",
+        )
+    )
+    return _figure(
+        traces,
+        height=340,
+        xaxis={"type": "log", "title": "K"},
+        yaxis={"type": "log", "title": "distortion D_K"},
+        legend={"orientation": "h", "y": -0.3},
+    )
+
+
+_METHOD_COLORS = {
+    "DDOQ (weighted)": "#2b6cb0",
+    "D4M (uniform)": "#e53e3e",
+    "random real": "#718096",
+}
+
+
+def w2_bars(rows: Sequence[tuple[str, W2Comparison]]) -> go.Figure:
+    """Grouped bars: W2 of the three methods for each labelled comparison (e.g. class)."""
+    names = [name for name, _ in rows]
+    traces: list = []
+    for method, attr in (
+        ("DDOQ (weighted)", "weighted"),
+        ("D4M (uniform)", "uniform"),
+        ("random real", "random"),
+    ):
+        traces.append(
+            go.Bar(
+                x=names,
+                y=[getattr(c, attr) for _, c in rows],
+                name=method,
+                marker_color=_METHOD_COLORS[method],
+            )
+        )
+    return _figure(
+        traces,
+        barmode="group",
+        height=340,
+        yaxis_title="W2 to the class",
+        legend={"orientation": "h", "y": -0.2},
+    )
+
+
+def w2_against_k_chart(comparisons: Sequence[W2Comparison]) -> go.Figure:
+    """W2 against K for the three methods, log axes."""
+    ks = [c.k for c in comparisons]
+    traces: list = []
+    for method, attr in (
+        ("DDOQ (weighted)", "weighted"),
+        ("D4M (uniform)", "uniform"),
+        ("random real", "random"),
+    ):
+        traces.append(
+            go.Scatter(
+                x=ks,
+                y=[getattr(c, attr) for c in comparisons],
+                mode="lines+markers",
+                name=method,
+                line={"color": _METHOD_COLORS[method]},
+            )
+        )
+    return _figure(
+        traces,
+        height=340,
+        xaxis={"type": "log", "title": "K (images per class)"},
+        yaxis={"type": "log", "title": "W2 to the class"},
+        legend={"orientation": "h", "y": -0.3},
+    )
+
+
+@dataclass
+class LiveFrame:
+    """What one live tick draws: the map, the distortion curve, and the state behind them."""
+
+    map: go.Figure
+    curve: go.Figure
+    snapshot: LiveSnapshot | None
+
+
+def live_frame(
+    live: LiveCLVQ,
+    projection: Projection,
+    *,
+    step: bool = True,
+    uniform_overlay: bool = False,
+    point_ids: np.ndarray | None = None,
+    title: str = "",
+) -> LiveFrame:
+    """One tick of the live view: advance `live` (when `step`) and draw it on `projection`.
+
+    Centroids are placed on the map without refitting (`place_centroids`, "auto").
+    This is the function the app's timer calls; the benchmark times it directly.
+    """
+    snap = live.tick() if step else live.snapshot
+    if snap is None:
+        fig = centroid_map(projection.embedding, None, None, None, point_ids=point_ids, title=title)
+        return LiveFrame(fig, distortion_history(live.history), None)
+    pos = place_centroids(projection, snap.centers, labels=snap.labels)
+    fig = centroid_map(
+        projection.embedding,
+        snap.labels,
+        pos,
+        snap.masses,
+        uniform_overlay=uniform_overlay,
+        point_ids=point_ids,
+        title=title,
+    )
+    return LiveFrame(fig, distortion_history(live.history), snap)
+
+
+@dataclass
+class PlaygroundFrame:
+    """What one tick of the teaching playground draws, and the W2 pair it reports."""
+
+    map: go.Figure
+    weights: go.Figure | None
+    curve: go.Figure | None
+    w2: W2Pair | None
+    snapshot: LiveSnapshot | None
+
+
+def playground_frame(
+    live: LiveCLVQ,
+    bounds: tuple[float, float, float, float],
+    *,
+    step: bool = True,
+    uniform_overlay: bool = True,
+    resolution: int = 110,
+) -> PlaygroundFrame:
+    """One tick of the 2-D playground: advance `live`, draw its Voronoi cells and weights.
+
+    Also computes the exact W2 of the grid with its cell masses and with uniform weights
+    (`ddoq.playground.w2_weighted_vs_uniform`). The Teach page's timer calls this.
+    """
+    points = live.points
+    snap = live.tick() if step else live.snapshot
+    if snap is None:
+        grid = voronoi_grid(points[:1], bounds, resolution=20)
+        return PlaygroundFrame(voronoi_map(points, grid, None, None), None, None, None, None)
+    grid = voronoi_grid(snap.centers, bounds, resolution=resolution)
+    return PlaygroundFrame(
+        voronoi_map(points, grid, snap.centers, snap.masses, uniform_overlay=uniform_overlay),
+        weights_bars(snap.companion_weights, snap.masses),
+        distortion_history(live.history, "Running vs exact distortion"),
+        w2_weighted_vs_uniform(points, snap.centers, snap.masses),
+        snap,
+    )
+
+
+def to_uint8(images: np.ndarray | object) -> np.ndarray:
+    """Images (N, C, H, W) in [0, 1] (array or tensor) as uint8 (N, H, W) or (N, H, W, 3)."""
+    if hasattr(images, "detach"):
+        images = images.detach().cpu().numpy()
+    x = np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0)
+    x = (x * 255 + 0.5).astype(np.uint8)
+    return x[:, 0] if x.shape[1] == 1 else np.transpose(x, (0, 2, 3, 1))
+
+
+def image_row(images: np.ndarray, pad: int = 2) -> np.ndarray:
+    """uint8 images (n, H, W[, 3]) side by side with `pad` white pixels between them."""
+    n, h = images.shape[0], images.shape[1]
+    gap = np.full((h, pad, *images.shape[3:]), 255, dtype=np.uint8)
+    parts: list[np.ndarray] = []
+    for i in range(n):
+        parts += [images[i], gap] if i < n - 1 else [images[i]]
+    return np.concatenate(parts, axis=1)
+
+
+_TRAIN_COLORS = {"ddoq": "#2b6cb0", "d4m": "#e53e3e", "random": "#718096", "full": "#38a169"}
+
+
+def train_curves(records: Sequence[object], metric: str = "accuracy") -> go.Figure:
+    """Per-epoch `metric` ("accuracy" or "loss") of each method's student (`ddoq.jobs`)."""
+    traces = [
+        go.Scatter(
+            x=r.epochs,
+            y=getattr(r, metric),
+            mode="lines+markers",
+            name=r.method,
+            line={"color": _TRAIN_COLORS.get(r.method)},
+        )
+        for r in records
+    ]
+    return _figure(
+        traces,
+        height=300,
+        title="test accuracy" if metric == "accuracy" else "training loss (weighted)",
+        xaxis_title="epoch",
+        yaxis_title=metric,
+        legend={"orientation": "h", "y": -0.3},
+    )

@@ -1,0 +1,218 @@
+"""Background training jobs (stages distill -> export -> train, in a worker thread).
+
+The app's "Train a student" page starts a `TrainJob` and keeps it in the person's session:
+the worker thread runs on while the person switches pages or the page reruns, and the page
+polls the job's public state (status, progress, per-epoch losses and accuracies).
+
+For each method (``ddoq``, ``d4m``, ``random``, ``full``) the job distils the set
+(`ddoq.distill.distill`), writes it (`ddoq.export.write`) to ``RUN/<method>/distilled``,
+trains a student one epoch at a time (`ddoq.train.fit` with ``stop_after``, resuming from
+its checkpoint in ``RUN/<method>/student``, so stopping loses at most one epoch), evaluates
+it on the held-out split after every epoch, and writes ``RUN/<method>/manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ddoq.train import TrainConfig
+
+__all__ = ["MethodRecord", "TrainJob", "TrainSpec", "list_runs"]
+
+
+@dataclass
+class TrainSpec:
+    """What to distil and train: the dataset, the prior, the methods, IPC and the student."""
+
+    dataset: str = "mnist"
+    prior: str = "embedded"
+    methods: tuple[str, ...] = ("ddoq", "d4m", "random")
+    ipc: int = 10
+    alpha: float = 0.5
+    seed: int = 0
+    teacher: str = "embedded"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class MethodRecord:
+    """Progress and results of one method: per-epoch loss and test accuracy."""
+
+    method: str
+    epochs: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    run_dir: str = ""
+    status: str = "queued"
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class TrainJob:
+    """Distil and train every method of `spec` in a daemon thread under `run_root`.
+
+    Public state (read it from any thread): `status`, `progress` (0..1), `records`
+    (method -> `MethodRecord`), `error`, `running`. `stop()` asks the worker to stop after
+    the current epoch. `prior` and `teacher` may be passed already loaded.
+    """
+
+    def __init__(self, spec: TrainSpec, run_root: str | os.PathLike, *, prior=None, teacher=None):
+        spec.train.check()
+        if not spec.methods:
+            raise ValueError("choose at least one method to train")
+        self.spec = spec
+        self.run_root = Path(run_root)
+        self.prior, self.teacher = prior, teacher
+        self.records = {m: MethodRecord(m) for m in spec.methods}
+        self.status = "queued"
+        self.progress = 0.0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ddoq-train", daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> TrainJob:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop after the current epoch (the checkpoint keeps what was done)."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        torch.set_num_threads(1)
+        try:
+            self._work()
+            self.status = "stopped" if self._stop.is_set() else "done"
+        except Exception as err:  # noqa: BLE001 - reported to the page, which shows it
+            self.error = f"{type(err).__name__}: {err}"
+            self.status = "failed"
+            self._trace = traceback.format_exc()
+
+    def _work(self) -> None:
+        from ddoq import export
+        from ddoq.data import load_dataset
+        from ddoq.distill import DistillConfig, distill
+        from ddoq.labels import load_teacher
+        from ddoq.priors import load_prior
+        from ddoq.train import evaluate, fit
+
+        spec, cfg = self.spec, self.spec.train
+        self.status = "loading the prior and the teacher"
+        prior = self.prior or load_prior(spec.prior)
+        teacher = self.teacher or load_teacher(spec.teacher)
+        test = load_dataset(
+            spec.dataset, "test", image_size=prior.image_size, channels=prior.channels
+        )
+        test_x, test_y = test.images(), torch.as_tensor(test.targets)
+        total = len(spec.methods) * cfg.epochs
+        done = 0
+        for method in spec.methods:
+            rec = self.records[method]
+            if self._stop.is_set():
+                rec.status = "stopped"
+                continue
+            run = self.run_root / method
+            rec.run_dir = str(run)
+            rec.status = self.status = f"distilling {method}"
+            dconf = DistillConfig(
+                dataset=spec.dataset,
+                ipc=spec.ipc,
+                method=method,
+                alpha=spec.alpha,
+                prior=spec.prior,
+                teacher=spec.teacher,
+                temperature=cfg.temperature,
+                seed=spec.seed,
+            )
+            result = distill(dconf, prior=prior, teacher=teacher, progress=False)
+            ds = export.load(export.write(result, run / "distilled", overwrite=True))
+            probs = ds.soft_labels(cfg.temperature) if cfg.labels == "soft" else None
+            start = time.perf_counter()
+            model = None
+            for epoch in range(1, cfg.epochs + 1):
+                if self._stop.is_set():
+                    break
+                rec.status = self.status = f"training {method}: epoch {epoch}/{cfg.epochs}"
+                out = fit(
+                    cfg,
+                    ds.images,
+                    ds.labels,
+                    weights=ds.weights,
+                    teacher_probs=probs,
+                    teacher=teacher,
+                    num_classes=ds.num_classes,
+                    run_dir=run / "student",
+                    stop_after=epoch,
+                    progress=False,
+                )
+                model = out.model
+                acc = evaluate(model, test_x, test_y, batch_size=cfg.eval_batch_size)
+                rec.epochs.append(epoch)
+                rec.loss.append(float(out.losses[-1]))
+                rec.accuracy.append(float(acc))
+                done += 1
+                self.progress = done / total
+            rec.status = "stopped" if self._stop.is_set() else "done"
+            _write_json(
+                run / "manifest.json",
+                {
+                    "kind": "ddoq-app-train",
+                    "method": method,
+                    "spec": asdict(spec),
+                    "distilled": str(run / "distilled"),
+                    "epochs_done": len(rec.epochs),
+                    "loss": rec.loss,
+                    "accuracy": rec.accuracy,
+                    "test_accuracy": rec.accuracy[-1] if rec.accuracy else None,
+                    "seconds": round(time.perf_counter() - start, 3),
+                    "status": rec.status,
+                    "distill_metrics": result.metrics(),
+                },
+            )
+        self.progress = 1.0 if not self._stop.is_set() else self.progress
+
+
+def list_runs(root: str | os.PathLike) -> list[dict]:
+    """Finished method runs under `root` (``root/<job>/<method>/manifest.json``), newest first."""
+    rows = []
+    for path in Path(root).glob("*/*/manifest.json"):
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        spec = m.get("spec", {})
+        rows.append(
+            {
+                "run": path.parent.parent.name,
+                "method": m.get("method"),
+                "ipc": spec.get("ipc"),
+                "student": spec.get("train", {}).get("student"),
+                "epochs": m.get("epochs_done"),
+                "test accuracy": m.get("test_accuracy"),
+                "W2 reduction": (m.get("distill_metrics") or {}).get("w2_reduction_mean"),
+                "status": m.get("status"),
+                "folder": str(path.parent),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["run"], r["method"] or ""), reverse=True)

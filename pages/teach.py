@@ -1,0 +1,151 @@
+"""Teach: optimal quantization vs the uniform Wasserstein barycenter, on 2-D toy measures.
+
+A playground for the quantize stage: CLVQ animates on a 2-D measure with its Voronoi
+cells, companion weights converging to the cell masses and the running distortion
+converging; the weighted grid's W2 beside the uniform one's; the distortion against K
+beside Zador's K^(-2/d) rate. All computation is in `ddoq.playground` and `ddoq.live`.
+"""
+
+import numpy as np
+import streamlit as st
+
+from ddoq.figures import distortion_vs_k, playground_frame
+from ddoq.live import LiveCLVQ
+from ddoq.playground import DISTRIBUTIONS, distortion_curve, sample_distribution
+from pages._common import readable_errors, setting
+
+TICK_SECONDS = 0.25
+N_POINTS = 2000
+STEP_RULES = {
+    "1/count per centroid (mini-batch k-means)": "count",
+    "constant γ": "constant",
+    "γ_n = 1/(1 + n/100)^0.7 (Robbins-Monro)": "schedule",
+}
+
+
+def _schedule(n: int) -> float:
+    return 1.0 / (1.0 + n / 100.0) ** 0.7
+
+
+@st.cache_data(show_spinner=False)
+def toy_points(name: str) -> np.ndarray:
+    return sample_distribution(name, N_POINTS, seed=0)
+
+
+@st.cache_data(show_spinner=False)
+def toy_curve(name: str):
+    return distortion_curve(toy_points(name), [1, 2, 4, 8, 16, 32, 64], seed=0)
+
+
+st.title("Teach: quantization vs barycenter")
+st.markdown(
+    r"""
+A measure $\mu$ (here 2,000 samples in the plane) is to be summarised by $K$ points
+$x_1,\dots,x_K$. Each point owns its **Voronoi cell**
+$C_k = \{z : |z-x_k| \le |z-x_j|\ \forall j\}$. The **quadratic distortion**
+$D(x) = \mathbb{E}_\mu \min_k |Z - x_k|^2$ is what CLVQ minimises: draw $\xi \sim \mu$, find
+the winner $k^*$, and move it, $x_{k^*} \leftarrow x_{k^*} - \gamma (x_{k^*} - \xi)$; the
+**companion weights** $p_k \leftarrow p_k - \gamma(p_k - \mathbf 1_{k = k^*})$ converge to
+the cell masses $w_k = \mu(C_k)$.
+
+Which weights should the $K$ points carry? With $w_k = \mu(C_k)$ the measure
+$\sum_k w_k \delta_{x_k}$ is the closest to $\mu$ on this grid and
+$W_2^2 = D(x)$ (Prop. 1). A **Wasserstein barycenter** of uniform weights $1/K$ (D4M)
+sits on the same points but is farther: $W_2^2 \ge D(x)$, the more so when the masses
+are unequal, as in the Gaussian mixture.
+"""
+)
+
+c1, c2, c3, c4 = st.columns(4)
+dist_name = setting(c1.selectbox, "Distribution μ", DISTRIBUTIONS, name="s_teach_dist")
+k = setting(c2.slider, "K", 2, 40, name="s_teach_k")
+rule_label = setting(c3.selectbox, "Step rule", list(STEP_RULES), name="s_teach_rule")
+gamma = setting(
+    c3.slider,
+    "γ (constant rule)",
+    0.01,
+    0.5,
+    name="s_teach_gamma",
+    disabled=STEP_RULES[rule_label] != "constant",
+)
+batch = setting(c4.select_slider, "Batch size", [1, 4, 16, 64], name="s_teach_batch")
+overlay = setting(c4.toggle, "Show uniform barycenter", name="s_teach_overlay")
+
+rule = STEP_RULES[rule_label]
+step = {"count": "count", "constant": float(gamma), "schedule": _schedule}[rule]
+points = toy_points(dist_name)
+state = st.session_state
+config = (dist_name, k, rule, float(gamma) if rule == "constant" else None, batch)
+if state.get("teach_config") != config:
+    state["teach_live"] = LiveCLVQ(points, k, batch_size=batch, steps_per_tick=4, step=step)
+    state["teach_config"] = config
+    state["teach_running"] = False
+live: LiveCLVQ = state["teach_live"]
+
+b = st.columns(5)
+if b[0].button("Run", icon=":material/play_arrow:", type="primary", key="teach_run"):
+    live.reset()
+    state["teach_running"] = True
+if b[1].button(
+    "Pause", icon=":material/pause:", key="teach_pause", disabled=not state["teach_running"]
+):
+    state["teach_running"] = False
+if b[2].button(
+    "Resume",
+    icon=":material/resume:",
+    key="teach_resume",
+    disabled=state["teach_running"] or not live.started,
+):
+    state["teach_running"] = True
+step_now = b[3].button(
+    "Step", icon=":material/skip_next:", key="teach_step", disabled=state["teach_running"]
+)
+if b[4].button("Reset", icon=":material/restart_alt:", key="teach_reset"):
+    live.reset()
+    state["teach_running"] = False
+
+lo, hi = points.min(axis=0) - 0.3, points.max(axis=0) + 0.3
+bounds = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
+MAX_STEPS = 400
+
+
+@st.fragment(run_every=TICK_SECONDS if state["teach_running"] else None)
+def playground() -> None:
+    """One timer tick: CLVQ steps, Voronoi cells, weights, distortion and W2."""
+    running = state["teach_running"]
+    with readable_errors("CLVQ step"):
+        frame = playground_frame(live, bounds, step=running or step_now, uniform_overlay=overlay)
+        snap = frame.snapshot
+        left, right = st.columns([3, 2])
+        left.plotly_chart(frame.map, key="teach_map")
+        if snap is None:
+            right.info("Press **Run** to watch CLVQ place the K centroids.")
+            return
+        with right:
+            m = st.columns(3)
+            m[0].metric("W2, weights = cell masses", f"{frame.w2.weighted:.4f}")
+            m[1].metric("W2, uniform 1/K", f"{frame.w2.uniform:.4f}")
+            m[2].metric("Weights remove", f"{100 * frame.w2.reduction:.1f}%")
+            st.plotly_chart(frame.weights, key="teach_w")
+            st.plotly_chart(frame.curve, key="teach_d")
+            st.caption(f"Step {snap.step}: max |p_k − w_k| = {live.history.weight_gap[-1]:.3f}")
+        if running and snap.step >= MAX_STEPS:
+            state["teach_running"] = False
+            st.rerun()
+
+
+playground()
+
+st.subheader("Distortion against K")
+st.markdown(
+    r"""
+For a $d$-dimensional measure the optimal distortion decays like $D_K \sim C\,K^{-2/d}$
+(Zador; Graf and Luschgy), so $W_2 \sim K^{-1/d}$: the lower the dimension of the latent
+space, the faster a few points describe it. Here $d = 2$, slope $-1$ on log axes.
+"""
+)
+with readable_errors("Computing the distortion curve"):
+    with st.spinner("Fitting K = 1…64 with Lloyd…"):
+        curve = toy_curve(dist_name)
+    st.plotly_chart(distortion_vs_k(curve), key="teach_curve")
+    st.caption(f"Fitted slope {curve.slope:.2f}; Zador's rate −2/d = {curve.zador_slope:.2f}.")

@@ -1,0 +1,287 @@
+"""The Streamlit app, page by page, with streamlit.testing.v1.AppTest (no browser).
+
+AppTest does not fire `st.fragment(run_every=...)` timers: the live tick itself is tested
+in tests/test_live.py; here each button press reruns the page once, which ticks once.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_dir(tmp_path_factory):
+    """One temporary DDOQ_CACHE_DIR (MNIST arrays, projections) for the module."""
+    path = tmp_path_factory.mktemp("ddoq-app-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DDOQ_CACHE_DIR", str(path))
+        mp.setenv("DDOQ_APP_UMAP", "1")
+        yield path
+
+
+def _open(page: str | None = None, **settings) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in settings.items():
+        at.session_state[key] = value
+    at.run()
+    if page is not None:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _charts(at: AppTest) -> list:
+    return at.get("plotly_chart")
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_explore_opens_with_a_map_and_controls():
+    at = _open()
+    assert at.title[0].value == "Explore a class"
+    assert [s.label for s in at.selectbox] == ["Dataset", "Prior", "Class"]
+    assert at.slider(key="w_s_k").value == 10
+    assert [b.label for b in at.button] == ["Run", "Pause", "Resume", "Step", "Reset"]
+    assert len(_charts(at)) == 1  # the map of the class before any step
+    assert any("Run" in i.value for i in at.info)
+    assert not at.error
+
+
+def test_explore_run_pause_step_reset():
+    at = _open()
+    at.button(key="btn_run").click().run()
+    assert _metric(at, "CLVQ steps") == "5"
+    assert at.session_state["explore_running"]
+    assert len(_charts(at)) == 2  # map with centroids + distortion curve
+    at.button[1].click().run()  # Pause (reruns without a step)
+    assert not at.session_state["explore_running"]
+    assert _metric(at, "CLVQ steps") == "5"
+    at.button[3].click().run()  # Step
+    assert _metric(at, "CLVQ steps") == "10"
+    at.button[2].click().run()  # Resume
+    assert at.session_state["explore_running"]
+    at.button[4].click().run()  # Reset
+    assert not at.session_state["explore_running"]
+    assert not at.metric and any("Run" in i.value for i in at.info)
+
+
+def test_explore_overlay_and_k_change_restart_the_run():
+    at = _open()
+    at.button(key="btn_run").click().run()
+    at.slider(key="w_s_k").set_value(4).run()
+    assert at.session_state["s_k"] == 4 and not at.session_state["explore_running"]
+    at.toggle(key="w_s_overlay").set_value(True).run()
+    at.button(key="btn_run").click().run()
+    assert not at.exception
+    assert at.session_state["explore_live"].snapshot.centers.shape[0] == 4
+
+
+def test_settings_persist_across_pages():
+    at = _open()
+    at.slider(key="w_s_k").set_value(7).run()
+    at.selectbox(key="w_s_class").set_value(3).run()
+    at.switch_page("pages/teach.py").run()
+    at.switch_page("pages/wasserstein.py").run()
+    assert at.slider(key="w2_k").value == 7
+    assert at.selectbox(key="w_s_class").value == 3
+    at.slider(key="w2_k").set_value(8).run()
+    at.switch_page("pages/explore.py").run()
+    assert at.slider(key="w_s_k").value == 8
+
+
+def test_explore_umap_runs_in_the_background(monkeypatch):
+    import threading
+
+    import pages._common as common
+
+    release = threading.Event()
+    real_project = common.project
+
+    def slow_project(points, method="pca", **kw):
+        if method == "umap":
+            release.wait(30)
+            return real_project(points, "pca", cache_dir=False)
+        return real_project(points, method, **kw)
+
+    monkeypatch.setattr(common, "project", slow_project)
+    common.umap_job.clear()
+    at = _open(s_class=5, s_view="UMAP")
+    assert any("background" in i.value for i in at.info)
+    assert len(_charts(at)) == 1  # PCA meanwhile
+    release.set()
+    at.session_state["s_view"] = "UMAP"
+    common.umap_job(at.session_state["s_dataset"], at.session_state["s_prior"], 5).result(30)
+    at.run()
+    assert not any("background" in i.value for i in at.info)
+    common.umap_job.clear()
+
+
+def test_explore_uses_a_cached_umap_embedding(cache_dir):
+    from ddoq.projection import _FORMAT, _params, _write, cache_path, data_fingerprint
+    from pages._common import class_points, umap_job
+
+    at = _open(s_class=6)
+    pts = class_points(at.session_state["s_dataset"], at.session_state["s_prior"], 6).points
+    fp, params = data_fingerprint(pts), _params("umap", 15, 0.1, 0)
+    fake = np.random.default_rng(0).normal(size=(len(pts), 2)).astype(np.float32)
+    meta = {"format": _FORMAT, "fingerprint": fp, "params": params}
+    _write(cache_path(fp, params, cache_dir), {"embedding": fake}, meta)
+    umap_job.clear()
+    at.radio(key="w_s_view").set_value("UMAP").run()
+    umap_job(at.session_state["s_dataset"], at.session_state["s_prior"], 6).result(30)
+    at.run()
+    at.button(key="btn_run").click().run()
+    assert not at.exception
+    title = _charts(at)[0].proto.spec
+    assert "UMAP map" in title
+    umap_job.clear()
+
+
+def test_bad_folder_shows_a_readable_error():
+    at = _open()
+    at.selectbox[0].set_value("folder…").run()
+    at.text_input[0].set_value("/no/such/folder").run()
+    assert not at.exception
+    assert at.error and "neither an embedded dataset" in at.error[0].value
+
+
+def test_teach_page_runs_clvq_and_compares_w2():
+    at = _open("pages/teach.py")
+    assert at.title[0].value.startswith("Teach")
+    assert [s.label for s in at.selectbox] == ["Distribution μ", "Step rule"]
+    assert len(_charts(at)) == 2  # empty playground map + distortion against K
+    assert at.latex or any("K^{-2/d}" in m.value for m in at.markdown)
+    at.button(key="teach_run").click().run()
+    assert not at.exception
+    weighted = float(_metric(at, "W2, weights = cell masses"))
+    uniform = float(_metric(at, "W2, uniform 1/K"))
+    assert weighted < uniform
+    assert len(_charts(at)) == 4  # Voronoi map, weights, distortion, distortion vs K
+    at.selectbox(key="w_s_teach_dist").set_value("ring").run()
+    at.button(key="teach_step").click().run()
+    assert _metric(at, "W2, uniform 1/K")
+
+
+def test_wasserstein_page_table_curve_and_pushforward_note():
+    at = _open("pages/wasserstein.py", s_k=5)
+    assert at.slider(key="w2_k").value == 5
+    assert any("Compute W2" in i.value for i in at.info)
+    at.button(key="w2_compute").click().run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["W2 DDOQ (weighted)"] <= row["W2 D4M (uniform)"] + 1e-9
+    assert len(_charts(at)) == 1
+    at.button(key="w2_curve_btn").click().run()
+    assert not at.exception
+    assert len(at.session_state["w2_curve"]["curve"]) == 7
+    assert len(_charts(at)) == 2
+    if at.session_state["s_prior"] == "embedded" and not any(
+        "could not be loaded" in i.value for i in at.info
+    ):
+        at.button(key="w2_push").click().run()
+        assert not at.exception and not at.error
+        push = at.dataframe[1].value
+        assert list(push["space"]) == ["latent", "pixel (decoded)"]
+        assert push["W2 weighted"].iloc[0] <= push["W2 uniform"].iloc[0] + 1e-9
+    else:
+        assert any("Needs a prior" in i.value for i in at.info)
+
+
+def test_decoded_page_shows_centroids_sorted_by_weight():
+    at = _open("pages/decoded.py", s_k=4)
+    assert at.title[0].value == "Decoded images"
+    assert at.button(key="dec_go").label == "Decode"
+    assert any("Press **Decode**" in i.value for i in at.info)
+    at.button(key="dec_go").click().run()
+    assert not at.exception and not at.error
+    result = at.session_state["dec_result"]
+    assert len(result["images"]) == 4 and result["nearest"].shape[:2] == (4, 3)
+    assert len(at.get("image")) == 8  # a decoded image and a strip of nearest real ones each
+    shown = [float(m.value.split("=")[1].split("*")[0]) for m in at.markdown if "w = " in m.value]
+    assert shown == sorted(shown, reverse=True) and sum(shown) == pytest.approx(1, abs=2e-3)
+    if result["space"] == "latent":
+        at.radio(key="w_s_dec_mode").set_value("img2img").run()
+        at.select_slider(key="w_s_dec_steps").set_value(10).run()
+        at.button(key="dec_go").click().run()
+        assert not at.exception and not at.error
+        assert at.session_state["dec_result"]["key"][-1] == "img2img"
+
+
+def test_decoded_page_uses_the_explore_run():
+    at = _open(s_k=3)
+    at.button(key="btn_run").click().run()
+    steps = at.session_state["explore_live"].snapshot.step
+    at.switch_page("pages/decoded.py").run()
+    assert any(f"({steps} CLVQ steps)" in c.value for c in at.caption)
+    at.button(key="dec_go").click().run()
+    np.testing.assert_array_equal(
+        at.session_state["dec_result"]["weights"], at.session_state["explore_live"].snapshot.masses
+    )
+
+
+def test_distill_page_exports_a_zip_per_session(tmp_path, monkeypatch):
+    import zipfile
+
+    from ddoq.export import load
+
+    monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
+    at = _open("pages/distill.py", s_dist_ipc=2)
+    assert at.title[0].value == "Distill and export"
+    if at.warning:  # no prior loadable: the page says so and stops
+        assert "needs a prior" in at.warning[0].value
+        return
+    assert [s.label for s in at.selectbox] == ["Method"]
+    at.button(key="dist_go").click().run()
+    assert not at.exception and not at.error
+    res = at.session_state["dist_result"]
+    folder = Path(res["folder"])
+    assert folder.parent.parent == tmp_path / "runs" / at.session_state["session_id"] / ""
+    assert len(load(folder)) == 20
+    with zipfile.ZipFile(res["zip"]) as z:
+        names = set(z.namelist())
+    assert {"manifest.json", "metadata.jsonl", "soft_labels.safetensors"} <= names
+    assert sum(n.startswith("images/") and n.endswith(".png") for n in names) == 20
+    assert _metric(at, "Images") == "20"
+    assert at.get("download_button")
+    # a second session writes elsewhere
+    other = _open("pages/distill.py", s_dist_ipc=2)
+    assert other.session_state["session_id"] != at.session_state["session_id"]
+
+
+def test_train_page_runs_a_tiny_job_in_the_background(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
+    at = _open(
+        "pages/train.py",
+        s_train_ipc=1,
+        s_train_epochs=2,
+        s_train_methods=["ddoq", "random"],
+    )
+    assert at.title[0].value == "Train a student"
+    if at.warning:
+        assert "needs a prior" in at.warning[0].value
+        return
+    assert at.multiselect(key="w_s_train_methods").value == ["ddoq", "random"]
+    assert any("Start training" in i.value for i in at.info)
+    at.button(key="train_go").click().run()
+    assert not at.exception and not at.error
+    job = at.session_state["train_job"]
+    assert at.get("progress")
+    at.switch_page("pages/teach.py").run()  # the job survives page switches
+    job.join(180)
+    assert job.status == "done", job.error
+    at.switch_page("pages/train.py").run()
+    assert not at.exception and not at.error
+    runs = at.dataframe[0].value
+    assert sorted(runs["method"]) == ["ddoq", "random"]
+    assert (runs["epochs"] == 2).all() and runs["test accuracy"].between(0, 1).all()
+    assert len(_charts(at)) == 2  # accuracy and loss curves
+    assert all(Path(f, "manifest.json").is_file() for f in runs["folder"])

@@ -1,0 +1,88 @@
+"""The command line end to end: the issue's done criterion, re-export, evaluation, errors."""
+
+import json
+
+import pytest
+
+from ddoq.cli import main
+
+COMMANDS = ["distill", "train", "evaluate", "export", "train-teacher"]
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "ddoq10"
+    assert main(["distill", "--dataset", "mnist", "--ipc", "10", "--method", "ddoq",
+                 "--decode", "vae", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(distilled):
+    run = distilled.parent / "run"
+    assert main(["train", "--distilled", str(distilled), "--student", "convnet",
+                 "--out", str(run), "--quiet"]) == 0  # fmt: skip
+    return run
+
+
+def test_distill_then_train_reaches_90_percent(distilled, trained):
+    """The issue's done criterion, with the default settings."""
+    manifest = json.loads((distilled / "manifest.json").read_text())
+    assert manifest["config"]["ipc"] == 10 and manifest["metrics"]["num_images"] == 100
+    run = json.loads((trained / "manifest.json").read_text())
+    accuracy = run["metrics"]["test_accuracy"]
+    assert 0.9 <= accuracy <= 1.0
+    assert run["config"]["protocol"] == "precomputed" and run["config"]["temperature"] == 20.0
+
+
+def test_train_again_resumes_from_the_last_checkpoint(distilled, trained, capsys):
+    before = json.loads((trained / "manifest.json").read_text())["metrics"]
+    assert main(["train", "--distilled", str(distilled), "--out", str(trained), "--quiet"]) == 0
+    after = json.loads((trained / "manifest.json").read_text())["metrics"]
+    assert after["resumed_from_epoch"] == before["epochs_done"]
+    assert after["test_accuracy"] == before["test_accuracy"]
+
+
+def test_evaluate_run_and_teacher(trained, capsys):
+    assert main(["evaluate", str(trained)]) == 0
+    expected = json.loads((trained / "manifest.json").read_text())["metrics"]["test_accuracy"]
+    assert f"{expected:.4f}" in capsys.readouterr().out
+    assert main(["evaluate", "--teacher", "embedded"]) == 0
+    assert "top-1 accuracy 0.98" in capsys.readouterr().out
+
+
+def test_export_re_tempers_weights(distilled, tmp_path):
+    from ddoq.export import load
+
+    out = tmp_path / "uniform"
+    assert main(["export", str(distilled), "--out", str(out), "--alpha", "0", "--quiet"]) == 0
+    src, new = load(distilled), load(out)
+    assert src.weights.std() > 0 and float(new.weights.std()) < 1e-6
+    assert (new.images == src.images).all() and (new.masses == src.masses).all()
+    assert json.loads((out / "manifest.json").read_text())["config"]["alpha"] == 0
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_explains_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--device" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["distill", "--ipc", "0"], "ipc"),
+        (["distill", "--ipc", "100000"], "larger than class"),
+        (["distill", "--method", "magic"], "unknown method"),
+        (["train", "--distilled", "/nonexistent/set"], "does not exist"),
+        (["evaluate", "/nonexistent/run"], "not a finished"),
+        (["export", "/nonexistent/set"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
+    argv = argv + ["--out", str(tmp_path / "o")] if argv[0] != "evaluate" else argv
+    assert main(argv + ["--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err

@@ -1,0 +1,135 @@
+"""Weighted training: the loss by hand, zero weights, augmentation, resume = uninterrupted."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddoq.train import TrainConfig, augment, evaluate, fit, normalise_weights, weighted_loss
+
+
+def test_weighted_soft_loss_equals_hand_computation():
+    T = 2.0
+    logits = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
+    teacher = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 0.0]])
+    w = torch.tensor([0.5, 1.5])
+    p = [[math.exp(v / T) for v in row] for row in teacher.tolist()]
+    p = [[v / sum(row) for v in row] for row in p]
+    q = [[math.exp(v / T) for v in row] for row in logits.tolist()]
+    q = [[v / sum(row) for v in row] for row in q]
+    kl = [sum(pi * math.log(pi / qi) for pi, qi in zip(pr, qr)) for pr, qr in zip(p, q)]
+    expected = (0.5 * T**2 * kl[0] + 1.5 * T**2 * kl[1]) / 2
+    got = weighted_loss(logits, torch.tensor(p), w, temperature=T)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_weighted_hard_loss_is_weighted_cross_entropy():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+    w = torch.tensor([1.0, 2.0, 0.0])
+    ce = [math.log(1 + math.exp(-2.0)), math.log(1 + math.exp(1.0)), math.log(2.0)]
+    assert float(weighted_loss(logits, y, w)) == pytest.approx((ce[0] + 2 * ce[1]) / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_zero_weight_removes_the_sample_gradient(hard):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, requires_grad=True)
+    target = torch.tensor([0, 1, 2]) if hard else F.softmax(torch.randn(3, 4), 1)
+    weighted_loss(x, target, torch.tensor([1.0, 0.0, 2.0])).backward()
+    assert torch.all(x.grad[1] == 0)
+    assert x.grad[0].abs().sum() > 0 and x.grad[2].abs().sum() > 0
+
+
+def test_weights_are_normalised_to_mean_one():
+    w = normalise_weights(torch.tensor([1.0, 3.0, 0.0, 4.0]), 4)
+    assert torch.allclose(w, torch.tensor([0.5, 1.5, 0.0, 2.0]))
+    assert torch.equal(normalise_weights(None, 3), torch.ones(3))
+    with pytest.raises(ValueError):
+        normalise_weights(torch.tensor([-1.0, 1.0]), 2)
+
+
+def test_augmentation_is_seeded_and_keeps_shape():
+    x = torch.rand(5, 1, 32, 32)
+    a = augment(x, "digits", torch.Generator().manual_seed(0))
+    b = augment(x, "digits", torch.Generator().manual_seed(0))
+    c = augment(x, "large", torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert not torch.equal(c, a)
+    assert torch.equal(augment(x, "none", torch.Generator()), x)
+
+
+def _toy(n=40, seed=0):
+    """Two classes that differ in brightness of the top half: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.rand(n, 1, 16, 16, generator=g) * 0.3
+    x[y == 1, :, :8] += 0.7
+    return x, y
+
+
+def _cfg(**kw):
+    base = dict(width=8, epochs=4, batch_size=16, lr=1e-2, labels="hard", augment="none")
+    return TrainConfig(**(base | kw))
+
+
+def test_fit_learns_a_toy_problem_and_evaluates():
+    x, y = _toy()
+    res = fit(_cfg(epochs=6), x, y, test=_toy(20, seed=1), progress=False)
+    assert res.test_accuracy >= 0.9
+    assert res.epochs_done == 6 and len(res.losses) == 6
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    x, y = _toy()
+    w = torch.linspace(0.5, 1.5, len(x))
+    cfg = _cfg(augment="digits")
+    straight = fit(cfg, x, y, weights=w, run_dir=tmp_path / "a", progress=False)
+    part = fit(cfg, x, y, weights=w, run_dir=tmp_path / "b", stop_after=2, progress=False)
+    assert part.epochs_done == 2 and (tmp_path / "b" / "checkpoint.pt").is_file()
+    resumed = fit(cfg, x, y, weights=w, run_dir=tmp_path / "b", progress=False)
+    assert resumed.resumed_from_epoch == 2
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert straight.losses == resumed.losses
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    x, y = _toy()
+    fit(_cfg(), x, y, run_dir=tmp_path, stop_after=1, progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        fit(_cfg(lr=0.5), x, y, run_dir=tmp_path, progress=False)
+
+
+def test_soft_labels_precomputed_and_live(tmp_path):
+    x, y = _toy()
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 2))
+    for protocol in ("precomputed", "live"):
+        res = fit(
+            _cfg(labels="soft", protocol=protocol, temperature=4.0, epochs=1),
+            x,
+            y,
+            teacher=teacher,
+            progress=False,
+        )
+        assert res.epochs_done == 1 and math.isfinite(res.losses[0])
+    with pytest.raises(ValueError, match="live"):
+        fit(_cfg(labels="soft", protocol="live"), x, y, progress=False)
+
+
+def test_bad_config_is_a_value_error():
+    with pytest.raises(ValueError, match="protocol"):
+        TrainConfig(protocol="sometimes").check()
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0).check()
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(torch.nn.Identity(), torch.empty(0, 1, 4, 4), torch.empty(0))
+
+
+def test_auto_epochs_budget():
+    from ddoq.train import auto_epochs
+
+    assert [auto_epochs(n) for n in (10, 100, 500, 4000)] == [300, 30, 14, 5]
+    with pytest.raises(ValueError):
+        auto_epochs(0)
