@@ -32,6 +32,7 @@ __all__ = [
     "live_frame",
     "playground_frame",
     "centroid_map",
+    "click_canvas",
     "distortion_history",
     "distortion_vs_k",
     "image_row",
@@ -275,6 +276,48 @@ def voronoi_map(
         height=height,
         xaxis={"range": [grid.xs[0], grid.xs[-1]], "title": ""},
         yaxis={"range": [grid.ys[0], grid.ys[-1]], "scaleanchor": "x", "title": ""},
+        legend={"orientation": "h", "y": -0.08},
+    )
+
+
+def click_canvas(
+    points: np.ndarray,
+    bounds: tuple[float, float, float, float],
+    *,
+    lattice: int = 25,
+    height: int = 420,
+) -> go.Figure:
+    """A canvas to draw a 2-D measure on: a faint clickable lattice under the samples so far.
+
+    Trace 0 is the lattice (lattice x lattice nodes over `bounds`), the only trace meant
+    to be clicked or box/lasso-selected; trace 1 shows `points` (N, 2) and takes no hover.
+    """
+    xmin, xmax, ymin, ymax = bounds
+    gx, gy = np.meshgrid(np.linspace(xmin, xmax, lattice), np.linspace(ymin, ymax, lattice))
+    traces: list = [
+        go.Scatter(
+            x=gx.ravel(),
+            y=gy.ravel(),
+            mode="markers",
+            marker={"size": 7, "color": "#a0aec0", "opacity": 0.35},
+            hovertemplate="add points at (%{x:.2f}, %{y:.2f})<extra></extra>",
+            name="click to add points",
+        ),
+        go.Scattergl(
+            x=points[:, 0],
+            y=points[:, 1],
+            mode="markers",
+            marker={"size": 4, "color": "#2b6cb0", "opacity": 0.6},
+            hoverinfo="skip",
+            name=f"your samples ({len(points)})",
+        ),
+    ]
+    pad = 0.5 * (xmax - xmin) / max(lattice - 1, 1)
+    return _figure(
+        traces,
+        height=height,
+        xaxis={"range": [xmin - pad, xmax + pad], "title": ""},
+        yaxis={"range": [ymin - pad, ymax + pad], "scaleanchor": "x", "title": ""},
         legend={"orientation": "h", "y": -0.08},
     )
 

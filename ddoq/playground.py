@@ -4,6 +4,8 @@ Helpers behind the app's "Teach" page, independent of Streamlit:
 
 - `sample_distribution`: 2-D measures mu where quantization and the uniform barycenter
   differ visibly: a Gaussian mixture with unequal weights, a ring, a uniform square.
+- `points_from_clicks`: a measure a person draws, one small Gaussian blob of samples
+  around each clicked centre (the Teach page's "your own points").
 - `voronoi_grid`: the Voronoi cell C_k(x) = {z : |z - x_k| <= |z - x_j| for all j} of every
   node of a fine grid, for drawing the cells as coloured regions.
 - `distortion_curve`: the optimal distortion D_K against K with its fitted log-log slope,
@@ -23,16 +25,20 @@ from ddoq.transport import wasserstein2
 
 __all__ = [
     "DISTRIBUTIONS",
+    "OWN_POINTS",
     "DistortionCurve",
     "VoronoiGrid",
     "W2Pair",
     "distortion_curve",
+    "points_from_clicks",
     "sample_distribution",
     "voronoi_grid",
     "w2_weighted_vs_uniform",
 ]
 
 DISTRIBUTIONS = ("gaussian mixture", "ring", "uniform square")
+# The Teach page's extra choice: a measure built by clicking (see `points_from_clicks`).
+OWN_POINTS = "your own points"
 
 # Mixture: three unequal components, so the cell masses of a good grid are far from 1/K.
 _MIX_MEANS = np.array([[-1.2, -0.6], [1.3, 0.9], [0.9, -1.3]])
@@ -57,6 +63,36 @@ def sample_distribution(name: str, n: int = 2000, seed: int = 0) -> np.ndarray:
     else:
         pts = rng.uniform(-1.5, 1.5, size=(n, 2))
     return pts.astype(np.float32)
+
+
+def points_from_clicks(
+    centres: np.ndarray | list[tuple[float, float]],
+    per_click: int = 40,
+    spread: float = 0.15,
+    seed: int = 0,
+) -> np.ndarray:
+    """(M * per_click, 2) float32 sample: a Gaussian blob N(c_i, spread^2 I) per centre.
+
+    centres: (M, 2) clicked locations, in click order (M may be 0: an empty sample).
+    per_click: samples drawn around each centre; spread: their standard deviation.
+    Blob i is drawn from its own generator seeded by (seed, i), so the sample is
+    deterministic and adding or undoing a click leaves the other blobs where they were.
+    Rows i * per_click ... (i + 1) * per_click - 1 belong to centre i.
+    """
+    c = np.asarray(centres, dtype=np.float64).reshape(-1, 2) if len(centres) else np.empty((0, 2))
+    if isinstance(per_click, bool) or not isinstance(per_click, int | np.integer) or per_click < 1:
+        raise ValueError(f"per_click must be an integer >= 1, got {per_click!r}")
+    if not np.isfinite(spread) or spread < 0:
+        raise ValueError(f"spread must be a finite number >= 0, got {spread!r}")
+    if not np.isfinite(c).all():
+        raise ValueError("clicked centres must be finite")
+    blobs = [
+        c[i] + spread * np.random.default_rng([int(seed), i]).normal(size=(int(per_click), 2))
+        for i in range(len(c))
+    ]
+    if not blobs:
+        return np.empty((0, 2), dtype=np.float32)
+    return np.concatenate(blobs).astype(np.float32)
 
 
 @dataclass

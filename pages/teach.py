@@ -1,7 +1,8 @@
 """Teach: optimal quantization vs the uniform Wasserstein barycenter, on 2-D toy measures.
 
-A playground for the quantize stage: CLVQ animates on a 2-D measure with its Voronoi
-cells, companion weights converging to the cell masses and the running distortion
+A playground for the quantize stage: CLVQ animates on a 2-D measure (a built-in one, or
+one the person draws by clicking a lattice, `ddoq.playground.points_from_clicks`) with
+its Voronoi cells, companion weights converging to the cell masses and the running distortion
 converging; the weighted grid's W2 beside the uniform one's; the distortion against K
 beside Zador's K^(-2/d) rate. All computation is in `ddoq.playground` and `ddoq.live`.
 """
@@ -9,9 +10,15 @@ beside Zador's K^(-2/d) rate. All computation is in `ddoq.playground` and `ddoq.
 import numpy as np
 import streamlit as st
 
-from ddoq.figures import distortion_vs_k, playground_frame
+from ddoq.figures import click_canvas, distortion_vs_k, playground_frame
 from ddoq.live import LiveCLVQ
-from ddoq.playground import DISTRIBUTIONS, distortion_curve, sample_distribution
+from ddoq.playground import (
+    DISTRIBUTIONS,
+    OWN_POINTS,
+    distortion_curve,
+    points_from_clicks,
+    sample_distribution,
+)
 from pages._common import readable_errors, setting
 
 TICK_SECONDS = 0.25
@@ -32,16 +39,44 @@ def toy_points(name: str) -> np.ndarray:
     return sample_distribution(name, N_POINTS, seed=0)
 
 
+CURVE_KS = [1, 2, 4, 8, 16, 32, 64]
+# "Your own points": clicks land on a lattice over this box; each click (or each lattice
+# node of a box/lasso selection) adds a Gaussian blob. The list of actions lives in
+# st.session_state["teach_clicks"] (one list of (x, y) centres per action, for Undo).
+CANVAS = (-2.5, 2.5, -2.5, 2.5)
+MAX_CENTRES_PER_ACTION = 60
+MAX_OWN_POINTS = 4000  # keeps a tick, the exact W2 and the Lloyd curve quick
+
+
 @st.cache_data(show_spinner=False)
 def toy_curve(name: str):
-    return distortion_curve(toy_points(name), [1, 2, 4, 8, 16, 32, 64], seed=0)
+    return distortion_curve(toy_points(name), CURVE_KS, seed=0)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def own_curve(points: np.ndarray):
+    return distortion_curve(points, CURVE_KS, seed=0)
+
+
+def _take_selection(chart_key: str) -> None:
+    """Turn the canvas's last click/box/lasso selection into one action of centres."""
+    event = st.session_state.get(chart_key) or {}
+    chosen = (event.get("selection") or {}).get("points") or []
+    centres = [
+        (float(p["x"]), float(p["y"]))
+        for p in chosen
+        if p.get("curve_number", 0) == 0 and "x" in p and "y" in p
+    ]
+    if centres:
+        st.session_state["teach_clicks"].append(centres[:MAX_CENTRES_PER_ACTION])
+        st.session_state["teach_canvas"] += 1  # a fresh chart: the selection is consumed
 
 
 st.title("Teach: quantization vs barycenter")
 st.markdown(
     r"""
-A measure $\mu$ (here 2,000 samples in the plane) is to be summarised by $K$ points
-$x_1,\dots,x_K$. Each point owns its **Voronoi cell**
+A measure $\mu$ (here 2,000 samples in the plane, or the ones you draw) is to be
+summarised by $K$ points $x_1,\dots,x_K$. Each point owns its **Voronoi cell**
 $C_k = \{z : |z-x_k| \le |z-x_j|\ \forall j\}$. The **quadratic distortion**
 $D(x) = \mathbb{E}_\mu \min_k |Z - x_k|^2$ is what CLVQ minimises: draw $\xi \sim \mu$, find
 the winner $k^*$, and move it, $x_{k^*} \leftarrow x_{k^*} - \gamma (x_{k^*} - \xi)$; the
@@ -57,7 +92,9 @@ are unequal, as in the Gaussian mixture.
 )
 
 c1, c2, c3, c4 = st.columns(4)
-dist_name = setting(c1.selectbox, "Distribution μ", DISTRIBUTIONS, name="s_teach_dist")
+dist_name = setting(
+    c1.selectbox, "Distribution μ", [*DISTRIBUTIONS, OWN_POINTS], name="s_teach_dist"
+)
 k = setting(c2.slider, "K", 2, 40, name="s_teach_k")
 rule_label = setting(c3.selectbox, "Step rule", list(STEP_RULES), name="s_teach_rule")
 gamma = setting(
@@ -73,9 +110,55 @@ overlay = setting(c4.toggle, "Show uniform barycenter", name="s_teach_overlay")
 
 rule = STEP_RULES[rule_label]
 step = {"count": "count", "constant": float(gamma), "schedule": _schedule}[rule]
-points = toy_points(dist_name)
 state = st.session_state
-config = (dist_name, k, rule, float(gamma) if rule == "constant" else None, batch)
+own: tuple = ()
+if dist_name == OWN_POINTS:
+    state.setdefault("teach_clicks", [])
+    state.setdefault("teach_canvas", 0)
+    state.setdefault("s_teach_per_click", 40)
+    state.setdefault("s_teach_spread", 0.15)
+    st.subheader("Draw your measure")
+    st.caption(
+        "Click a lattice node to add a small Gaussian blob of samples there; box or lasso "
+        "select (plot toolbar) to add a blob at every node inside."
+    )
+    canvas, side = st.columns([3, 2])
+    per_click = setting(side.slider, "Points per click", 5, 200, name="s_teach_per_click")
+    spread = setting(side.slider, "Spread (std)", 0.02, 0.5, name="s_teach_spread")
+    d1, d2 = side.columns(2)
+    if d1.button("Undo last", icon=":material/undo:", key="teach_undo"):
+        if state["teach_clicks"]:
+            state["teach_clicks"].pop()
+    if d2.button("Clear", icon=":material/delete:", key="teach_clear"):
+        state["teach_clicks"] = []
+    _take_selection(f"teach_canvas_{state['teach_canvas']}")
+    centres = [c for action in state["teach_clicks"] for c in action]
+    points = points_from_clicks(centres, per_click, spread, seed=0)
+    side.caption(f"{len(centres)} blobs, {len(points)} samples.")
+    if len(points) > MAX_OWN_POINTS:
+        side.warning(
+            f"Using the first {MAX_OWN_POINTS} of {len(points)} samples: undo some clicks "
+            "or lower the points per click."
+        )
+        points = points[:MAX_OWN_POINTS]
+    canvas.plotly_chart(
+        click_canvas(points, CANVAS),
+        on_select="rerun",
+        selection_mode=("points", "box", "lasso"),
+        key=f"teach_canvas_{state['teach_canvas']}",
+    )
+    own = (tuple(centres), per_click, float(spread))
+else:
+    points = toy_points(dist_name)
+config = (dist_name, k, rule, float(gamma) if rule == "constant" else None, batch, own)
+if len(points) < max(k, 2):
+    state["teach_config"] = None
+    state["teach_running"] = False
+    st.info(
+        f"Your measure has {len(points)} points: CLVQ with K = {k} needs at least "
+        f"{max(k, 2)}. Click on the canvas to add more, or lower K."
+    )
+    st.stop()
 if state.get("teach_config") != config:
     state["teach_live"] = LiveCLVQ(points, k, batch_size=batch, steps_per_tick=4, step=step)
     state["teach_config"] = config
@@ -105,6 +188,8 @@ if b[4].button("Reset", icon=":material/restart_alt:", key="teach_reset"):
     state["teach_running"] = False
 
 lo, hi = points.min(axis=0) - 0.3, points.max(axis=0) + 0.3
+if dist_name == OWN_POINTS:
+    lo, hi = np.minimum(lo, CANVAS[::2]), np.maximum(hi, CANVAS[1::2])
 bounds = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
 MAX_STEPS = 400
 
@@ -146,6 +231,6 @@ space, the faster a few points describe it. Here $d = 2$, slope $-1$ on log axes
 )
 with readable_errors("Computing the distortion curve"):
     with st.spinner("Fitting K = 1…64 with Lloyd…"):
-        curve = toy_curve(dist_name)
+        curve = own_curve(points) if dist_name == OWN_POINTS else toy_curve(dist_name)
     st.plotly_chart(distortion_vs_k(curve), key="teach_curve")
     st.caption(f"Fitted slope {curve.slope:.2f}; Zador's rate −2/d = {curve.zador_slope:.2f}.")

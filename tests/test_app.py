@@ -285,3 +285,40 @@ def test_train_page_runs_a_tiny_job_in_the_background(tmp_path, monkeypatch):
     assert (runs["epochs"] == 2).all() and runs["test accuracy"].between(0, 1).all()
     assert len(_charts(at)) == 2  # accuracy and loss curves
     assert all(Path(f, "manifest.json").is_file() for f in runs["folder"])
+
+
+def test_teach_page_your_own_points():
+    at = _open("pages/teach.py", s_teach_k=8)
+    at.selectbox(key="w_s_teach_dist").set_value("your own points").run()
+    assert not at.exception and not at.error
+    assert len(_charts(at)) == 1  # the canvas only
+    assert any("has 0 points" in i.value for i in at.info)
+    # AppTest cannot click plotly: inject what a click on the lattice sends back
+    click = {"curve_number": 0, "point_index": 3, "x": -1.0, "y": 1.0}
+    at.session_state["teach_canvas_0"] = {"selection": {"points": [click]}}
+    at.slider(key="w_s_teach_per_click").set_value(5).run()
+    assert not at.exception
+    assert at.session_state["teach_clicks"] == [[(-1.0, 1.0)]]
+    assert at.session_state["teach_canvas"] == 1  # the selection was consumed
+    assert any("has 5 points" in i.value and "K = 8" in i.value for i in at.info), [
+        i.value for i in at.info
+    ]
+    # two more actions (a click and a lasso over two nodes), then run CLVQ on 15 points
+    at.session_state["teach_clicks"] = [[(-1.0, 1.0)], [(1.0, -1.0)], [(1.0, 1.0), (1.5, 1.0)]]
+    at.slider(key="w_s_teach_per_click").set_value(30).run()
+    assert not at.exception and [i.value for i in at.info] == [
+        "Press **Run** to watch CLVQ place the K centroids."
+    ]
+    at.button(key="teach_run").click().run()
+    assert not at.exception and not at.error
+    live = at.session_state["teach_live"]
+    assert live.points.shape == (120, 2) and live.n_clusters == 8
+    weighted = float(_metric(at, "W2, weights = cell masses"))
+    assert weighted <= float(_metric(at, "W2, uniform 1/K")) + 1e-6
+    assert len(_charts(at)) == 5  # canvas, Voronoi map, weights, distortion, distortion vs K
+    at.button(key="teach_undo").click().run()
+    assert len(at.session_state["teach_clicks"]) == 2
+    assert at.session_state["teach_live"].points.shape == (60, 2)
+    at.button(key="teach_clear").click().run()
+    assert not at.exception and at.session_state["teach_clicks"] == []
+    assert any("has 0 points" in i.value for i in at.info)

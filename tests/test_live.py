@@ -14,6 +14,7 @@ from ddoq.live import LiveCLVQ
 from ddoq.playground import (
     DISTRIBUTIONS,
     distortion_curve,
+    points_from_clicks,
     sample_distribution,
     voronoi_grid,
     w2_weighted_vs_uniform,
@@ -195,3 +196,22 @@ def test_nearest_points_and_image_helpers(rng):
     assert gray.shape == (2, 4, 5) and gray.dtype == np.uint8 and gray[0, 0, 0] == 128
     assert to_uint8(np.zeros((1, 3, 4, 4))).shape == (1, 4, 4, 3)
     assert image_row(gray, pad=2).shape == (4, 12)
+
+
+def test_points_from_clicks_blobs_around_the_clicked_centres():
+    centres = [(-1.0, 0.5), (1.5, -1.0), (0.0, 2.0)]
+    pts = points_from_clicks(centres, per_click=400, spread=0.1, seed=7)
+    assert pts.shape == (1200, 2) and pts.dtype == np.float32
+    blobs = pts.reshape(3, 400, 2)
+    np.testing.assert_allclose(blobs.mean(axis=1), centres, atol=0.03)
+    np.testing.assert_allclose(blobs.std(axis=1), 0.1, rtol=0.15)
+    np.testing.assert_array_equal(pts, points_from_clicks(centres, 400, 0.1, seed=7))
+    assert not np.array_equal(pts, points_from_clicks(centres, 400, 0.1, seed=8))
+    # undoing the last click keeps the other blobs exactly where they were
+    np.testing.assert_array_equal(points_from_clicks(centres[:2], 400, 0.1, seed=7), pts[:800])
+    np.testing.assert_allclose(points_from_clicks([(0.3, 0.4)], 5, 0.0), [[0.3, 0.4]] * 5)
+    assert points_from_clicks([], 10).shape == (0, 2)
+    with pytest.raises(ValueError, match="per_click"):
+        points_from_clicks(centres, 0)
+    with pytest.raises(ValueError, match="spread"):
+        points_from_clicks(centres, 5, spread=-1.0)
