@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -223,12 +224,19 @@ def decode_latents(
 
 
 def distill(
-    config: DistillConfig, *, prior=None, teacher=None, progress: bool = True
+    config: DistillConfig,
+    *,
+    prior=None,
+    teacher=None,
+    progress: bool = True,
+    on_class: Callable[[str, int, int], None] | None = None,
 ) -> DistillResult:
     """Run Algorithm 2 (steps 1-3 and the labels) and return the distilled set in memory.
 
     `prior` and `teacher` may be given already loaded (benchmarks reuse them); they must
     be the ones `config.prior` and `config.teacher` name, which the manifest records.
+    `on_class(stage, done, total)` is called after each class of the per-class stages
+    ("w2", "decode"), so a caller such as the app can show progress per class.
     """
     from tqdm.auto import tqdm
 
@@ -307,6 +315,8 @@ def distill(
             w2w = wasserstein2(flat[c], centers, masses[c])
             w2u = wasserstein2(flat[c], centers, None)
         per_class.append(ClassStats(c, str(train.classes[c]), int(counts[c]), w2w, w2u))
+        if on_class is not None:
+            on_class("w2", c + 1, len(classes))
     timings["w2"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -329,6 +339,8 @@ def distill(
         mass_rows.append(torch.as_tensor(masses[c], dtype=torch.float64))
         ks.append(torch.arange(k_c))
         seeds.append(torch.tensor(class_seeds, dtype=torch.long))
+        if on_class is not None:
+            on_class("decode", c + 1, len(classes))
     timings["decode"] = time.perf_counter() - t
     images_t = torch.cat(images).float().clamp(0, 1)
     w = torch.cat(weights)

@@ -102,9 +102,17 @@ if st.button("Distil every class", type="primary", icon=":material/compress:", k
         with st.status("Distilling…", expanded=True) as status:
             st.write("Loading the prior and the teacher…")
             prior, teacher = get_prior(prior_name), get_teacher(config.teacher)
-            st.write("Encoding, quantizing, decoding and labelling every class…")
+            st.write("Encoding and quantizing every class…")
+            bar = st.progress(0.0, text="Per class: waiting for the quantization…")
+            stage_names = {"w2": "Wasserstein distances", "decode": f"decoding ({decode})"}
+
+            def show_class(stage: str, done: int, total: int) -> None:
+                bar.progress(done / total, text=f"{stage_names[stage]}: class {done} of {total}")
+
             start = time.perf_counter()
-            result = distill(config, prior=prior, teacher=teacher, progress=False)
+            result = distill(
+                config, prior=prior, teacher=teacher, progress=False, on_class=show_class
+            )
             st.write(
                 f"Distilled {len(result.labels)} images in {time.perf_counter() - start:.1f} s."
             )

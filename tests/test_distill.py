@@ -74,6 +74,19 @@ def test_img2img_images_regenerate_one_by_one_from_their_seed():
     assert not torch.allclose(r.images[3], prior.decode(r.latents[3:4])[0], atol=1e-3)
 
 
+def test_per_class_progress_reports_every_class_in_order():
+    calls: list[tuple[str, int, int]] = []
+    result = distill(
+        DistillConfig(ipc=2, limit_per_class=LIMIT, method="d4m"),
+        progress=False,
+        on_class=lambda stage, done, total: calls.append((stage, done, total)),
+    )
+    n = len(result.class_names)
+    assert calls == [("w2", i, n) for i in range(1, n + 1)] + [
+        ("decode", i, n) for i in range(1, n + 1)
+    ]
+
+
 def test_bad_requests_are_value_errors():
     with pytest.raises(ValueError, match="larger than class"):
         _run(ipc=LIMIT + 1)
