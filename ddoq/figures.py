@@ -385,15 +385,19 @@ _METHOD_COLORS = {
 }
 
 
+# The three measures the Wasserstein page compares: legend name, W2Comparison field.
+_W2_METHODS = (
+    ("DDOQ (weighted)", "weighted"),
+    ("D4M (uniform)", "uniform"),
+    ("random real", "random"),
+)
+
+
 def w2_bars(rows: Sequence[tuple[str, W2Comparison]]) -> go.Figure:
     """Grouped bars: W2 of the three methods for each labelled comparison (e.g. class)."""
     names = [name for name, _ in rows]
     traces: list = []
-    for method, attr in (
-        ("DDOQ (weighted)", "weighted"),
-        ("D4M (uniform)", "uniform"),
-        ("random real", "random"),
-    ):
+    for method, attr in _W2_METHODS:
         traces.append(
             go.Bar(
                 x=names,
@@ -415,11 +419,7 @@ def w2_against_k_chart(comparisons: Sequence[W2Comparison]) -> go.Figure:
     """W2 against K for the three methods, log axes."""
     ks = [c.k for c in comparisons]
     traces: list = []
-    for method, attr in (
-        ("DDOQ (weighted)", "weighted"),
-        ("D4M (uniform)", "uniform"),
-        ("random real", "random"),
-    ):
+    for method, attr in _W2_METHODS:
         traces.append(
             go.Scatter(
                 x=ks,
