@@ -62,6 +62,7 @@ __all__ = [
     "SkippedFile",
     "Split",
     "TensorImageDataset",
+    "array_digest",
     "available_datasets",
     "cache_dir",
     "load_dataset",
@@ -590,8 +591,8 @@ class TensorImageDataset(ImageDataset):
                     "channels": self.channels,
                     "resize": resize,
                 },
-                "data": _array_digest(self._data.numpy()),
-                "targets": _array_digest(self.targets),
+                "data": array_digest(self._data.numpy()),
+                "targets": array_digest(self.targets),
             }
         )
 
@@ -830,8 +831,8 @@ def _load_embedded(
             "name": name,
             "split": "test" if split == "val" else split,
             "options": options,
-            "pixels": _array_digest(pixels),
-            "indices": _array_digest(keep),
+            "pixels": array_digest(pixels),
+            "indices": array_digest(keep),
         }
     )
     return TensorImageDataset(
@@ -1265,7 +1266,8 @@ def _hash_order(
     return np.array(sorted(indices.tolist(), key=rank), dtype=np.int64)
 
 
-def _array_digest(array: np.ndarray) -> str:
+def array_digest(array: np.ndarray) -> str:
+    """Hex digest of an array's dtype, shape and bytes (a content key for caches)."""
     array = np.ascontiguousarray(array)
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{array.dtype.str}{array.shape}".encode())

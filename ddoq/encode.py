@@ -26,15 +26,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ddoq.data import cache_dir
+
 __all__ = ["cache_path", "default_cache_dir", "encode_class", "encode_dataset"]
 
 _FORMAT = "ddoq-latents-1"
 
 
-def default_cache_dir() -> Path:
-    """``$DDOQ_CACHE_DIR`` if set, else ``~/.cache/ddoq``."""
-    env = os.environ.get("DDOQ_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddoq"
+# One rule for every on-disk cache of ddoq: $DDOQ_CACHE_DIR, else ~/.cache/ddoq.
+default_cache_dir = cache_dir
 
 
 def _dataset_fingerprint(dataset) -> str:

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ddoq.data import array_digest, cache_dir
+
 __all__ = [
     "METHODS",
     "Projection",
@@ -45,19 +47,9 @@ METHODS = ("pca", "umap")
 _FORMAT = "ddoq-projection-1"
 
 
-def default_cache_dir() -> Path:
-    """``$DDOQ_CACHE_DIR`` if set, else ``~/.cache/ddoq``."""
-    env = os.environ.get("DDOQ_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddoq"
-
-
-def data_fingerprint(points: np.ndarray) -> str:
-    """Hex digest of an array's dtype, shape and bytes (the data part of the cache key)."""
-    array = np.ascontiguousarray(points)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{array.dtype.str}{array.shape}".encode())
-    h.update(array.tobytes())
-    return h.hexdigest()
+# The cache folder and the data key are ddoq.data's, shared with the latent cache.
+default_cache_dir = cache_dir
+data_fingerprint = array_digest
 
 
 @dataclass
