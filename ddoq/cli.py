@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ddoq import __version__
+
+if TYPE_CHECKING:  # annotations only: the sub-commands import what they use when run
+    from ddoq.export import DistilledSet
+    from ddoq.train import TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +171,26 @@ def _add_distill(subparsers) -> None:
         "--cache-dir", help="latent cache folder (default $DDOQ_CACHE_DIR or ~/.cache/ddoq)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard an interrupted run of --out instead of resuming it",
+    )
+    p.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="local (this process, default) or ray (Ray Data + Ray tasks on a cluster)",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="Ray cluster to use, e.g. ray://head:10001 or host:6379 (default: a local one)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="ray: actors/tasks at once (default: one per CPU, or per GPU with --device cuda)",
+    )
     _add_common(p)
     p.set_defaults(func=_cmd_distill)
 
@@ -174,13 +199,15 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     """Distill, then export."""
     from pathlib import Path
 
-    from ddoq import export
-    from ddoq.distill import DistillConfig, distill
+    from ddoq.distill import DistillConfig
+    from ddoq.runs import distill_to_folder
 
     _threads(args)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise ValueError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    if args.engine != "ray" and (args.ray_address or args.workers is not None):
+        raise ValueError("--ray-address and --workers need --engine ray")
     config = DistillConfig(
         dataset=args.dataset,
         ipc=args.ipc,
@@ -201,13 +228,24 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
     ).check()
-    result = distill(config, progress=not args.quiet)
-    export.write(result, out, overwrite=args.overwrite)
+    result = distill_to_folder(
+        config,
+        out,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        restart=args.restart,
+        progress=not args.quiet,
+    )
     m = result.metrics()
     reduction = m["w2_reduction_mean"]
+    resumed = result.info["resumed_classes"]
     print(
         f"wrote {out}: {m['num_images']} images ({config.method}, {result.info['images']}) in "
-        f"{result.timings['total']:.1f} s"
+        f"{result.timings['total']:.1f} s ({args.engine} engine"
+        + (f", {resumed} classes resumed from an interrupted run" if resumed else "")
+        + ")"
         + (f"; latent W2 weighted vs uniform: {100 * reduction:.1f}% lower" if reduction else "")
     )
     return 0
@@ -276,6 +314,13 @@ def _add_train(subparsers) -> None:
     p.add_argument("--teacher-weights", help="weights file of a torchvision teacher")
     p.add_argument("--dataset", help="held-out data (default: the set's dataset, test split)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train with DDP in N local processes (gloo on CPU, nccl on CUDA; default 1); "
+        "under torchrun leave it out: torchrun --nproc-per-node N -m ddoq.cli train ...",
+    )
     _add_common(p)
     p.set_defaults(func=_cmd_train)
 
@@ -306,22 +351,61 @@ def _test_split(manifest: dict, dataset: str | None):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """Train a student on a distilled set; write RUN/manifest.json."""
-    import time
-    from dataclasses import asdict
-    from pathlib import Path
+    """Train a student on a distilled set; write RUN/manifest.json.
 
-    from safetensors.torch import save_file
+    One process, N processes started here (``--nproc N``), or one of torchrun's workers
+    (``WORLD_SIZE`` > 1 in the environment): rank 0 prints, the others stay silent.
+    """
+    import os
 
-    from ddoq import export
-    from ddoq.distill import package_versions
-    from ddoq.labels import load_teacher
-    from ddoq.train import TrainConfig, auto_epochs, fit
+    from ddoq import distributed, export
 
-    _threads(args)
-    start = time.perf_counter()
-    ds = export.load(args.distilled)
-    config = TrainConfig(
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    if distributed.env_world_size() > 1:  # one of torchrun's (or --nproc's) workers
+        if args.nproc > 1:
+            raise ValueError(
+                "--nproc starts its own processes; under torchrun leave it out and use "
+                "torchrun --nproc-per-node"
+            )
+        try:
+            line = _train_worker(args)
+        except ValueError:
+            if os.environ.get("RANK", "0") != "0":
+                return 2  # rank 0 reports it, once
+            raise
+    elif args.nproc > 1:
+        import torch
+
+        _threads(args)
+        _train_config(args, export.load(args.distilled))  # bad input: one line, no workers
+        gpus = torch.cuda.device_count() if torch.device(args.device).type == "cuda" else None
+        if gpus is not None and args.nproc > gpus:
+            raise ValueError(
+                f"--nproc {args.nproc} with --device cuda needs as many GPUs, found {gpus}"
+            )
+        worker_args = argparse.Namespace(**{**vars(args), "nproc": 1})
+        line = distributed.launch(_train_worker, args.nproc, worker_args)[0]
+    else:
+        line = _train(args)
+    if line is not None:
+        print(line)
+    return 0
+
+
+def _train_worker(args: argparse.Namespace) -> str | None:
+    """`_train` inside the process group of torchrun's environment (see `ddoq.distributed`)."""
+    from ddoq import distributed
+
+    with distributed.process_group(args.device):
+        return _train(args)
+
+
+def _train_config(args: argparse.Namespace, ds: DistilledSet) -> TrainConfig:
+    """The checked `TrainConfig` of `ddoq train`'s arguments for the distilled set `ds`."""
+    from ddoq.train import TrainConfig, auto_epochs
+
+    return TrainConfig(
         student=args.student,
         width=args.width,
         epochs=auto_epochs(len(ds)) if args.epochs is None else args.epochs,
@@ -336,28 +420,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     ).check()
+
+
+def _train(args: argparse.Namespace) -> str | None:
+    """Train (this process's part), write the run on rank 0; return rank 0's summary line."""
+    import time
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from ddoq import distributed, export
+    from ddoq.distill import package_versions
+    from ddoq.labels import load_teacher
+    from ddoq.train import fit_distilled
+
+    _threads(args)
+    start = time.perf_counter()
+    main = distributed.is_main()
+    ds = export.load(args.distilled)
+    config = _train_config(args, ds)
     teacher = None
-    soft = config.labels == "soft"
-    if soft and (config.protocol == "live" or ds.teacher_logits is None):
+    if config.labels == "soft" and (config.protocol == "live" or ds.teacher_logits is None):
         spec = args.teacher or (ds.manifest.get("config", {}).get("teacher") or "embedded")
         weights = args.teacher_weights or ds.manifest.get("config", {}).get("teacher_weights")
         teacher = load_teacher(spec, config.device, weights=weights)
-    probs = ds.soft_labels(config.temperature) if soft and config.protocol != "live" else None
-    test, test_xy = _test_split(ds.manifest, args.dataset)
+    test, test_xy = _test_split(ds.manifest, args.dataset) if main else (None, None)
     run = Path(args.out)
-    run.mkdir(parents=True, exist_ok=True)
-    result = fit(
-        config,
-        ds.images,
-        ds.labels,
-        weights=ds.weights,
-        teacher_probs=probs,
-        teacher=teacher,
-        num_classes=ds.num_classes,
-        test=test_xy,
-        run_dir=run,
-        progress=not args.quiet,
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+    result = fit_distilled(
+        config, ds, teacher=teacher, test=test_xy, run_dir=run, progress=not args.quiet and main
     )
+    if not main:
+        return None
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     save_file(state, run / "model.safetensors")
     manifest = {
@@ -379,15 +475,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "teacher": teacher.info() if teacher is not None else ds.manifest.get("teacher"),
         "class_names": ds.class_names,
         "versions": package_versions(),
+        "distributed": {
+            "world_size": result.world_size,
+            "backend": distributed.backend(),
+        },
         "timings": {"train": round(result.seconds, 3), "total": time.perf_counter() - start},
         "metrics": result.metrics(),
     }
     _write_json(run / "manifest.json", manifest)
-    print(
-        f"test accuracy {result.test_accuracy:.4f} ({config.student}, {len(ds)} images, "
-        f"{result.seconds:.1f} s); wrote {run / 'manifest.json'}"
+    processes = f", {result.world_size} processes" if result.world_size > 1 else ""
+    return (
+        f"test accuracy {result.test_accuracy:.4f} ({config.student}, {len(ds)} images"
+        f"{processes}, {result.seconds:.1f} s); wrote {run / 'manifest.json'}"
     )
-    return 0
 
 
 def _add_evaluate(subparsers) -> None:
@@ -593,6 +693,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # user-caused: one readable line, no traceback
         print(f"ddoq {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        again = args.command in ("distill", "train")
+        hint = "; run the same command again to resume" if again else ""
+        print(f"\nddoq {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -35,13 +35,22 @@ import torch
 __all__ = [
     "DECODES",
     "METHODS",
+    "ClassPart",
     "ClassStats",
     "DistillConfig",
     "DistillResult",
+    "Selection",
+    "assemble",
     "decode_latents",
     "distill",
     "image_seed",
+    "load_train",
+    "measure_w2",
     "package_versions",
+    "prior_info",
+    "render_class",
+    "run_local",
+    "select_points",
 ]
 
 METHODS = ("ddoq", "d4m", "random", "full")
@@ -223,35 +232,43 @@ def decode_latents(
     ).cpu()
 
 
-def distill(
-    config: DistillConfig,
-    *,
-    prior=None,
-    teacher=None,
-    progress: bool = True,
-    on_class: Callable[[str, int, int], None] | None = None,
-) -> DistillResult:
-    """Run Algorithm 2 (steps 1-3 and the labels) and return the distilled set in memory.
+# ----------------------------------------------------------------------- per-class stages
+# Both engines (the local loop below and `ddoq.ray_engine`) run these same functions, class
+# by class or on a group of classes, so their results agree.
 
-    `prior` and `teacher` may be given already loaded (benchmarks reuse them); they must
-    be the ones `config.prior` and `config.teacher` name, which the manifest records.
-    `on_class(stage, done, total)` is called after each class of the per-class stages
-    ("w2", "decode"), so a caller such as the app can show progress per class.
-    """
-    from tqdm.auto import tqdm
 
+@dataclass
+class Selection:
+    """What the quantize stage chose for one class: K latent points and their masses."""
+
+    label: int
+    masses: np.ndarray  # K float64, Voronoi cell masses (sum 1 within the class)
+    points: torch.Tensor | None  # K x latent_shape (None for ``full``)
+    source: np.ndarray | None  # train-split indices of real images (``random``, ``full``)
+    w2_weighted: float | None = None
+    w2_uniform: float | None = None
+
+
+@dataclass
+class ClassPart:
+    """One finished class of a distilled set (CPU tensors): decoded, labelled, measured."""
+
+    label: int
+    images: torch.Tensor  # K x C x H x W in [0, 1]
+    masses: np.ndarray  # K float64
+    seeds: list[int]  # image_seed(seed, label, k)
+    n_points: int  # training images of the class
+    w2_weighted: float | None
+    w2_uniform: float | None
+    latents: torch.Tensor | None = None
+    source: np.ndarray | None = None
+    logits: torch.Tensor | None = None
+
+
+def load_train(config: DistillConfig, prior):
+    """The training split `config` distils, at the prior's size; checks `config.ipc` fits."""
     from ddoq.data import load_dataset
-    from ddoq.encode import encode_dataset
-    from ddoq.labels import load_teacher, teacher_logits
-    from ddoq.priors import load_prior
-    from ddoq.quantize import quantize_classes, temper_weights
-    from ddoq.transport import voronoi_masses, wasserstein2
 
-    config.check()
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    if prior is None:
-        prior = load_prior(config.prior, config.device)
     train = load_dataset(
         config.dataset,
         "train",
@@ -259,127 +276,218 @@ def distill(
         channels=prior.channels,
         limit_per_class=config.limit_per_class,
     )
-    counts = np.bincount(train.targets, minlength=train.num_classes)
+    counts = train.class_counts()
     if config.method != "full" and config.ipc > counts.min():
         small = int(np.argmin(counts))
         raise ValueError(
             f"ipc {config.ipc} is larger than class {train.classes[small]!r}, which has "
             f"{counts.min()} training images; use --ipc {counts.min()} or less"
         )
-    timings["load"] = time.perf_counter() - t
+    return train
 
-    classes = list(range(train.num_classes))
-    t = time.perf_counter()
-    latents = None
-    if config.method != "full":
-        latents = encode_dataset(
-            train, prior, cache_dir=config.cache_dir, progress=progress
-        )  # {label: N_c x latent_shape}
-    timings["encode"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    flat = {c: latents[c].flatten(1).numpy() for c in classes} if latents else {}
-    points, masses, src = {}, {}, {}
+def quantize_seed(config: DistillConfig, label: int) -> int:
+    """CLVQ seed of class `label` (the manifest states this rule)."""
+    return config.seed * 1000 + int(label)
+
+
+def select_points(
+    config: DistillConfig,
+    labels: list[int],
+    latents: list[torch.Tensor | None],
+    class_indices: list[np.ndarray],
+) -> list[Selection]:
+    """The quantize stage for a group of classes (one batched CLVQ call for ddoq and d4m).
+
+    `latents[i]` holds the ``N_c x latent_shape`` latents of class ``labels[i]`` (None for
+    ``full``) and `class_indices[i]` its train-split indices, in the same order. Each class
+    gets its own seed (`quantize_seed`), so the result does not depend on the grouping.
+    """
+    from ddoq.quantize import quantize_classes
+    from ddoq.transport import voronoi_masses
+
+    out = []
     if config.method in ("ddoq", "d4m"):
-        ests = quantize_classes(
-            [flat[c] for c in classes],
+        estimators = quantize_classes(
+            [x.flatten(1).numpy() for x in latents],
             n_clusters=config.ipc,
-            random_state=config.seed * 1000,
+            random_state=[quantize_seed(config, c) for c in labels],
             solver=config.solver,
             max_iter=config.quantize_iter,
             batch_size=config.quantize_batch,
             device=config.device,
         )
-        for c, est in zip(classes, ests):
-            points[c] = torch.as_tensor(est.cluster_centers_).reshape(-1, *prior.latent_shape)
-            masses[c] = np.asarray(est.weights_, dtype=np.float64)
+        for c, x, est in zip(labels, latents, estimators):
+            points = torch.as_tensor(est.cluster_centers_).reshape(-1, *x.shape[1:])
+            out.append(Selection(c, np.asarray(est.weights_, dtype=np.float64), points, None))
     elif config.method == "random":
-        for c in classes:
+        for c, x, idx in zip(labels, latents, class_indices):
             rng = np.random.default_rng([config.seed, c])
-            pick = np.sort(rng.choice(counts[c], size=config.ipc, replace=False))
-            src[c] = train.class_indices(c)[pick]
-            points[c] = latents[c][pick]
-            masses[c] = voronoi_masses(flat[c], points[c].flatten(1).numpy())
+            pick = np.sort(rng.choice(len(idx), size=config.ipc, replace=False))
+            masses = voronoi_masses(x.flatten(1).numpy(), x[pick].flatten(1).numpy())
+            out.append(Selection(c, masses, x[pick], np.asarray(idx)[pick]))
     else:
-        for c in classes:
-            src[c] = train.class_indices(c)
-            masses[c] = np.full(counts[c], 1.0 / counts[c])
-    timings["quantize"] = time.perf_counter() - t
+        for c, idx in zip(labels, class_indices):
+            out.append(Selection(c, np.full(len(idx), 1.0 / len(idx)), None, np.asarray(idx)))
+    return out
 
-    t = time.perf_counter()
-    per_class = []
-    for c in classes:
-        w2w = w2u = None
-        if c in points:
-            centers = points[c].flatten(1).numpy()
-            w2w = wasserstein2(flat[c], centers, masses[c])
-            w2u = wasserstein2(flat[c], centers, None)
-        per_class.append(ClassStats(c, str(train.classes[c]), int(counts[c]), w2w, w2u))
-        if on_class is not None:
-            on_class("w2", c + 1, len(classes))
-    timings["w2"] = time.perf_counter() - t
 
-    t = time.perf_counter()
+def measure_w2(selection: Selection, latents: torch.Tensor | None) -> Selection:
+    """Fill in the class's latent W2 distance to its points, with and without the weights."""
+    from ddoq.transport import wasserstein2
+
+    if selection.points is not None and latents is not None:
+        flat, centers = latents.flatten(1).numpy(), selection.points.flatten(1).numpy()
+        selection.w2_weighted = wasserstein2(flat, centers, selection.masses)
+        selection.w2_uniform = wasserstein2(flat, centers, None)
+    return selection
+
+
+def render_class(
+    config: DistillConfig, prior, train, selection: Selection, teacher=None
+) -> ClassPart:
+    """The decode and label stages of one class: its images (decoded or real) and logits."""
+    from ddoq.labels import teacher_logits
+
+    c = selection.label
+    seeds = [image_seed(config.seed, c, k) for k in range(len(selection.masses))]
+    if config.method in ("ddoq", "d4m"):
+        images = decode_latents(prior, selection.points, c, seeds, config)
+    else:
+        images = train.images(selection.source)
+    images = images.float().clamp(0, 1)
+    return ClassPart(
+        label=c,
+        images=images,
+        masses=selection.masses,
+        seeds=seeds,
+        n_points=len(train.class_indices(c)),
+        w2_weighted=selection.w2_weighted,
+        w2_uniform=selection.w2_uniform,
+        latents=selection.points,
+        source=selection.source,
+        logits=teacher_logits(teacher, images) if teacher is not None else None,
+    )
+
+
+def run_local(
+    config: DistillConfig,
+    prior,
+    teacher,
+    train,
+    classes: list[int],
+    save: Callable[[ClassPart], None],
+    *,
+    group: int = 64,
+    timings: dict[str, float] | None = None,
+    progress: bool = False,
+) -> None:
+    """The local engine: encode, quantize, measure, decode and label `classes`, in this process.
+
+    Classes go `group` at a time (one batched quantization per group, latents of one group
+    in memory); `save(part)` receives each finished class, in class order.
+    """
+    from ddoq.encode import encode_dataset
+
+    timings = {} if timings is None else timings
+    bar = _bar(len(classes), progress, f"distill ({config.method}, {config.decode})")
+
+    def timed(stage: str, fn, *args, **kwargs):
+        t = time.perf_counter()
+        value = fn(*args, **kwargs)
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t
+        return value
+
+    for start in range(0, len(classes), group):
+        labels = classes[start : start + group]
+        latents: dict[int, torch.Tensor] = {}
+        if config.method != "full":
+            cache = config.cache_dir
+            latents = timed("encode", encode_dataset, train, prior, labels, cache_dir=cache)
+        indices = [train.class_indices(c) for c in labels]
+        found = [latents.get(c) for c in labels]
+        selections = timed("quantize", select_points, config, labels, found, indices)
+        for selection, x in zip(selections, found):
+            timed("w2", measure_w2, selection, x)
+            part = timed("decode", render_class, config, prior, train, selection, None)
+            if teacher is not None:
+                part.logits = timed("label", _logits, teacher, part.images)
+            save(part)
+            bar.update(1)
+    bar.close()
+
+
+def _logits(teacher, images: torch.Tensor) -> torch.Tensor:
+    from ddoq.labels import teacher_logits
+
+    return teacher_logits(teacher, images)
+
+
+def _bar(total: int, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not progress, unit="class")
+
+
+def assemble(
+    config: DistillConfig,
+    parts: list[ClassPart],
+    train,
+    prior_info: dict,
+    teacher_info: dict | None,
+    timings: dict[str, float],
+) -> DistillResult:
+    """Join the finished classes (in class order) into a `DistillResult`.
+
+    Weights: within class c, ``temper_weights(masses, alpha)`` (sums to 1), times the class
+    prior N_c / N; then scaled to mean 1 over the whole set.
+    """
+    from ddoq.quantize import temper_weights
+
+    parts = sorted(parts, key=lambda p: p.label)
+    if [p.label for p in parts] != list(range(train.num_classes)):
+        raise ValueError("assemble needs exactly one part per class")
+    counts = train.class_counts()
     alpha = config.alpha if config.method == "ddoq" else 0.0
-    images, labels, weights, mass_rows, ks, seeds, src_rows, lat_rows = ([] for _ in range(8))
-    for c in tqdm(classes, desc=f"decode ({config.decode})", disable=not progress, unit="class"):
-        k_c = len(masses[c])
-        class_seeds = [image_seed(config.seed, c, k) for k in range(k_c)]
-        if config.method in ("ddoq", "d4m"):
-            images.append(decode_latents(prior, points[c], c, class_seeds, config))
-            lat_rows.append(points[c])
-        else:
-            images.append(train.images(src[c]))
-            src_rows.append(torch.as_tensor(src[c]))
-            if c in points:
-                lat_rows.append(points[c])
-        within = temper_weights(masses[c], alpha)  # sums to 1 in the class
-        weights.append(torch.as_tensor(within * counts[c] / counts.sum(), dtype=torch.float64))
-        labels.append(torch.full((k_c,), c, dtype=torch.long))
-        mass_rows.append(torch.as_tensor(masses[c], dtype=torch.float64))
-        ks.append(torch.arange(k_c))
-        seeds.append(torch.tensor(class_seeds, dtype=torch.long))
-        if on_class is not None:
-            on_class("decode", c + 1, len(classes))
-    timings["decode"] = time.perf_counter() - t
-    images_t = torch.cat(images).float().clamp(0, 1)
-    w = torch.cat(weights)
+    weights = [
+        torch.as_tensor(temper_weights(p.masses, alpha) * counts[p.label] / counts.sum())
+        for p in parts
+    ]
+    w = torch.cat(weights).to(torch.float64)
     w = (w * (len(w) / w.sum())).float()
-
-    t = time.perf_counter()
-    logits, teacher_info = None, None
-    if config.teacher:
-        if teacher is None:
-            teacher = load_teacher(config.teacher, config.device, weights=config.teacher_weights)
-        logits = teacher_logits(teacher, images_t)
-        teacher_info = teacher.info()
-    timings["label"] = time.perf_counter() - t
-    timings["total"] = sum(timings.values())
-
     generated = config.method in ("ddoq", "d4m")
+
+    def cat(name: str):
+        rows = [getattr(p, name) for p in parts]
+        return None if any(r is None for r in rows) else rows
+
+    latents, logits, sources = cat("latents"), cat("logits"), cat("source")
     return DistillResult(
         config=config,
-        images=images_t,
-        labels=torch.cat(labels),
+        images=torch.cat([p.images for p in parts]).float().clamp(0, 1),
+        labels=torch.cat([torch.full((len(p.masses),), p.label, dtype=torch.long) for p in parts]),
         class_names=[str(n) for n in train.classes],
         weights=w,
-        masses=torch.cat(mass_rows).float(),
-        index_in_class=torch.cat(ks),
-        seeds=torch.cat(seeds) if generated and config.decode == "img2img" else None,
-        latents=torch.cat(lat_rows).float() if lat_rows else None,
-        teacher_logits=logits,
-        source_indices=torch.cat(src_rows) if src_rows else None,
-        per_class=per_class,
-        timings=timings,
+        masses=torch.cat([torch.as_tensor(p.masses, dtype=torch.float64) for p in parts]).float(),
+        index_in_class=torch.cat([torch.arange(len(p.masses)) for p in parts]),
+        seeds=(
+            torch.tensor([s for p in parts for s in p.seeds], dtype=torch.long)
+            if generated and config.decode == "img2img"
+            else None
+        ),
+        latents=torch.cat(latents).float() if latents else None,
+        teacher_logits=torch.cat(logits) if logits else None,
+        source_indices=torch.cat([torch.as_tensor(s) for s in sources]) if sources else None,
+        per_class=[
+            ClassStats(
+                p.label, str(train.classes[p.label]), p.n_points, p.w2_weighted, p.w2_uniform
+            )
+            for p in parts
+        ],
+        timings=dict(timings),
         info={
             "images": "decoded centroids" if generated else "real training images",
-            "prior": {
-                "source": str(config.prior),
-                "kind": prior.kind,
-                "fingerprint": prior.fingerprint,
-                "image_size": prior.image_size,
-                "latent_shape": list(prior.latent_shape),
-            },
+            "prior": prior_info,
             "teacher": teacher_info,
             "dataset": {
                 "name": config.dataset,
@@ -391,3 +499,60 @@ def distill(
             },
         },
     )
+
+
+def prior_info(config: DistillConfig, prior) -> dict:
+    """What the manifest records of the prior."""
+    return {
+        "source": str(config.prior),
+        "kind": prior.kind,
+        "fingerprint": prior.fingerprint,
+        "image_size": prior.image_size,
+        "latent_shape": list(prior.latent_shape),
+    }
+
+
+def distill(
+    config: DistillConfig,
+    *,
+    prior=None,
+    teacher=None,
+    progress: bool = True,
+    on_class: Callable[[str, int, int], None] | None = None,
+) -> DistillResult:
+    """Run Algorithm 2 (steps 1-3 and the labels) in this process; return the set in memory.
+
+    `prior` and `teacher` may be given already loaded (benchmarks reuse them); they must
+    be the ones `config.prior` and `config.teacher` name, which the manifest records.
+    `on_class("class", done, total)` is called after each finished class, so a caller such
+    as the app can show progress. For a resumable run written to a folder, or the Ray
+    engine, see `ddoq.runs.distill_to_folder`.
+    """
+    from ddoq.labels import load_teacher
+    from ddoq.priors import load_prior
+
+    config.check()
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    if prior is None:
+        prior = load_prior(config.prior, config.device)
+    train = load_train(config, prior)
+    if config.teacher and teacher is None:
+        teacher = load_teacher(config.teacher, config.device, weights=config.teacher_weights)
+    if not config.teacher:
+        teacher = None
+    timings["load"] = time.perf_counter() - t
+    parts: list[ClassPart] = []
+
+    def save(part: ClassPart) -> None:
+        parts.append(part)
+        if on_class is not None:
+            on_class("class", len(parts), train.num_classes)
+
+    classes = list(range(train.num_classes))
+    run_local(config, prior, teacher, train, classes, save, timings=timings, progress=progress)
+    for stage in ("encode", "quantize", "w2", "decode", "label"):
+        timings.setdefault(stage, 0.0)
+    timings["total"] = sum(timings.values())
+    info = teacher.info() if teacher is not None else None
+    return assemble(config, parts, train, prior_info(config, prior), info, timings)

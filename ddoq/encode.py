@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,20 @@ from safetensors.torch import save_file
 
 from ddoq.data import cache_dir
 
-__all__ = ["cache_path", "default_cache_dir", "encode_class", "encode_dataset"]
+__all__ = [
+    "ENCODE_BATCH",
+    "CacheEntry",
+    "cache_entry",
+    "cache_path",
+    "default_cache_dir",
+    "encode_chunk",
+    "encode_class",
+    "encode_dataset",
+    "save_atomic",
+]
 
 _FORMAT = "ddoq-latents-1"
+ENCODE_BATCH = 256  # images per VAE call; the Ray engine encodes the same chunks
 
 
 # One rule for every on-disk cache of ddoq: $DDOQ_CACHE_DIR, else ~/.cache/ddoq.
@@ -82,16 +94,65 @@ def _read(path: Path, expected: dict[str, str]) -> torch.Tensor | None:
     return latents
 
 
-def _write(path: Path, latents: torch.Tensor, metadata: dict[str, str]) -> None:
+def save_atomic(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
+) -> None:
+    """Write a safetensors file under a temporary name, then rename it into place."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({"latents": latents.contiguous()}, tmp, metadata=metadata)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """Where and under which key the latents of one class are cached (small, picklable).
+
+    A Ray worker reads and writes the cache through an entry made on the driver, without
+    loading the dataset or the prior itself.
+    """
+
+    path: Path
+    metadata: dict[str, str]
+    shape: tuple[int, ...]  # N_c x latent_shape
+
+    def valid(self) -> bool:
+        """True when the file holds these latents (reads the header only)."""
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                shape = tuple(f.get_slice("latents").get_shape())
+                return f.metadata() == self.metadata and shape == self.shape
+        except Exception:  # noqa: BLE001 - missing, corrupt or foreign: not cached
+            return False
+
+    def read(self) -> torch.Tensor | None:
+        """The cached latents, or None when they are missing or stale."""
+        latents = _read(self.path, self.metadata)
+        return latents if latents is not None and tuple(latents.shape) == self.shape else None
+
+    def write(self, latents: torch.Tensor) -> None:
+        """Store the latents of the whole class (atomically)."""
+        if tuple(latents.shape) != self.shape:
+            raise ValueError(f"expected latents of shape {self.shape}, got {tuple(latents.shape)}")
+        save_atomic(self.path, {"latents": latents.to("cpu", torch.float32)}, self.metadata)
+
+
+def cache_entry(
+    dataset, prior, class_index: int, cache_dir: str | os.PathLike | None = None
+) -> CacheEntry:
+    """The `CacheEntry` of one class of `dataset` under `prior`."""
+    n = len(_class_indices(dataset, class_index))
+    return CacheEntry(
+        path=cache_path(dataset, prior, class_index, cache_dir),
+        metadata=_metadata(dataset, prior, class_index, n),
+        shape=(n, *prior.latent_shape),
+    )
 
 
 def _class_indices(dataset, class_index: int) -> np.ndarray:
@@ -114,7 +175,7 @@ def encode_class(
     class_index: int,
     *,
     cache_dir: str | os.PathLike | None | bool = None,
-    batch_size: int = 256,
+    batch_size: int = ENCODE_BATCH,
     progress: bool = False,
 ) -> torch.Tensor:
     """Latents of every image of one class, from the cache when possible.
@@ -139,10 +200,9 @@ def encode_class(
     indices = _class_indices(dataset, class_index)
     use_cache = cache_dir is not False
     if use_cache:
-        path = cache_path(dataset, prior, class_index, None if cache_dir is True else cache_dir)
-        meta = _metadata(dataset, prior, class_index, len(indices))
-        cached = _read(path, meta)
-        if cached is not None and tuple(cached.shape) == (len(indices), *prior.latent_shape):
+        entry = cache_entry(dataset, prior, class_index, None if cache_dir is True else cache_dir)
+        cached = entry.read()
+        if cached is not None:
             return cached
     chunks = []
     name = dataset.classes[int(class_index)]
@@ -152,12 +212,22 @@ def encode_class(
         disable=not progress,
         unit="batch",
     ):
-        images = _load_images(dataset, indices[start : start + batch_size])
-        chunks.append(prior.encode(images, batch_size=batch_size).to("cpu", torch.float32))
+        chunks.append(encode_chunk(dataset, prior, indices[start : start + batch_size]))
     latents = torch.cat(chunks) if chunks else torch.empty((0, *prior.latent_shape))
     if use_cache:
-        _write(path, latents, meta)
+        entry.write(latents)
     return latents
+
+
+@torch.no_grad()
+def encode_chunk(dataset, prior, indices: np.ndarray) -> torch.Tensor:
+    """Latents (CPU float32) of the images at `indices`, encoded as one batch.
+
+    `encode_class` encodes a class in chunks of `batch_size` consecutive class indices;
+    the Ray engine encodes the same chunks, so both give the same numbers.
+    """
+    images = _load_images(dataset, np.asarray(indices))
+    return prior.encode(images, batch_size=max(len(indices), 1)).to("cpu", torch.float32)
 
 
 def encode_dataset(
@@ -166,7 +236,7 @@ def encode_dataset(
     classes: Iterable[int] | None = None,
     *,
     cache_dir: str | os.PathLike | None | bool = None,
-    batch_size: int = 256,
+    batch_size: int = ENCODE_BATCH,
     progress: bool = False,
 ) -> dict[int, torch.Tensor]:
     """Latents of every class (or of `classes`), as ``{class_index: N_c x *latent_shape}``.

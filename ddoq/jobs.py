@@ -6,9 +6,10 @@ polls the job's public state (status, progress, per-epoch losses and accuracies)
 
 For each method (``ddoq``, ``d4m``, ``random``, ``full``) the job distils the set
 (`ddoq.distill.distill`), writes it (`ddoq.export.write`) to ``RUN/<method>/distilled``,
-trains a student one epoch at a time (`ddoq.train.fit` with ``stop_after``, resuming from
-its checkpoint in ``RUN/<method>/student``, so stopping loses at most one epoch), evaluates
-it on the held-out split after every epoch, and writes ``RUN/<method>/manifest.json``.
+trains a student one epoch at a time (`ddoq.train.fit_distilled` with ``stop_after``,
+resuming from its checkpoint in ``RUN/<method>/student``, so stopping loses at most one
+epoch), evaluates it on the held-out split after every epoch, and writes
+``RUN/<method>/manifest.json``.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class TrainJob:
         from ddoq.distill import DistillConfig, distill
         from ddoq.labels import load_teacher
         from ddoq.priors import load_prior
-        from ddoq.train import evaluate, fit
+        from ddoq.train import evaluate, fit_distilled
 
         spec, cfg = self.spec, self.spec.train
         self.status = "loading the prior and the teacher"
@@ -147,21 +148,16 @@ class TrainJob:
             )
             result = distill(dconf, prior=prior, teacher=teacher, progress=False)
             ds = export.load(export.write(result, run / "distilled", overwrite=True))
-            probs = ds.soft_labels(cfg.temperature) if cfg.labels == "soft" else None
             start = time.perf_counter()
             model = None
             for epoch in range(1, cfg.epochs + 1):
                 if self._stop.is_set():
                     break
                 rec.status = self.status = f"training {method}: epoch {epoch}/{cfg.epochs}"
-                out = fit(
+                out = fit_distilled(
                     cfg,
-                    ds.images,
-                    ds.labels,
-                    weights=ds.weights,
-                    teacher_probs=probs,
+                    ds,
                     teacher=teacher,
-                    num_classes=ds.num_classes,
                     run_dir=run / "student",
                     stop_after=epoch,
                     progress=False,

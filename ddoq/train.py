@@ -15,6 +15,12 @@ manifest. AdamW with a per-step cosine schedule; RandomResizedCrop-style augment
 in one batched `affine_grid` call. Each epoch ends with an atomic checkpoint; `fit` resumes
 from it, and a resumed run gives the same weights as an uninterrupted one (the shuffling
 and augmentation generator is checkpointed too).
+
+Inside a `torch.distributed` process group of W > 1 processes (`ddoq.distributed`:
+torchrun, or ``ddoq train --nproc W``) `fit` trains a `DistributedDataParallel` student:
+every process draws the same global batches and augmentations from the same seeded
+generator and takes its 1/W share of each batch, so the batch size, the loss and its
+gradient are those of one process. Rank 0 alone writes checkpoints and evaluates.
 """
 
 from __future__ import annotations
@@ -24,12 +30,18 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ddoq import distributed
 from ddoq.students import build_student
+
+if TYPE_CHECKING:
+    from ddoq.export import DistilledSet
 
 __all__ = [
     "AUGMENTATIONS",
@@ -39,6 +51,7 @@ __all__ = [
     "auto_epochs",
     "evaluate",
     "fit",
+    "fit_distilled",
     "normalise_weights",
     "weighted_loss",
 ]
@@ -126,6 +139,7 @@ class TrainResult:
     resumed_from_epoch: int
     seconds: float
     losses: list[float] = field(default_factory=list)
+    world_size: int = 1
 
     def metrics(self) -> dict:
         """Manifest-ready metrics."""
@@ -164,6 +178,8 @@ def weighted_loss(
     targets: torch.Tensor,
     weights: torch.Tensor,
     temperature: float = 20.0,
+    *,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """(1/B) sum_k w_k * loss_k for one batch.
 
@@ -173,13 +189,15 @@ def weighted_loss(
             T^2 KL(p_k || softmax(logits_k / T))), or class indices ``B`` (hard: loss_k =
             cross-entropy, `temperature` unused).
         weights: per-sample weights ``B`` (a weight of 0 removes the sample's gradient).
+        batch_size: the B the sum is divided by (default ``len(logits)``); the global batch
+            size when `logits` are one process's share of a batch.
     """
     if targets.dim() == 1:
         per_sample = F.cross_entropy(logits, targets, reduction="none")
     else:
         log_q = F.log_softmax(logits / temperature, dim=1)
         per_sample = F.kl_div(log_q, targets, reduction="none").sum(1) * temperature**2
-    return (weights * per_sample).sum() / len(per_sample)
+    return (weights * per_sample).sum() / (len(per_sample) if batch_size is None else batch_size)
 
 
 def augment(images: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
@@ -187,11 +205,16 @@ def augment(images: torch.Tensor, mode: str, generator: torch.Generator) -> torc
 
     `mode` names an entry of `AUGMENTATIONS`; random numbers come from `generator` (CPU).
     """
+    boxes = _crop_boxes(len(images), mode, generator)
+    return images if boxes is None else _resample(images, boxes)
+
+
+def _crop_boxes(b: int, mode: str, generator: torch.Generator) -> torch.Tensor | None:
+    """Affine matrices ``b x 2 x 3`` of `b` random crop boxes (None for mode "none")."""
     spec = AUGMENTATIONS[mode]
     if spec is None:
-        return images
+        return None
     (a0, a1), (r0, r1), flip = spec
-    b = len(images)
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(b, generator=generator)
@@ -206,6 +229,11 @@ def augment(images: torch.Tensor, mode: str, generator: torch.Generator) -> torc
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = sx * sign, tx
     theta[:, 1, 1], theta[:, 1, 2] = sy, ty
+    return theta
+
+
+def _resample(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Each image's crop box `theta` (``B x 2 x 3``) resized to the full frame."""
     theta = theta.to(images.device, images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -267,11 +295,21 @@ def fit(
         run_dir: folder for ``checkpoint.pt``; an existing checkpoint is resumed.
         stop_after: stop once this many epochs are done (simulates an interruption).
         progress: show a tqdm bar over epochs.
+
+    In a process group of W > 1 processes every process must call `fit` with the same
+    arguments; the student is wrapped in `DistributedDataParallel` and each process trains
+    on its 1/W share of every global batch, with that share's loss scaled to
+    ``sum_{k in share} w_k loss_k / B * W`` so that DDP's gradient average is the gradient
+    of the one-process loss on the whole batch of B. Only rank 0 writes the checkpoint
+    (every process resumes from it), shows progress and evaluates (the others return
+    ``test_accuracy=None``). ``config.device="cuda"`` means ``cuda:LOCAL_RANK`` there.
     """
     from tqdm.auto import tqdm
 
     config.check()
-    device = torch.device(config.device)
+    world, rank = distributed.world_size(), distributed.rank()
+    main = rank == 0
+    device = distributed.local_device(config.device)
     n = len(images)
     if n == 0 or len(labels) != n:
         raise ValueError(
@@ -305,8 +343,10 @@ def fit(
     start_epoch, losses = 0, []
     ckpt_path = None
     if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        if main:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
         ckpt_path = Path(run_dir) / CHECKPOINT
+    distributed.barrier()  # every process sees the same checkpoint (or none)
     if ckpt_path is not None and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if state["config"] != asdict(config):
@@ -319,31 +359,49 @@ def fit(
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         start_epoch, losses = state["epoch"], state["losses"]
+    net = model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     t0 = time.perf_counter()
     last = config.epochs if stop_after is None else min(config.epochs, stop_after)
-    bar = tqdm(range(start_epoch, last), desc="train", disable=not progress, unit="epoch")
+    bar = tqdm(
+        range(start_epoch, last), desc="train", disable=not (progress and main), unit="epoch"
+    )
     for epoch in bar:
-        model.train()
+        net.train()
         total = 0.0
-        for idx in torch.randperm(n, generator=gen).split(config.batch_size):
-            x = augment(images[idx].to(device), mode, gen)
+        for batch in torch.randperm(n, generator=gen).split(config.batch_size):
+            boxes = _crop_boxes(len(batch), mode, gen)  # drawn for the whole global batch
+            idx = batch.tensor_split(world)[rank]  # this process's share
+            x = images[idx].to(device)
+            if boxes is not None:
+                x = _resample(x, boxes.tensor_split(world)[rank])
             if not soft:
                 target = labels[idx].to(device)
             elif config.protocol == "live":
                 target = _teacher_probs(teacher, x, config.temperature, device)
             else:
                 target = teacher_probs[idx].to(device)
-            loss = weighted_loss(model(x), target, w[idx].to(device), config.temperature)
+            loss = weighted_loss(
+                net(x), target, w[idx].to(device), config.temperature, batch_size=len(batch)
+            )
+            if world > 1:
+                loss = loss * world  # DDP averages the W processes' gradients
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(loss.detach()) * len(batch)
+        if world > 1:  # sum_processes (W * share sum / B) * B / W = the whole batches' sum
+            summed = torch.tensor(total / world, dtype=torch.float64, device=device)
+            dist.all_reduce(summed)
+            total = float(summed)
         losses.append(total / n)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         done = epoch + 1
-        if ckpt_path is not None and (done % config.checkpoint_every == 0 or done == last):
+        if main and ckpt_path is not None and (done % config.checkpoint_every == 0 or done == last):
             state = {
                 "config": asdict(config),
                 "epoch": done,
@@ -354,13 +412,46 @@ def fit(
                 "losses": losses,
             }
             _save_atomic(state, ckpt_path)
+    distributed.barrier()  # the last checkpoint is on disk before any process returns
     seconds = time.perf_counter() - t0
     accuracy = None
-    if test is not None and last == config.epochs:
+    if test is not None and last == config.epochs and main:
         accuracy = evaluate(
             model, test[0], test[1], batch_size=config.eval_batch_size, device=device
         )
-    return TrainResult(model, config, accuracy, last, start_epoch, seconds, losses)
+    return TrainResult(model, config, accuracy, last, start_epoch, seconds, losses, world)
+
+
+def fit_distilled(
+    config: TrainConfig,
+    distilled: DistilledSet,
+    *,
+    teacher: nn.Module | None = None,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """`fit` on a set read by `ddoq.export.load`: its images, labels, weights, soft labels.
+
+    Soft labels come from the set's stored teacher logits at ``config.temperature``;
+    `teacher` is needed for ``protocol="live"`` or a set stored without teacher logits.
+    The other arguments are `fit`'s.
+    """
+    probs = distilled.soft_labels(config.temperature) if config.labels == "soft" else None
+    return fit(
+        config,
+        distilled.images,
+        distilled.labels,
+        weights=distilled.weights,
+        teacher_probs=probs,
+        teacher=teacher,
+        num_classes=distilled.num_classes,
+        test=test,
+        run_dir=run_dir,
+        stop_after=stop_after,
+        progress=progress,
+    )
 
 
 @torch.no_grad()

@@ -103,11 +103,10 @@ if st.button("Distil every class", type="primary", icon=":material/compress:", k
             st.write("Loading the prior and the teacher…")
             prior, teacher = get_prior(prior_name), get_teacher(config.teacher)
             st.write("Encoding and quantizing every class…")
-            bar = st.progress(0.0, text="Per class: waiting for the quantization…")
-            stage_names = {"w2": "Wasserstein distances", "decode": f"decoding ({decode})"}
+            bar = st.progress(0.0, text="Per class: waiting for the first class…")
 
             def show_class(stage: str, done: int, total: int) -> None:
-                bar.progress(done / total, text=f"{stage_names[stage]}: class {done} of {total}")
+                bar.progress(done / total, text=f"Distilled class {done} of {total} ({decode})")
 
             start = time.perf_counter()
             result = distill(

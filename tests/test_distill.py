@@ -82,9 +82,7 @@ def test_per_class_progress_reports_every_class_in_order():
         on_class=lambda stage, done, total: calls.append((stage, done, total)),
     )
     n = len(result.class_names)
-    assert calls == [("w2", i, n) for i in range(1, n + 1)] + [
-        ("decode", i, n) for i in range(1, n + 1)
-    ]
+    assert calls == [("class", i, n) for i in range(1, n + 1)]
 
 
 def test_bad_requests_are_value_errors():

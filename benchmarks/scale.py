@@ -1,0 +1,229 @@
+"""Benchmark scale-out: the Ray engine against the local one, and what each stage costs.
+
+Part 1, quantization of a synthetic ImageNet-shaped latent set (1,000 classes x 1,300
+latents of shape 4x32x32, as Stable Diffusion's VAE gives for 256 px images) at K=50:
+- the local engine: groups of classes through `ddoq.distill.select_points` (batched CLVQ)
+  and `measure_w2`, in this process, torch with 2 threads (both cores);
+- the Ray engine's quantize stage (`ddoq.ray_engine.quantize_stage`: the same functions
+  in Ray tasks, points written to disk) with 2 workers of 1 thread each, on a local
+  cluster started beforehand (its start-up time is reported on its own);
+- on the first `--speedup-classes` classes, the local engine with 1 thread and the Ray
+  engine with 1 worker, for the speed-up from 1 to 2 workers.
+Each class's latents are drawn on demand from a seeded Gaussian mixture (the whole set
+would be 21 GB), in both engines alike.
+
+Part 2, per-stage costs of `ddoq distill` on the embedded data (MNIST, the embedded
+prior and teacher), local engine, and the Ray engine's whole run for comparison.
+
+Run: `python benchmarks/scale.py` (about 35 minutes on 2 cores); `--classes 200` for a
+shorter run; `--quick` for a smoke run that does not touch BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from _report import machine_line, markdown_table, write_section
+
+from ddoq.distill import DistillConfig, measure_w2, select_points
+
+LATENT_SHAPE = (4, 32, 32)
+
+
+@dataclass(frozen=True)
+class SyntheticLatents:
+    """The latents of one class of the synthetic set, drawn from a seed when read.
+
+    Has what the quantize stage needs of a `ddoq.encode.CacheEntry`: ``shape``, ``read()``.
+    """
+
+    label: int
+    n: int = 1300
+    modes: int = 64
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n, *LATENT_SHAPE)
+
+    def read(self) -> torch.Tensor:
+        # unequal modes (Dirichlet weights), as real classes have unequal sub-populations
+        rng = np.random.default_rng([7, self.label])
+        d = int(np.prod(LATENT_SHAPE))
+        means = rng.standard_normal((self.modes, d), dtype=np.float32) * 2.0
+        which = rng.choice(self.modes, size=self.n, p=rng.dirichlet(np.ones(self.modes)))
+        x = means[which] + rng.standard_normal((self.n, d), dtype=np.float32)
+        return torch.from_numpy(x).reshape(self.shape)
+
+    def write(self, latents: torch.Tensor) -> None:  # never called: read() always succeeds
+        raise RuntimeError("synthetic latents are not stored")
+
+
+def local_quantize(config: DistillConfig, classes: list[int], group: int = 32) -> float:
+    """Seconds for the local engine's quantize + W2 of `classes` (groups of `group`)."""
+    start = time.perf_counter()
+    for i in range(0, len(classes), group):
+        labels = classes[i : i + group]
+        latents = [SyntheticLatents(c).read() for c in labels]
+        indices = [np.arange(len(x)) for x in latents]
+        for selection, x in zip(select_points(config, labels, latents, indices), latents):
+            measure_w2(selection, x)
+    return time.perf_counter() - start
+
+
+def ray_quantize(config: DistillConfig, classes: list[int], workers: int, scratch: Path) -> float:
+    """Seconds for the Ray engine's quantize stage on a running cluster."""
+    from ddoq.ray_engine import quantize_stage
+
+    points = Path(tempfile.mkdtemp(dir=scratch))
+    entries = {c: SyntheticLatents(c) for c in classes}
+    indices = {c: np.arange(entries[c].n) for c in classes}
+    start = time.perf_counter()
+    quantize_stage(config, classes, entries, indices, points, workers=workers)
+    seconds = time.perf_counter() - start
+    if len(list(points.glob("class-*.safetensors"))) != len(classes):
+        raise RuntimeError("the Ray quantize stage did not write every class")
+    shutil.rmtree(points)
+    return seconds
+
+
+def embedded_stages(scratch: Path, quick: bool) -> list[dict]:
+    """Per-stage timings of `distill_to_folder` on the embedded data, local and Ray."""
+    from ddoq.runs import distill_to_folder
+
+    limit = 40 if quick else None
+    runs = []
+    for engine, decode in (("local", "vae"), ("local", "img2img"), ("ray", "img2img")):
+        config = DistillConfig(
+            decode=decode,
+            limit_per_class=limit,
+            steps=5 if quick else 50,
+            cache_dir=str(scratch / f"cache-{engine}"),
+        )
+        out = scratch / f"embedded-{engine}-{decode}"
+        result = distill_to_folder(config, out, engine=engine, progress=False)
+        counts = result.info["dataset"]["class_counts"]
+        runs.append(
+            {
+                "engine": engine,
+                "decode": decode,
+                "train_images": int(sum(counts)),
+                "classes": len(counts),
+                "images": len(result.labels),
+                "timings": result.timings,
+            }
+        )
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classes", type=int, default=1000, help="synthetic classes")
+    parser.add_argument(
+        "--speedup-classes", type=int, default=200, help="classes of the 1-worker runs"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny run, BENCHMARKS.md untouched")
+    args = parser.parse_args()
+    classes = list(range(8 if args.quick else args.classes))
+    few = classes[: 8 if args.quick else args.speedup_classes]
+    config = DistillConfig(ipc=50, method="ddoq")
+    scratch = Path(tempfile.mkdtemp(prefix="ddoq-scale-"))
+    try:
+        from ddoq.ray_engine import connect
+
+        t = time.perf_counter()
+        connect(None, num_cpus=2)
+        ray_start = time.perf_counter() - t
+        runs = []  # (engine, classes, seconds)
+        torch.set_num_threads(2)
+        runs.append(("local, 2 threads", classes, local_quantize(config, classes)))
+        torch.set_num_threads(1)
+        two = ray_quantize(config, classes, 2, scratch)
+        runs.append(("ray, 2 workers x 1 thread", classes, two))
+        runs.append(("local, 1 thread", few, local_quantize(config, few)))
+        runs.append(("ray, 2 workers x 1 thread", few, ray_quantize(config, few, 2, scratch)))
+        runs.append(("ray, 1 worker x 1 thread", few, ray_quantize(config, few, 1, scratch)))
+        rows, times = [], {}
+        for name, labels, seconds in runs:
+            base = next(s for n, c, s in runs if c == labels and n.startswith("local"))
+            per_class = seconds / len(labels)
+            times[f"{name} ({len(labels)} classes)"] = seconds
+            rows.append(
+                [name, len(labels), f"{seconds:.1f}", f"{1000 * per_class:.0f}",
+                 f"{seconds / base:.2f}"]
+            )  # fmt: skip
+        speedup = runs[4][2] / runs[3][2]
+        quantize_table = markdown_table(
+            ["engine", "classes", "seconds", "ms per class", "x local engine, same classes"], rows
+        )
+        stages = embedded_stages(scratch, args.quick)
+        import ray
+
+        ray.shutdown()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    stage_rows = []
+    for run in stages:
+        t = run["timings"]
+        per_image = 1000 * (t["encode"]) / run["train_images"]
+        per_class = 1000 * (t["quantize"] + t["w2"]) / run["classes"]
+        per_out = 1000 * (t["decode"] + t["label"]) / run["images"]
+        stage_rows.append(
+            [
+                run["engine"],
+                run["decode"],
+                f"{per_image:.2f}",
+                f"{per_class:.0f}",
+                f"{per_out:.1f}",
+                f"{t['total']:.1f}",
+            ]
+        )
+    stage_table = markdown_table(
+        [
+            "engine",
+            "decode",
+            "encode ms / train image",
+            "quantize + W2 ms / class",
+            "decode + label ms / image",
+            "total s",
+        ],
+        stage_rows,
+    )
+    body = "\n".join(
+        [
+            "## Scale-out: Ray engine vs local engine (`benchmarks/scale.py`)",
+            "",
+            f"Machine: {machine_line()}.",
+            "",
+            f"Quantization (CLVQ K=50, 10 passes, plus the W2 figures) of {len(classes)} "
+            "synthetic ImageNet-shaped classes (1,300 latents of 4x32x32 each, drawn from "
+            f"a seeded mixture on demand). Ray local cluster start-up: {ray_start:.1f} s "
+            "(not included).",
+            "",
+            quantize_table,
+            "",
+            f"Ray speed-up from 1 to 2 workers: {speedup:.2f}x.",
+            "",
+            "Per-stage costs of `ddoq distill` on the embedded data (MNIST 32 px, 4x8x8 "
+            "latents, IPC 10; img2img with 50 DDIM steps). The Ray rows include starting "
+            "each stage's actors.",
+            "",
+            stage_table,
+        ]
+    )
+    print(body)
+    print(json.dumps({"times": times, "stages": stages}, default=float))
+    if not args.quick:
+        write_section("scale", body)
+
+
+if __name__ == "__main__":
+    main()

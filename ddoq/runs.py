@@ -1,0 +1,327 @@
+"""Resumable distillation into a folder, with the local or the Ray engine.
+
+data -> encode -> quantize -> decode -> label -> **export** (class by class, resumable)
+
+`distill_to_folder(config, OUT)` is what `ddoq distill --out OUT` runs. While it works,
+each finished class is stored in a hidden run folder beside the export::
+
+    .OUT.distill-run/run.json                    the run manifest: configuration, dataset
+                                                 and prior fingerprints, and the classes
+                                                 finished so far ("classes_done")
+    .OUT.distill-run/classes/class-00003.safetensors   one finished class (images, masses,
+                                                 seeds, latents, logits, W2 figures)
+    .OUT.distill-run/...                         engine scratch (Ray: latent shards, points)
+
+A class file is written under a temporary name and renamed into place before the manifest
+lists the class, so a run killed at any moment leaves only whole classes behind. Running
+the same command again finds the run folder, checks that it was started with the same
+settings, data and prior, and computes only the classes not yet done; a finished class is
+never recomputed or rewritten. The export is then written atomically (`ddoq.export`) and
+the run folder removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddoq.distill import (
+    ClassPart,
+    DistillConfig,
+    DistillResult,
+    assemble,
+    load_train,
+    prior_info,
+    run_local,
+)
+from ddoq.encode import save_atomic
+
+__all__ = ["ENGINES", "RunStore", "distill_to_folder", "read_part", "write_part"]
+
+ENGINES = ("local", "ray")
+_FORMAT = "ddoq-distill-run-1"
+# Settings that do not change the result: a run may be resumed with other values.
+_FREE_SETTINGS = ("device", "cache_dir")
+
+
+def write_part(path: str | os.PathLike, part: ClassPart) -> None:
+    """Store one finished class as a safetensors file (atomically)."""
+    tensors = {
+        "images": part.images.float(),
+        "masses": torch.as_tensor(part.masses, dtype=torch.float64),
+        "seeds": torch.tensor(part.seeds, dtype=torch.int64),
+    }
+    if part.latents is not None:
+        tensors["latents"] = part.latents.float()
+    if part.logits is not None:
+        tensors["logits"] = part.logits.float()
+    if part.source is not None:
+        tensors["source"] = torch.as_tensor(np.asarray(part.source), dtype=torch.int64)
+    metadata = {
+        "format": _FORMAT,
+        "label": str(part.label),
+        "n_points": str(part.n_points),
+        "w2_weighted": repr(part.w2_weighted),
+        "w2_uniform": repr(part.w2_uniform),
+    }
+    save_atomic(path, tensors, metadata)
+
+
+def optional_float(text: str) -> float | None:
+    """A float stored with `repr`, or None (safetensors metadata holds strings only)."""
+    return None if text == "None" else float(text)
+
+
+def read_part(path: str | os.PathLike) -> ClassPart:
+    """Read a class file written by `write_part`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    return ClassPart(
+        label=int(meta["label"]),
+        images=t["images"],
+        masses=t["masses"].numpy(),
+        seeds=[int(s) for s in t["seeds"].tolist()],
+        n_points=int(meta["n_points"]),
+        w2_weighted=optional_float(meta["w2_weighted"]),
+        w2_uniform=optional_float(meta["w2_uniform"]),
+        latents=t.get("latents"),
+        source=t["source"].numpy() if "source" in t else None,
+        logits=t.get("logits"),
+    )
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class RunStore:
+    """The run folder of one `distill_to_folder` call (see the module docstring).
+
+    Attributes:
+        root: the run folder (``.OUT.distill-run`` beside OUT).
+        done: labels of the classes finished so far.
+        resumed: how many classes were already finished when the store was opened.
+    """
+
+    def __init__(self, out: Path, identity: dict, num_classes: int) -> None:
+        self.root = out.parent / f".{out.name}.distill-run"
+        self.identity = identity
+        self.num_classes = num_classes
+        self.done: set[int] = set()
+        self.resumed = 0
+
+    @classmethod
+    def open(
+        cls, out: Path, config: DistillConfig, train, prior, *, restart: bool = False
+    ) -> RunStore:
+        """Open (resume) or create the run folder of `out`.
+
+        Raises:
+            ValueError: the folder holds an unfinished run with other settings, data or
+                prior (and `restart` is False).
+        """
+        settings = {k: v for k, v in asdict(config).items() if k not in _FREE_SETTINGS}
+        identity = {
+            "settings": settings,
+            "dataset_fingerprint": train.fingerprint,
+            "prior_fingerprint": prior.fingerprint,
+        }
+        store = cls(out, identity, train.num_classes)
+        manifest = store.root / "run.json"
+        if restart and store.root.exists():
+            shutil.rmtree(store.root)
+        if manifest.is_file():
+            old = json.loads(manifest.read_text())
+            mine = {k: old.get(k) for k in identity}
+            if mine != identity:
+                raise ValueError(
+                    f"{store.root} holds an unfinished run of {out} with other settings "
+                    f"({_difference(old, identity)}); run the same command again to resume "
+                    "it, or pass --restart (restart=True) to discard it"
+                )
+            # a class counts as done only if its file is there too
+            store.done = {c for c in old.get("classes_done", []) if store.part_path(c).is_file()}
+            store.resumed = len(store.done)
+        else:
+            store.root.mkdir(parents=True, exist_ok=True)
+        store._write_manifest()
+        return store
+
+    def part_path(self, label: int) -> Path:
+        """Where the finished class `label` is stored."""
+        return self.root / "classes" / f"class-{int(label):05d}.safetensors"
+
+    def scratch(self, name: str) -> Path:
+        """A folder for an engine's intermediate files, removed with the run folder."""
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def todo(self) -> list[int]:
+        """Classes not finished yet, in class order."""
+        return [c for c in range(self.num_classes) if c not in self.done]
+
+    def save(self, part: ClassPart) -> None:
+        """Store a finished class, then record it in the run manifest."""
+        write_part(self.part_path(part.label), part)
+        self.mark_done(part.label)
+
+    def mark_done(self, label: int) -> None:
+        """Record a class whose file is already written (by a worker) as finished."""
+        if not self.part_path(label).is_file():
+            raise RuntimeError(f"class {label} is done but {self.part_path(label)} is missing")
+        self.done.add(int(label))
+        self._write_manifest()
+
+    def parts(self) -> list[ClassPart]:
+        """Every finished class, in class order."""
+        return [read_part(self.part_path(c)) for c in sorted(self.done)]
+
+    def remove(self) -> None:
+        """Delete the run folder (after the export is written)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _write_manifest(self) -> None:
+        payload = {
+            "format": _FORMAT,
+            **self.identity,
+            "num_classes": self.num_classes,
+            "classes_done": sorted(self.done),
+        }
+        _write_json(self.root / "run.json", payload)
+
+
+def _difference(old: dict, new: dict) -> str:
+    """The settings that differ between two run identities, for an error message."""
+    a, b = old.get("settings") or {}, new["settings"]
+    changed = [f"{k}: {a.get(k)!r} -> {b[k]!r}" for k in b if a.get(k) != b[k]]
+    for key, name in (("dataset_fingerprint", "dataset"), ("prior_fingerprint", "prior")):
+        if old.get(key) != new[key]:
+            changed.append(f"{name} changed")
+    return "; ".join(changed) or "another format"
+
+
+def distill_to_folder(
+    config: DistillConfig,
+    out: str | os.PathLike,
+    *,
+    engine: str = "local",
+    ray_address: str | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    restart: bool = False,
+    prior=None,
+    teacher=None,
+    progress: bool = True,
+    on_class: Callable[[str, int, int], None] | None = None,
+    _kill_once: dict[str, str] | None = None,
+) -> DistillResult:
+    """Distil `config` into the export folder `out`, resuming an interrupted run.
+
+    Args:
+        config: what to distil.
+        out: the export folder (absent or empty unless `overwrite`).
+        engine: ``"local"`` (this process) or ``"ray"`` (`ddoq.ray_engine`).
+        ray_address: Ray cluster to connect to; None starts a local one (``ray`` only).
+        workers: Ray actors/tasks run at once (default: the cluster's CPUs, or GPUs).
+        overwrite: replace an existing `out`.
+        restart: discard an unfinished run of `out` instead of resuming it.
+        prior, teacher: already loaded ones (must match `config`).
+        progress: show progress bars.
+        on_class: ``on_class("class", done, total)`` after each finished class.
+        _kill_once: fault injection for the tests (``ray`` only): ``{stage: marker_file}``
+            makes the first worker that runs ``stage`` ("quantize" or "decode") kill its own
+            process, once; Ray must retry its work.
+
+    Returns:
+        The distilled set, as written. ``info["resumed_classes"]`` says how many classes
+        came from an earlier, interrupted run.
+
+    Raises:
+        ValueError: bad settings, an existing `out`, or an unfinished run with other
+            settings.
+    """
+    from ddoq import export
+    from ddoq.labels import load_teacher
+    from ddoq.priors import load_prior
+
+    config.check()
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ValueError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    if prior is None:
+        prior = load_prior(config.prior, config.device)
+    train = load_train(config, prior)
+    if not config.teacher:
+        teacher = None
+    elif teacher is None:
+        teacher = load_teacher(config.teacher, config.device, weights=config.teacher_weights)
+    store = RunStore.open(out, config, train, prior, restart=restart)
+    todo = store.todo()
+    timings["load"] = time.perf_counter() - t
+    if store.resumed and progress:
+        print(
+            f"resuming {out}: {store.resumed} of {train.num_classes} classes already done",
+            flush=True,
+        )
+
+    def save(part: ClassPart) -> None:
+        store.save(part)
+        if on_class is not None:
+            on_class("class", len(store.done), train.num_classes)
+
+    if engine == "local":
+        run_local(config, prior, teacher, train, todo, save, timings=timings, progress=progress)
+    elif todo:
+        from ddoq.ray_engine import run_ray
+
+        def finished(label: int) -> None:
+            store.mark_done(label)
+            if on_class is not None:
+                on_class("class", len(store.done), train.num_classes)
+
+        run_ray(
+            config,
+            train,
+            prior,
+            store,
+            todo,
+            finished,
+            address=ray_address,
+            workers=workers,
+            timings=timings,
+            progress=progress,
+            kill_once=_kill_once,
+        )
+    missing = store.todo()
+    if missing:
+        raise RuntimeError(f"the {engine} engine left classes {missing[:10]} unfinished")
+    for stage in ("encode", "quantize", "w2", "decode", "label"):
+        timings.setdefault(stage, 0.0)
+    timings["total"] = sum(timings.values())
+    info = teacher.info() if teacher is not None else None
+    result = assemble(config, store.parts(), train, prior_info(config, prior), info, timings)
+    result.info["engine"] = engine
+    result.info["resumed_classes"] = store.resumed
+    export.write(result, out, overwrite=overwrite)
+    store.remove()
+    return result

@@ -1,0 +1,174 @@
+"""Scale-out: the Ray engine equals the local one, survives killed workers, and runs resume.
+
+A local Ray cluster with 2 CPUs is started once for the module (loopback only); the CLI
+test reaches it through --ray-address, as a user would reach a running cluster.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddoq import export
+from ddoq.cli import main
+from ddoq.distill import DistillConfig
+from ddoq.runs import RunStore, distill_to_folder, read_part
+
+# img2img with a few steps: exercises the per-image noise seeds as well as the decoder
+SETTINGS = dict(ipc=4, limit_per_class=40, decode="img2img", steps=4, seed=3)
+CLI_SETTINGS = ["--ipc", "4", "--limit-per-class", "40", "--decode", "img2img",
+                "--steps", "4", "--seed", "3", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    from ddoq.ray_engine import connect
+
+    started = connect(None, num_cpus=2)
+    import ray
+
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_set(tmp_path_factory):
+    """The local engine's export of SETTINGS (the reference every other run must equal)."""
+    root = tmp_path_factory.mktemp("local")
+    config = DistillConfig(cache_dir=str(root / "cache"), **SETTINGS)
+    distill_to_folder(config, root / "out", progress=False)
+    return export.load(root / "out")
+
+
+def assert_same_set(a: export.DistilledSet, b: export.DistilledSet) -> None:
+    """Same images (PNG pixels), rows, weights, soft labels, latents and W2 figures."""
+    assert a.rows == b.rows  # file names, labels, weights, masses, k, seeds
+    assert torch.equal(a.images, b.images)
+    torch.testing.assert_close(a.teacher_logits, b.teacher_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=1e-6)
+    for ra, rb in zip(a.manifest["metrics"]["w2_per_class"], b.manifest["metrics"]["w2_per_class"]):
+        assert ra["w2_weighted"] == pytest.approx(rb["w2_weighted"], rel=1e-6)
+        assert ra["w2_uniform"] == pytest.approx(rb["w2_uniform"], rel=1e-6)
+    assert a.manifest["config"] | {"cache_dir": None} == b.manifest["config"] | {"cache_dir": None}
+
+
+def test_cli_ray_engine_equals_local_engine(ray_address, local_set, tmp_path, capsys):
+    out = tmp_path / "ray"
+    cache = str(tmp_path / "cache")
+    code = main(["distill", "--engine", "ray", "--ray-address", ray_address,
+                 "--cache-dir", cache, "--out", str(out), *CLI_SETTINGS])  # fmt: skip
+    assert code == 0
+    assert "ray engine" in capsys.readouterr().out
+    ray_set = export.load(out)
+    assert ray_set.manifest["engine"] == "ray"
+    assert_same_set(local_set, ray_set)
+    # the sharded latent store was joined into the cache, one file per class
+    assert len(list((tmp_path / "cache").rglob("class-*.safetensors"))) == 10
+    assert not (tmp_path / ".ray.distill-run").exists()  # the run folder is cleaned up
+
+
+def test_killed_workers_are_retried_and_give_the_same_set(ray_address, local_set, tmp_path):
+    """One quantize task's worker and one decode actor die mid-run; Ray redoes their work."""
+    markers = {stage: str(tmp_path / f"killed-{stage}") for stage in ("quantize", "decode")}
+    config = DistillConfig(cache_dir=str(tmp_path / "cache"), **SETTINGS)
+    distill_to_folder(config, tmp_path / "out", engine="ray", progress=False, _kill_once=markers)
+    for stage, marker in markers.items():
+        assert Path(marker).exists(), f"no {stage} worker was killed"
+    assert_same_set(local_set, export.load(tmp_path / "out"))
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_interrupted_run_resumes_without_redoing_finished_classes(
+    engine, ray_address, local_set, tmp_path
+):
+    config = DistillConfig(cache_dir=str(tmp_path / "cache"), **SETTINGS)
+    out = tmp_path / "out"
+
+    def stop_after_three(stage, done, total):
+        if done == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        distill_to_folder(config, out, engine=engine, progress=False, on_class=stop_after_three)
+    assert not out.exists()  # nothing half-written where the export goes
+    run = tmp_path / ".out.distill-run"
+    done = json.loads((run / "run.json").read_text())["classes_done"]
+    assert len(done) >= 3
+    kept = {c: (run / "classes" / f"class-{c:05d}.safetensors") for c in done}
+    stamps = {c: p.stat().st_mtime_ns for c, p in kept.items()}
+    first_part = read_part(kept[done[0]])
+
+    # another setting is refused, not mixed in
+    with pytest.raises(ValueError, match="other settings.*ipc"):
+        distill_to_folder(DistillConfig(**(SETTINGS | {"ipc": 3})), out, progress=False)
+
+    seen = []
+
+    def check_untouched(stage, n_done, total):
+        seen.append(n_done)
+        assert {c: p.stat().st_mtime_ns for c, p in kept.items()} == stamps
+
+    result = distill_to_folder(
+        config, out, engine=engine, progress=False, on_class=check_untouched
+    )
+    assert result.info["resumed_classes"] == len(done)
+    assert seen == list(range(len(done) + 1, 11))  # only the other classes were computed
+    resumed = export.load(out)
+    assert_same_set(local_set, resumed)
+    c = done[0]
+    # the kept class file is what went into the export (PNG: 1/255 steps)
+    torch.testing.assert_close(
+        resumed.images[resumed.labels == c], first_part.images, rtol=0, atol=0.5 / 255 + 1e-6
+    )
+    assert not run.exists()
+
+
+def test_restart_discards_an_unfinished_run(tmp_path):
+    config = DistillConfig(cache_dir=str(tmp_path / "cache"), **(SETTINGS | {"decode": "vae"}))
+
+    def stop(stage, done, total):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        distill_to_folder(config, tmp_path / "out", progress=False, on_class=stop)
+    store_dir = tmp_path / ".out.distill-run"
+    assert json.loads((store_dir / "run.json").read_text())["classes_done"] == [0]
+    other = DistillConfig(cache_dir=str(tmp_path / "cache"), **(SETTINGS | {"ipc": 2}))
+    result = distill_to_folder(other, tmp_path / "out", restart=True, progress=False)
+    assert result.info["resumed_classes"] == 0 and len(result.labels) == 20
+    assert not store_dir.exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["distill", "--workers", "2", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "--engine ray" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        main(["distill", "--engine", "spark", "--out", str(tmp_path / "x")])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_run_store_records_only_written_classes(tmp_path):
+    """A class listed as done whose file is gone is recomputed, never trusted."""
+    from ddoq.data import load_dataset
+    from ddoq.priors import load_prior
+
+    prior = load_prior("embedded")
+    train = load_dataset("mnist", "train", image_size=32, channels=1, limit_per_class=40)
+    config = DistillConfig(**SETTINGS)
+    store = RunStore.open(tmp_path / "out", config, train, prior)
+    with pytest.raises(RuntimeError, match="missing"):
+        store.mark_done(2)
+    manifest = json.loads((store.root / "run.json").read_text())
+    manifest["classes_done"] = [2]
+    (store.root / "run.json").write_text(json.dumps(manifest))
+    again = RunStore.open(tmp_path / "out", config, train, prior)
+    assert again.done == set() and again.todo() == list(range(10))
+    assert np.array_equal(again.todo(), store.todo())
+    assert Path(again.root) == store.root
