@@ -141,15 +141,21 @@ def main() -> None:
         t = time.perf_counter()
         connect(None, num_cpus=2)
         ray_start = time.perf_counter() - t
+        stages = embedded_stages(scratch, args.quick)
+        print(json.dumps({"stages": stages}, default=float), flush=True)
         runs = []  # (engine, classes, seconds)
+
+        def measure(name: str, labels: list[int], fn, *fn_args) -> None:
+            runs.append((name, labels, fn(*fn_args)))
+            print(f"{name}, {len(labels)} classes: {runs[-1][2]:.1f} s", flush=True)
+
         torch.set_num_threads(2)
-        runs.append(("local, 2 threads", classes, local_quantize(config, classes)))
+        measure("local, 2 threads", classes, local_quantize, config, classes)
         torch.set_num_threads(1)
-        two = ray_quantize(config, classes, 2, scratch)
-        runs.append(("ray, 2 workers x 1 thread", classes, two))
-        runs.append(("local, 1 thread", few, local_quantize(config, few)))
-        runs.append(("ray, 2 workers x 1 thread", few, ray_quantize(config, few, 2, scratch)))
-        runs.append(("ray, 1 worker x 1 thread", few, ray_quantize(config, few, 1, scratch)))
+        measure("ray, 2 workers x 1 thread", classes, ray_quantize, config, classes, 2, scratch)
+        measure("local, 1 thread", few, local_quantize, config, few)
+        measure("ray, 2 workers x 1 thread", few, ray_quantize, config, few, 2, scratch)
+        measure("ray, 1 worker x 1 thread", few, ray_quantize, config, few, 1, scratch)
         rows, times = [], {}
         for name, labels, seconds in runs:
             base = next(s for n, c, s in runs if c == labels and n.startswith("local"))
@@ -163,7 +169,6 @@ def main() -> None:
         quantize_table = markdown_table(
             ["engine", "classes", "seconds", "ms per class", "x local engine, same classes"], rows
         )
-        stages = embedded_stages(scratch, args.quick)
         import ray
 
         ray.shutdown()

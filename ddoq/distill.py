@@ -142,7 +142,7 @@ class DistillResult:
     """
 
     config: DistillConfig
-    images: torch.Tensor  # N x C x H x W in [0, 1]
+    images: torch.Tensor | None  # N x C x H x W in [0, 1] (None once streamed to a folder)
     labels: torch.Tensor  # N int64
     class_names: list[str]
     weights: torch.Tensor  # N, mean 1 over the set
@@ -254,7 +254,7 @@ class ClassPart:
     """One finished class of a distilled set (CPU tensors): decoded, labelled, measured."""
 
     label: int
-    images: torch.Tensor  # K x C x H x W in [0, 1]
+    images: torch.Tensor | None  # K x C x H x W in [0, 1] (None: read without pixels)
     masses: np.ndarray  # K float64
     seeds: list[int]  # image_seed(seed, label, k)
     n_points: int  # training images of the class
@@ -436,11 +436,13 @@ def assemble(
     prior_info: dict,
     teacher_info: dict | None,
     timings: dict[str, float],
+    images=None,
 ) -> DistillResult:
     """Join the finished classes (in class order) into a `DistillResult`.
 
     Weights: within class c, ``temper_weights(masses, alpha)`` (sums to 1), times the class
-    prior N_c / N; then scaled to mean 1 over the whole set.
+    prior N_c / N; then scaled to mean 1 over the whole set. `images`, when given, replaces
+    the parts' own images (a lazy sequence over class files, see `ddoq.runs`).
     """
     from ddoq.quantize import temper_weights
 
@@ -464,7 +466,9 @@ def assemble(
     latents, logits, sources = cat("latents"), cat("logits"), cat("source")
     return DistillResult(
         config=config,
-        images=torch.cat([p.images for p in parts]).float().clamp(0, 1),
+        images=torch.cat([p.images for p in parts]).float().clamp(0, 1)
+        if images is None
+        else images,
         labels=torch.cat([torch.full((len(p.masses),), p.label, dtype=torch.long) for p in parts]),
         class_names=[str(n) for n in train.classes],
         weights=w,

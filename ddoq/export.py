@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def _png(image: torch.Tensor, path: Path) -> None:
 def write_set(
     out: str | os.PathLike,
     *,
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     labels: torch.Tensor,
     class_names: list[str],
     weights: torch.Tensor,
@@ -68,6 +69,9 @@ def write_set(
     overwrite: bool = False,
 ) -> Path:
     """Write a distilled set to `out` atomically (see the module docstring for the layout).
+
+    `images` is a tensor or any sequence of ``C x H x W`` images read in order (a resumable
+    run streams them class by class from its class files, never holding them all).
 
     Raises:
         ValueError: `out` exists and is not empty while `overwrite` is False, or the

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,16 +80,17 @@ def optional_float(text: str) -> float | None:
     return None if text == "None" else float(text)
 
 
-def read_part(path: str | os.PathLike) -> ClassPart:
-    """Read a class file written by `write_part`."""
+def read_part(path: str | os.PathLike, images: bool = True) -> ClassPart:
+    """Read a class file written by `write_part` (with ``images=False``, all but the pixels:
+    `ClassPart.images` is then None)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+        t = {k: f.get_tensor(k) for k in f.keys() if images or k != "images"}  # noqa: SIM118
     return ClassPart(
         label=int(meta["label"]),
-        images=t["images"],
+        images=t.get("images"),
         masses=t["masses"].numpy(),
         seeds=[int(s) for s in t["seeds"].tolist()],
         n_points=int(meta["n_points"]),
@@ -186,9 +187,14 @@ class RunStore:
         self.done.add(int(label))
         self._write_manifest()
 
-    def parts(self) -> list[ClassPart]:
-        """Every finished class, in class order."""
-        return [read_part(self.part_path(c)) for c in sorted(self.done)]
+    def parts(self, images: bool = True) -> list[ClassPart]:
+        """Every finished class, in class order (without pixels if `images` is False)."""
+        return [read_part(self.part_path(c), images) for c in sorted(self.done)]
+
+    def images(self) -> ClassImages:
+        """The images of every finished class, in set order, read one class at a time."""
+        return ClassImages([self.part_path(c) for c in sorted(self.done)])
+
 
     def remove(self) -> None:
         """Delete the run folder (after the export is written)."""
@@ -202,6 +208,40 @@ class RunStore:
             "classes_done": sorted(self.done),
         }
         _write_json(self.root / "run.json", payload)
+
+
+class ClassImages(Sequence):
+    """A sequence of images over class files, holding one class in memory at a time.
+
+    The export writer reads images in order, so a set far larger than memory streams
+    from the run folder to its PNG files.
+    """
+
+    def __init__(self, files: list[Path]) -> None:
+        from safetensors import safe_open
+
+        self.files = files
+        counts = []
+        for f in files:
+            with safe_open(str(f), framework="pt") as handle:
+                counts.append(handle.get_slice("images").get_shape()[0])
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+        self._loaded: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        part = int(np.searchsorted(self.starts, i, side="right")) - 1
+        if self._loaded is None or self._loaded[0] != part:
+            from safetensors import safe_open
+
+            with safe_open(str(self.files[part]), framework="pt") as f:
+                self._loaded = (part, f.get_tensor("images"))
+        return self._loaded[1][i - self.starts[part]]
 
 
 def _difference(old: dict, new: dict) -> str:
@@ -247,8 +287,9 @@ def distill_to_folder(
             process, once; Ray must retry its work.
 
     Returns:
-        The distilled set, as written. ``info["resumed_classes"]`` says how many classes
-        came from an earlier, interrupted run.
+        The distilled set as written, without its pixels (``images`` is None: they were
+        streamed class by class into `out`; `ddoq.export.load` reads them back).
+        ``info["resumed_classes"]`` says how many classes came from an earlier run.
 
     Raises:
         ValueError: bad settings, an existing `out`, or an unfinished run with other
@@ -319,9 +360,13 @@ def distill_to_folder(
         timings.setdefault(stage, 0.0)
     timings["total"] = sum(timings.values())
     info = teacher.info() if teacher is not None else None
-    result = assemble(config, store.parts(), train, prior_info(config, prior), info, timings)
+    parts = store.parts(images=False)
+    result = assemble(
+        config, parts, train, prior_info(config, prior), info, timings, images=store.images()
+    )
     result.info["engine"] = engine
     result.info["resumed_classes"] = store.resumed
     export.write(result, out, overwrite=overwrite)
     store.remove()
+    result.images = None  # the pixels are in `out` now (`ddoq.export.load` reads them)
     return result
