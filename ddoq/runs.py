@@ -195,7 +195,6 @@ class RunStore:
         """The images of every finished class, in set order, read one class at a time."""
         return ClassImages([self.part_path(c) for c in sorted(self.done)])
 
-
     def remove(self) -> None:
         """Delete the run folder (after the export is written)."""
         shutil.rmtree(self.root, ignore_errors=True)

@@ -115,9 +115,7 @@ def test_interrupted_run_resumes_without_redoing_finished_classes(
         seen.append(n_done)
         assert {c: p.stat().st_mtime_ns for c, p in kept.items()} == stamps
 
-    result = distill_to_folder(
-        config, out, engine=engine, progress=False, on_class=check_untouched
-    )
+    result = distill_to_folder(config, out, engine=engine, progress=False, on_class=check_untouched)
     assert result.info["resumed_classes"] == len(done)
     assert seen == list(range(len(done) + 1, 11))  # only the other classes were computed
     resumed = export.load(out)
