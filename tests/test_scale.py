@@ -170,3 +170,18 @@ def test_run_store_records_only_written_classes(tmp_path):
     assert again.done == set() and again.todo() == list(range(10))
     assert np.array_equal(again.todo(), store.todo())
     assert Path(again.root) == store.root
+
+
+def test_folder_run_streams_the_same_set_as_the_in_memory_run(tmp_path):
+    """`distill_to_folder` (class files, images streamed) writes what `distill` computes."""
+    from ddoq.distill import distill
+
+    config = DistillConfig(cache_dir=str(tmp_path / "cache"), **(SETTINGS | {"decode": "vae"}))
+    in_memory = distill(config, progress=False)
+    result = distill_to_folder(config, tmp_path / "out", progress=False)
+    assert result.images is None  # the pixels went to the folder, class by class
+    written = export.load(tmp_path / "out")
+    expected = (in_memory.images * 255).round() / 255  # PNG keeps 8 bits
+    torch.testing.assert_close(written.images, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(written.weights, in_memory.weights, rtol=1e-6, atol=0)
+    assert torch.equal(written.labels, in_memory.labels)
