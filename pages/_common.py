@@ -166,6 +166,20 @@ def prior_or_none(name: str) -> tuple[object | None, str | None]:
 
 
 @st.cache_resource(show_spinner=False)
+def chosen_data_with_prior(needs: str) -> tuple[str, str]:
+    """The dataset and prior chosen on Explore; stops the page when no prior is chosen.
+
+    `needs` completes the sentence "... needs a prior": why this page needs one.
+    """
+    dataset_name = st.session_state["s_dataset"]
+    prior_name = st.session_state["s_prior"]
+    if prior_name == PIXELS:
+        st.warning(f"{needs} needs a prior: choose the **embedded** prior on the Explore page.")
+        st.stop()
+    st.caption(f"Dataset **{dataset_name}**, prior **{prior_name}** (change them on Explore).")
+    return dataset_name, prior_name
+
+
 def get_dataset(name: str, image_size: int | None, channels: int | None, split: str = "train"):
     """A dataset object (cached once per process)."""
     return load_dataset(name, split=split, image_size=image_size, channels=channels)

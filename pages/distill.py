@@ -18,7 +18,7 @@ from ddoq.distill import DECODES, METHODS, DistillConfig, distill
 from ddoq.export import write
 from ddoq.figures import image_row, to_uint8
 from pages._common import (
-    PIXELS,
+    chosen_data_with_prior,
     get_prior,
     get_teacher,
     readable_errors,
@@ -33,15 +33,7 @@ st.caption(
     "soft_labels.safetensors, latents.safetensors and manifest.json."
 )
 
-dataset_name = st.session_state["s_dataset"]
-prior_name = st.session_state["s_prior"]
-if prior_name == PIXELS:
-    st.warning(
-        "Distillation needs a prior (the centroids are decoded by it): choose the "
-        "**embedded** prior on the Explore page."
-    )
-    st.stop()
-st.caption(f"Dataset **{dataset_name}**, prior **{prior_name}** (change them on Explore).")
+dataset_name, prior_name = chosen_data_with_prior("Distillation (the prior decodes the centroids)")
 
 c1, c2, c3, c4 = st.columns(4)
 method = setting(c1.selectbox, "Method", list(METHODS), name="s_dist_method")

@@ -15,7 +15,7 @@ from ddoq.jobs import TrainJob, TrainSpec, list_runs
 from ddoq.students import STUDENTS
 from ddoq.train import TrainConfig
 from pages._common import (
-    PIXELS,
+    chosen_data_with_prior,
     get_prior,
     get_teacher,
     readable_errors,
@@ -30,12 +30,7 @@ st.caption(
     "held-out split after every epoch."
 )
 
-dataset_name = st.session_state["s_dataset"]
-prior_name = st.session_state["s_prior"]
-if prior_name == PIXELS:
-    st.warning("Training needs a prior to distil with: choose the **embedded** prior on Explore.")
-    st.stop()
-st.caption(f"Dataset **{dataset_name}**, prior **{prior_name}** (change them on Explore).")
+dataset_name, prior_name = chosen_data_with_prior("Training (to distil the set first)")
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
 methods = setting(
