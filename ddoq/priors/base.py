@@ -73,6 +73,15 @@ class PriorInfo:
     fingerprint: str
 
 
+def load_ddim(path: str | os.PathLike):
+    """The DDIM scheduler saved in ``path/scheduler`` (diffusers layout), with
+    ``clip_sample=False``: latents are not confined to [-1, 1] as pixels are."""
+    from diffusers import DDIMScheduler
+
+    config = DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=True)
+    return DDIMScheduler.from_config(config, clip_sample=False)
+
+
 def fingerprint_folder(
     root: str | os.PathLike, subfolders: Sequence[str], extra: object = None
 ) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ddoq.priors.base import _LOAD, GenerativePrior, fingerprint_folder
+from ddoq.priors.base import _LOAD, GenerativePrior, fingerprint_folder, load_ddim
 
 __all__ = ["DiTPrior", "load_dit"]
 
@@ -78,16 +78,13 @@ def load_dit(
     source: str | None = None,
 ) -> DiTPrior:
     """Load a `DiTPipeline` folder as a `DiTPrior` with stock diffusers components."""
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+    from diffusers import AutoencoderKL, DiTTransformer2DModel
 
     path = Path(path)
     index = json.loads((path / "model_index.json").read_text())
     transformer = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer", **_LOAD)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **_LOAD)
-    scheduler = DDIMScheduler.from_config(
-        DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=True),
-        clip_sample=False,
-    )
+    scheduler = load_ddim(path)
     n = int(transformer.config.num_embeds_ada_norm)
     if class_names is None:
         id2label = index.get("id2label") or {}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ddoq.priors.base import _LOAD, PRIOR_JSON, fingerprint_folder
+from ddoq.priors.base import _LOAD, PRIOR_JSON, fingerprint_folder, load_ddim
 from ddoq.priors.dit import DiTPrior
 
 __all__ = ["EMBEDDED_PRIOR_DIR", "EmbeddedPrior", "load_embedded"]
@@ -54,7 +54,7 @@ def load_embedded(
     path: str | Path = EMBEDDED_PRIOR_DIR, device: str | torch.device = "cpu"
 ) -> EmbeddedPrior:
     """Load a prior folder written by `ddoq train-prior` (default: the shipped one)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+    from diffusers import AutoencoderKL, DiTTransformer2DModel
 
     path = Path(path)
     meta_file = path / PRIOR_JSON
@@ -70,10 +70,7 @@ def load_embedded(
     meta = json.loads(meta_file.read_text())
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **_LOAD)
     transformer = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer", **_LOAD)
-    scheduler = DDIMScheduler.from_config(
-        DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=True),
-        clip_sample=False,
-    )
+    scheduler = load_ddim(path)
     hashed = {k: v for k, v in meta.items() if k not in _UNHASHED_KEYS}
     fingerprint = fingerprint_folder(path, ["vae", "transformer", "scheduler"], hashed)
     source = "embedded" if path.resolve() == EMBEDDED_PRIOR_DIR else str(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ddoq.priors.base import _LOAD, GenerativePrior, fingerprint_folder
+from ddoq.priors.base import _LOAD, GenerativePrior, fingerprint_folder, load_ddim
 
 __all__ = ["StableDiffusionPrior", "load_stable_diffusion", "DEFAULT_CLASS_NAMES"]
 
@@ -114,7 +114,7 @@ def load_stable_diffusion(
     prompt_template: str = "a photo of a {name}",
 ) -> StableDiffusionPrior:
     """Load a `StableDiffusionPipeline` folder as a `StableDiffusionPrior`."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
@@ -124,10 +124,7 @@ def load_stable_diffusion(
         path, subfolder="text_encoder", local_files_only=True, dtype=torch.float32
     )
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
-    scheduler = DDIMScheduler.from_config(
-        DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=True),
-        clip_sample=False,
-    )
+    scheduler = load_ddim(path)
     fingerprint = fingerprint_folder(
         path,
         ["model_index.json", "vae", "unet", "text_encoder", "tokenizer", "scheduler"],
