@@ -325,15 +325,6 @@ def _add_train(subparsers) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def _write_json(path, payload: dict) -> None:
-    import json
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _test_split(manifest: dict, dataset: str | None):
     """(images, labels) of the held-out split matching a distilled set's manifest."""
     import torch
@@ -431,6 +422,7 @@ def _train(args: argparse.Namespace) -> str | None:
     from safetensors.torch import save_file
 
     from ddoq import distributed, export
+    from ddoq.data import write_json
     from ddoq.distill import package_versions
     from ddoq.labels import load_teacher
     from ddoq.train import fit_distilled
@@ -482,7 +474,7 @@ def _train(args: argparse.Namespace) -> str | None:
         "timings": {"train": round(result.seconds, 3), "total": time.perf_counter() - start},
         "metrics": result.metrics(),
     }
-    _write_json(run / "manifest.json", manifest)
+    write_json(run / "manifest.json", manifest)
     processes = f", {result.world_size} processes" if result.world_size > 1 else ""
     return (
         f"test accuracy {result.test_accuracy:.4f} ({config.student}, {len(ds)} images"

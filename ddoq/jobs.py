@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ddoq.data import write_json
 from ddoq.train import TrainConfig
 
 __all__ = ["MethodRecord", "TrainJob", "TrainSpec", "list_runs"]
@@ -53,12 +54,6 @@ class MethodRecord:
     accuracy: list[float] = field(default_factory=list)
     run_dir: str = ""
     status: str = "queued"
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 class TrainJob:
@@ -170,7 +165,7 @@ class TrainJob:
                 done += 1
                 self.progress = done / total
             rec.status = "stopped" if self._stop.is_set() else "done"
-            _write_json(
+            write_json(
                 run / "manifest.json",
                 {
                     "kind": "ddoq-app-train",

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddoq.data import write_json
 from ddoq.distill import (
     ClassPart,
     DistillConfig,
@@ -100,12 +101,6 @@ def read_part(path: str | os.PathLike, images: bool = True) -> ClassPart:
         source=t["source"].numpy() if "source" in t else None,
         logits=t.get("logits"),
     )
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 class RunStore:
@@ -206,7 +201,7 @@ class RunStore:
             "num_classes": self.num_classes,
             "classes_done": sorted(self.done),
         }
-        _write_json(self.root / "run.json", payload)
+        write_json(self.root / "run.json", payload)
 
 
 class ClassImages(Sequence):
