@@ -203,9 +203,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from ddoq.runs import distill_to_folder
 
     _threads(args)
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise ValueError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    out = Path(args.out)  # distill_to_folder refuses a non-empty one before any work
     if args.engine != "ray" and (args.ray_address or args.workers is not None):
         raise ValueError("--ray-address and --workers need --engine ray")
     config = DistillConfig(

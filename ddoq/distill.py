@@ -47,10 +47,12 @@ __all__ = [
     "load_train",
     "measure_w2",
     "package_versions",
+    "prepare",
     "prior_info",
     "render_class",
     "run_local",
     "select_points",
+    "with_total",
 ]
 
 METHODS = ("ddoq", "d4m", "random", "full")
@@ -286,6 +288,32 @@ def load_train(config: DistillConfig, prior):
     return train
 
 
+def prepare(config: DistillConfig, *, prior=None, teacher=None, with_teacher: bool = True):
+    """``(prior, train, teacher)`` of a run of `config`: each loaded unless given.
+
+    The teacher is None when `config.teacher` is empty or `with_teacher` is False.
+    """
+    from ddoq.labels import load_teacher
+    from ddoq.priors import load_prior
+
+    if prior is None:
+        prior = load_prior(config.prior, config.device)
+    train = load_train(config, prior)
+    if not (config.teacher and with_teacher):
+        teacher = None
+    elif teacher is None:
+        teacher = load_teacher(config.teacher, config.device, weights=config.teacher_weights)
+    return prior, train, teacher
+
+
+def with_total(timings: dict[str, float]) -> dict[str, float]:
+    """`timings` with every stage present (0 when skipped) and their ``total``."""
+    for stage in ("encode", "quantize", "w2", "decode", "label"):
+        timings.setdefault(stage, 0.0)
+    timings["total"] = sum(v for k, v in timings.items() if k != "total")
+    return timings
+
+
 def quantize_seed(config: DistillConfig, label: int) -> int:
     """CLVQ seed of class `label` (the manifest states this rule)."""
     return config.seed * 1000 + int(label)
@@ -387,10 +415,14 @@ def run_local(
     Classes go `group` at a time (one batched quantization per group, latents of one group
     in memory); `save(part)` receives each finished class, in class order.
     """
+    from tqdm.auto import tqdm
+
     from ddoq.encode import encode_dataset
+    from ddoq.labels import teacher_logits
 
     timings = {} if timings is None else timings
-    bar = _bar(len(classes), progress, f"distill ({config.method}, {config.decode})")
+    desc = f"distill ({config.method}, {config.decode})"
+    bar = tqdm(total=len(classes), desc=desc, disable=not progress, unit="class")
 
     def timed(stage: str, fn, *args, **kwargs):
         t = time.perf_counter()
@@ -411,22 +443,10 @@ def run_local(
             timed("w2", measure_w2, selection, x)
             part = timed("decode", render_class, config, prior, train, selection, None)
             if teacher is not None:
-                part.logits = timed("label", _logits, teacher, part.images)
+                part.logits = timed("label", teacher_logits, teacher, part.images)
             save(part)
             bar.update(1)
     bar.close()
-
-
-def _logits(teacher, images: torch.Tensor) -> torch.Tensor:
-    from ddoq.labels import teacher_logits
-
-    return teacher_logits(teacher, images)
-
-
-def _bar(total: int, progress: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not progress, unit="class")
 
 
 def assemble(
@@ -532,19 +552,10 @@ def distill(
     as the app can show progress. For a resumable run written to a folder, or the Ray
     engine, see `ddoq.runs.distill_to_folder`.
     """
-    from ddoq.labels import load_teacher
-    from ddoq.priors import load_prior
-
     config.check()
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    if prior is None:
-        prior = load_prior(config.prior, config.device)
-    train = load_train(config, prior)
-    if config.teacher and teacher is None:
-        teacher = load_teacher(config.teacher, config.device, weights=config.teacher_weights)
-    if not config.teacher:
-        teacher = None
+    prior, train, teacher = prepare(config, prior=prior, teacher=teacher)
     timings["load"] = time.perf_counter() - t
     parts: list[ClassPart] = []
 
@@ -555,8 +566,5 @@ def distill(
 
     classes = list(range(train.num_classes))
     run_local(config, prior, teacher, train, classes, save, timings=timings, progress=progress)
-    for stage in ("encode", "quantize", "w2", "decode", "label"):
-        timings.setdefault(stage, 0.0)
-    timings["total"] = sum(timings.values())
     info = teacher.info() if teacher is not None else None
-    return assemble(config, parts, train, prior_info(config, prior), info, timings)
+    return assemble(config, parts, train, prior_info(config, prior), info, with_total(timings))

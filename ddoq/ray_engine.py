@@ -46,8 +46,8 @@ import torch
 from ddoq.distill import (
     DistillConfig,
     Selection,
-    load_train,
     measure_w2,
+    prepare,
     render_class,
     select_points,
 )
@@ -114,19 +114,12 @@ def _kill_if_asked(kill_once: dict[str, str] | None, stage: str) -> None:
 
 def _load(config: DistillConfig, fingerprint: str, teacher: bool = False):
     """A worker's prior, training split (checked against the driver's) and teacher."""
-    from ddoq.labels import load_teacher
-    from ddoq.priors import load_prior
-
-    prior = load_prior(config.prior, config.device)
-    train = load_train(config, prior)
+    prior, train, model = prepare(config, with_teacher=teacher)
     if train.fingerprint != fingerprint:
         raise ValueError(
             f"the worker on {os.uname().nodename} sees other data for {config.dataset!r} than "
             "the driver (fingerprints differ); put the dataset on storage every node shares"
         )
-    model = None
-    if teacher and config.teacher:
-        model = load_teacher(config.teacher, config.device, weights=config.teacher_weights)
     return prior, train, model
 
 

@@ -39,9 +39,10 @@ from ddoq.distill import (
     DistillConfig,
     DistillResult,
     assemble,
-    load_train,
+    prepare,
     prior_info,
     run_local,
+    with_total,
 )
 from ddoq.encode import save_atomic
 
@@ -290,8 +291,6 @@ def distill_to_folder(
             settings.
     """
     from ddoq import export
-    from ddoq.labels import load_teacher
-    from ddoq.priors import load_prior
 
     config.check()
     if engine not in ENGINES:
@@ -303,13 +302,7 @@ def distill_to_folder(
         raise ValueError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    if prior is None:
-        prior = load_prior(config.prior, config.device)
-    train = load_train(config, prior)
-    if not config.teacher:
-        teacher = None
-    elif teacher is None:
-        teacher = load_teacher(config.teacher, config.device, weights=config.teacher_weights)
+    prior, train, teacher = prepare(config, prior=prior, teacher=teacher)
     store = RunStore.open(out, config, train, prior, restart=restart)
     todo = store.todo()
     timings["load"] = time.perf_counter() - t
@@ -350,9 +343,7 @@ def distill_to_folder(
     missing = store.todo()
     if missing:
         raise RuntimeError(f"the {engine} engine left classes {missing[:10]} unfinished")
-    for stage in ("encode", "quantize", "w2", "decode", "label"):
-        timings.setdefault(stage, 0.0)
-    timings["total"] = sum(timings.values())
+    with_total(timings)
     info = teacher.info() if teacher is not None else None
     parts = store.parts(images=False)
     result = assemble(
