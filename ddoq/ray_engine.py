@@ -157,7 +157,7 @@ def _quantize_group(
     labels: list[int],
     entries: list,
     indices: list[np.ndarray],
-    shards: str,
+    shards: str | None,
     points: str,
     kill_once: dict[str, str] | None,
 ) -> list[int]:
@@ -171,6 +171,8 @@ def _quantize_group(
             continue
         x = entry.read()
         if x is None:
+            if shards is None:
+                raise RuntimeError(f"no latents for class {c}: neither cached nor encoded")
             folder = Path(shards) / f"class-{c:05d}"
             x = _join_shards(folder, entry.shape[0])
             entry.write(x)  # the latent cache, shared with the local engine
@@ -185,34 +187,27 @@ def _quantize_group(
 
 
 def _write_selection(path: Path, selection: Selection) -> None:
-    tensors = {"masses": torch.as_tensor(selection.masses, dtype=torch.float64)}
-    if selection.points is not None:
-        tensors["points"] = selection.points.float()
-    if selection.source is not None:
-        tensors["source"] = torch.as_tensor(np.asarray(selection.source), dtype=torch.int64)
-    meta = {
-        "label": str(selection.label),
-        "w2_weighted": repr(selection.w2_weighted),
-        "w2_uniform": repr(selection.w2_uniform),
+    from ddoq.runs import save_record
+
+    tensors = {
+        "masses": torch.as_tensor(selection.masses, dtype=torch.float64),
+        "points": None if selection.points is None else selection.points.float(),
+        "source": None if selection.source is None else torch.as_tensor(selection.source),
     }
-    save_atomic(path, tensors, meta)
+    meta = {k: getattr(selection, k) for k in ("label", "w2_weighted", "w2_uniform")}
+    save_record(path, tensors, meta)
 
 
 def _read_selection(path: Path) -> Selection:
-    from safetensors import safe_open
+    from ddoq.runs import load_record
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    from ddoq.runs import optional_float as number
-
+    t, meta = load_record(path)
+    source = t.get("source")
     return Selection(
-        label=int(meta["label"]),
         masses=t["masses"].numpy(),
         points=t.get("points"),
-        source=t["source"].numpy() if "source" in t else None,
-        w2_weighted=number(meta["w2_weighted"]),
-        w2_uniform=number(meta["w2_uniform"]),
+        source=None if source is None else source.numpy(),
+        **meta,
     )
 
 
@@ -278,7 +273,7 @@ def quantize_stage(
                     labels,
                     [entries.get(c) for c in labels],
                     [indices[c] for c in labels],
-                    str(shards or points),
+                    None if shards is None else str(shards),
                     str(points),
                     kill_once,
                 )

@@ -22,6 +22,7 @@ the run folder removed.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -54,50 +55,64 @@ _FORMAT = "ddoq-distill-run-1"
 _FREE_SETTINGS = ("device", "cache_dir")
 
 
+def save_record(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor | None], metadata: dict
+) -> None:
+    """Store the tensors that are not None and `metadata` (Python literals) atomically."""
+    kept = {k: v for k, v in tensors.items() if v is not None}
+    # numpy scalars as Python ones: repr(np.float64(1.5)) is no literal
+    plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in metadata.items()}
+    save_atomic(path, kept, {k: repr(v) for k, v in plain.items()})
+
+
+def load_record(
+    path: str | os.PathLike, skip: tuple[str, ...] = ()
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors (but those in `skip`) and metadata stored by `save_record`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = {k: ast.literal_eval(v) for k, v in f.metadata().items()}
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k not in skip}  # noqa: SIM118
+    return tensors, meta
+
+
+def _int64(values) -> torch.Tensor | None:
+    return None if values is None else torch.as_tensor(np.asarray(values), dtype=torch.int64)
+
+
 def write_part(path: str | os.PathLike, part: ClassPart) -> None:
     """Store one finished class as a safetensors file (atomically)."""
     tensors = {
         "images": part.images.float(),
         "masses": torch.as_tensor(part.masses, dtype=torch.float64),
-        "seeds": torch.tensor(part.seeds, dtype=torch.int64),
+        "seeds": _int64(part.seeds),
+        "latents": None if part.latents is None else part.latents.float(),
+        "logits": None if part.logits is None else part.logits.float(),
+        "source": _int64(part.source),
     }
-    if part.latents is not None:
-        tensors["latents"] = part.latents.float()
-    if part.logits is not None:
-        tensors["logits"] = part.logits.float()
-    if part.source is not None:
-        tensors["source"] = torch.as_tensor(np.asarray(part.source), dtype=torch.int64)
     metadata = {
         "format": _FORMAT,
-        "label": str(part.label),
-        "n_points": str(part.n_points),
-        "w2_weighted": repr(part.w2_weighted),
-        "w2_uniform": repr(part.w2_uniform),
+        "label": part.label,
+        "n_points": part.n_points,
+        "w2_weighted": part.w2_weighted,
+        "w2_uniform": part.w2_uniform,
     }
-    save_atomic(path, tensors, metadata)
-
-
-def optional_float(text: str) -> float | None:
-    """A float stored with `repr`, or None (safetensors metadata holds strings only)."""
-    return None if text == "None" else float(text)
+    save_record(path, tensors, metadata)
 
 
 def read_part(path: str | os.PathLike, images: bool = True) -> ClassPart:
     """Read a class file written by `write_part` (with ``images=False``, all but the pixels:
     `ClassPart.images` is then None)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys() if images or k != "images"}  # noqa: SIM118
+    t, meta = load_record(path, skip=() if images else ("images",))
     return ClassPart(
-        label=int(meta["label"]),
+        label=meta["label"],
         images=t.get("images"),
         masses=t["masses"].numpy(),
-        seeds=[int(s) for s in t["seeds"].tolist()],
-        n_points=int(meta["n_points"]),
-        w2_weighted=optional_float(meta["w2_weighted"]),
-        w2_uniform=optional_float(meta["w2_uniform"]),
+        seeds=t["seeds"].tolist(),
+        n_points=meta["n_points"],
+        w2_weighted=meta["w2_weighted"],
+        w2_uniform=meta["w2_uniform"],
         latents=t.get("latents"),
         source=t["source"].numpy() if "source" in t else None,
         logits=t.get("logits"),
