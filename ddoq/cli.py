@@ -154,7 +154,9 @@ def _add_distill(subparsers) -> None:
     p.add_argument(
         "--teacher",
         default=d.teacher,
-        help="soft-label teacher: 'embedded', a teacher folder, a torchvision name, or 'none'",
+        help="soft-label teacher: 'auto' (default: the one trained for the dataset, else one "
+        "whose class names match), 'embedded', a teacher folder, a torchvision name, or "
+        "'none' (hard labels only)",
     )
     p.add_argument("--teacher-weights", help="weights file of a torchvision teacher")
     p.add_argument(
@@ -200,6 +202,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ddoq.distill import DistillConfig
+    from ddoq.labels import resolve_teacher
     from ddoq.runs import distill_to_folder
 
     _threads(args)
@@ -226,9 +229,20 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
     ).check()
+    teacher = None
+    if config.teacher:  # checked against the dataset's classes before any work
+        teacher = resolve_teacher(
+            config.teacher,
+            _class_names(config.dataset),
+            config.device,
+            weights=config.teacher_weights,
+            dataset=config.dataset,
+        )
+        print(f"teacher: {teacher.describe()}", flush=True)
     result = distill_to_folder(
         config,
         out,
+        teacher=teacher,
         engine=args.engine,
         ray_address=args.ray_address,
         workers=args.workers,
@@ -308,7 +322,11 @@ def _add_train(subparsers) -> None:
     p.add_argument(
         "--no-weights", action="store_true", help="ignore the set's weights (all equal to 1)"
     )
-    p.add_argument("--teacher", help="teacher for --protocol live (default: the set's)")
+    p.add_argument(
+        "--teacher",
+        help="teacher for --protocol live or a set without soft labels (default: the set's, "
+        "else 'auto'); matched to the set's classes by name",
+    )
     p.add_argument("--teacher-weights", help="weights file of a torchvision teacher")
     p.add_argument("--dataset", help="held-out data (default: the set's dataset, test split)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
@@ -321,6 +339,40 @@ def _add_train(subparsers) -> None:
     )
     _add_common(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _class_names(dataset: str) -> list[str]:
+    """The class names of a dataset (its train split), in label order."""
+    from ddoq.data import load_dataset
+
+    return [str(c) for c in load_dataset(dataset, "train").classes]
+
+
+def _set_teacher(args: argparse.Namespace, ds: DistilledSet, device: str):
+    """The teacher of `ddoq train` / `ddoq export` for the set `ds`, matched to its classes.
+
+    ``--teacher`` if given, else the teacher the set records (when it can still be loaded),
+    else ``"auto"``.
+    """
+    from pathlib import Path
+
+    from ddoq.labels import resolve_teacher
+
+    recorded = ds.manifest.get("teacher") or {}
+    config = ds.manifest.get("config") or {}
+    spec, weights = args.teacher, args.teacher_weights
+    if spec is None:
+        old = recorded.get("spec") or config.get("teacher")
+        loadable = old is not None and (
+            old in ("embedded", "auto") or Path(old).is_dir() or recorded.get("weights")
+        )
+        spec = old if loadable else "auto"
+        weights = weights or recorded.get("weights") or config.get("teacher_weights")
+    dataset = (ds.manifest.get("dataset") or {}).get("name") or config.get("dataset")
+    teacher = resolve_teacher(spec, ds.class_names, device, weights=weights, dataset=dataset)
+    if args.teacher is None and teacher.selected.startswith("given"):
+        teacher.selected = "the set's teacher" + teacher.selected[len("given") :]
+    return teacher
 
 
 def _test_split(manifest: dict, dataset: str | None):
@@ -422,7 +474,6 @@ def _train(args: argparse.Namespace) -> str | None:
     from ddoq import distributed, export
     from ddoq.data import write_json
     from ddoq.distill import package_versions
-    from ddoq.labels import load_teacher
     from ddoq.train import fit_distilled
 
     _threads(args)
@@ -431,10 +482,19 @@ def _train(args: argparse.Namespace) -> str | None:
     ds = export.load(args.distilled)
     config = _train_config(args, ds)
     teacher = None
-    if config.labels == "soft" and (config.protocol == "live" or ds.teacher_logits is None):
-        spec = args.teacher or (ds.manifest.get("config", {}).get("teacher") or "embedded")
-        weights = args.teacher_weights or ds.manifest.get("config", {}).get("teacher_weights")
-        teacher = load_teacher(spec, config.device, weights=weights)
+    soft = config.labels == "soft"
+    if soft and config.protocol != "live" and ds.teacher_logits is not None:
+        if ds.teacher_logits.shape[1] != ds.num_classes:
+            raise ValueError(
+                f"the soft labels of {ds.root} have {ds.teacher_logits.shape[1]} columns but "
+                f"the set has {ds.num_classes} classes {ds.class_names} (made by a teacher for "
+                f"other classes); relabel it with `ddoq export {ds.root} --out NEW --teacher "
+                "TEACHER`, or train with --labels hard"
+            )
+    elif soft:
+        teacher = _set_teacher(args, ds, config.device)
+        if main:
+            print(f"teacher: {teacher.describe()}", flush=True)
     test, test_xy = _test_split(ds.manifest, args.dataset) if main else (None, None)
     run = Path(args.out)
     if main:
@@ -490,7 +550,10 @@ def _add_evaluate(subparsers) -> None:
         ),
     )
     p.add_argument("run", nargs="?", help="run folder written by `ddoq train`")
-    p.add_argument("--teacher", help="evaluate this teacher instead ('embedded', folder, name)")
+    p.add_argument(
+        "--teacher",
+        help="evaluate this teacher instead ('auto', 'embedded', folder, torchvision name)",
+    )
     p.add_argument("--teacher-weights", help="weights file of a torchvision teacher")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the run's; mnist)")
     p.add_argument("--split", default="test", help="split to evaluate on (default test)")
@@ -508,7 +571,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file
 
     from ddoq.data import load_dataset
-    from ddoq.labels import load_teacher
+    from ddoq.labels import resolve_teacher
     from ddoq.students import build_student
     from ddoq.train import evaluate
 
@@ -516,9 +579,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if (args.run is None) == (args.teacher is None):
         raise ValueError("give either a run folder or --teacher (exactly one)")
     if args.teacher is not None:
-        model = load_teacher(args.teacher, args.device, weights=args.teacher_weights)
         name, size, channels = args.dataset or "mnist", args.image_size, None
-        what = f"teacher {args.teacher}"
+        model = resolve_teacher(
+            args.teacher,
+            _class_names(name),
+            args.device,
+            weights=args.teacher_weights,
+            dataset=name,
+        )
+        what = f"teacher {model.describe()}"
         size = size or model.image_size
     else:
         run = Path(args.run)
@@ -560,7 +629,11 @@ def _add_export(subparsers) -> None:
     p.add_argument("source", help="export folder written by `ddoq distill` or `ddoq export`")
     p.add_argument("--out", "-o", required=True, help="new export folder")
     p.add_argument("--alpha", type=float, help="new tempering exponent (w ~ mass**alpha)")
-    p.add_argument("--teacher", help="relabel with this teacher ('embedded', folder, name)")
+    p.add_argument(
+        "--teacher",
+        help="relabel with this teacher ('auto', 'embedded', folder, torchvision name); "
+        "matched to the set's classes by name",
+    )
     p.add_argument("--teacher-weights", help="weights file of a torchvision teacher")
     p.add_argument("--temperature", type=float, help="soft-label temperature to record")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -576,7 +649,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from ddoq import export
-    from ddoq.labels import load_teacher, teacher_logits
+    from ddoq.labels import teacher_logits
     from ddoq.quantize import temper_weights
 
     _threads(args)
@@ -600,7 +673,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         config["alpha"] = args.alpha
     logits, temperature = src.teacher_logits, src.temperature or config.get("temperature", 20.0)
     if args.teacher is not None:
-        teacher = load_teacher(args.teacher, args.device, weights=args.teacher_weights)
+        teacher = _set_teacher(args, src, args.device)
+        print(f"teacher: {teacher.describe()}", flush=True)
         logits = teacher_logits(teacher, src.images)
         manifest["teacher"] = teacher.info()
         config["teacher"], config["teacher_weights"] = args.teacher, args.teacher_weights
@@ -639,34 +713,88 @@ def _add_train_teacher(subparsers) -> None:
     d = TeacherConfig()
     p = subparsers.add_parser(
         "train-teacher",
-        help="train the embedded teacher (small ConvNet) on the embedded MNIST train split",
+        help="train a soft-label teacher for a dataset (the embedded one: MNIST)",
         description=(
-            "Train the soft-label teacher, seeded and reproducible, and write model.safetensors "
-            "+ config.json atomically. The defaults rebuild the shipped teacher: "
-            "`ddoq train-teacher --out ddoq/assets/teacher`."
+            "Train a teacher on a dataset's train split (a ConvNet, or a torchvision model "
+            "fine-tuned from a local weights file), report its accuracy on the held-out "
+            "split, and write model.safetensors + config.json (with the class names) "
+            "atomically. Without --out it goes to the cache, where `--teacher auto` (the "
+            "default of distill and train) finds it. The defaults rebuild the shipped "
+            "teacher: `ddoq train-teacher --out ddoq/assets/teacher`."
         ),
     )
-    p.add_argument("--out", "-o", required=True, help="folder to write (replaced atomically)")
+    p.add_argument(
+        "--dataset", default=d.dataset, help="mnist (default), digits or an image folder"
+    )
+    p.add_argument(
+        "--out",
+        "-o",
+        help="folder to write (replaced atomically; default: the dataset's teacher folder in "
+        "$DDOQ_CACHE_DIR/teachers)",
+    )
+    p.add_argument(
+        "--arch",
+        default=d.arch,
+        help="convnet (default, trained anew) or a torchvision classifier name to fine-tune",
+    )
+    p.add_argument("--weights", help="--arch NAME: its local state-dict file to fine-tune from")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
     p.add_argument("--width", type=int, default=d.width, help=f"ConvNet width (default {d.width})")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help=f"image side it trains on (default {d.image_size})",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"batch (default {d.batch_size})"
+    )
+    p.add_argument(
+        "--lr", type=float, help="AdamW learning rate (default 3e-3; 1e-4 when fine-tuning)"
+    )
+    p.add_argument(
+        "--augment",
+        help=f"random-crop augmentation (default {d.augment}; auto: digits <= 32 px, else large)",
+    )
+    p.add_argument(
+        "--limit-per-class", type=int, help="train on at most this many images per class"
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
     _add_common(p)
     p.set_defaults(func=_cmd_train_teacher)
 
 
 def _cmd_train_teacher(args: argparse.Namespace) -> int:
-    """Train the embedded teacher and print its test accuracy."""
+    """Train a teacher and print its held-out accuracy."""
+    from ddoq.data import EMBEDDED_DATASETS
     from ddoq.labels import TeacherConfig, train_teacher
 
     _threads(args)
-    for name in ("epochs", "width"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    config = TeacherConfig(epochs=args.epochs, width=args.width, seed=args.seed, device=args.device)
+    d = TeacherConfig()
+    lr = args.lr if args.lr is not None else (d.lr if args.arch == "convnet" else None)
+    embedded = args.dataset.strip().lower() in EMBEDDED_DATASETS
+    augment = args.augment or (d.augment if embedded else "auto")
+    config = TeacherConfig(
+        dataset=args.dataset,
+        arch=args.arch,
+        weights=args.weights,
+        epochs=args.epochs,
+        width=args.width,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        lr=lr,
+        augment=augment,
+        limit_per_class=args.limit_per_class,
+        seed=args.seed,
+        device=args.device,
+    ).check()
     report = train_teacher(config, args.out, progress=not args.quiet)
+    names = report.class_names or []
+    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
     print(
-        f"wrote {report.output_dir}: test accuracy {report.test_accuracy:.4f} "
-        f"({report.seconds:.0f} s)"
+        f"wrote {report.output_dir}: held-out accuracy {report.test_accuracy:.4f} on "
+        f"{report.test_images} images of {len(names)} classes ({shown}); trained on "
+        f"{report.train_images} images in {report.seconds:.0f} s"
     )
     return 0
 

@@ -74,7 +74,9 @@ class DistillConfig:
             (None: the prior's default).
         solver, quantize_iter, quantize_batch: CLVQ settings (``"clvq"`` or ``"lloyd"``,
             passes over the data, mini-batch size).
-        teacher: teacher for the soft labels (`ddoq.labels.load_teacher`), None for none.
+        teacher: teacher for the soft labels: ``"auto"`` (the one trained for the dataset,
+            or another whose class names match), ``"embedded"``, a teacher folder or a
+            torchvision name (`ddoq.labels.resolve_teacher`), None for none (hard labels).
         teacher_weights: weights file of a torchvision teacher.
         temperature: soft-label temperature T recorded with the set.
         seed: master seed (clustering, random picks, img2img noise).
@@ -95,7 +97,7 @@ class DistillConfig:
     solver: str = "clvq"
     quantize_iter: int = 10
     quantize_batch: int = 256
-    teacher: str | None = "embedded"
+    teacher: str | None = "auto"
     teacher_weights: str | None = None
     temperature: float = 20.0
     seed: int = 0
@@ -291,18 +293,30 @@ def load_train(config: DistillConfig, prior):
 def prepare(config: DistillConfig, *, prior=None, teacher=None, with_teacher: bool = True):
     """``(prior, train, teacher)`` of a run of `config`: each loaded unless given.
 
-    The teacher is None when `config.teacher` is empty or `with_teacher` is False.
+    The teacher is None when `config.teacher` is empty or `with_teacher` is False. It is
+    resolved for the dataset's classes (`ddoq.labels.resolve_teacher`; a given one is
+    matched to them with `ddoq.labels.match_teacher`), so a teacher for other classes stops
+    the run here, before any encoding.
     """
-    from ddoq.labels import load_teacher
+    from ddoq.labels import match_teacher, resolve_teacher
     from ddoq.priors import load_prior
 
     if prior is None:
         prior = load_prior(config.prior, config.device)
     train = load_train(config, prior)
+    classes = [str(c) for c in train.classes]
     if not (config.teacher and with_teacher):
         teacher = None
     elif teacher is None:
-        teacher = load_teacher(config.teacher, config.device, weights=config.teacher_weights)
+        teacher = resolve_teacher(
+            config.teacher,
+            classes,
+            config.device,
+            weights=config.teacher_weights,
+            dataset=config.dataset,
+        )
+    else:
+        teacher = match_teacher(teacher, classes, dataset=config.dataset)
     return prior, train, teacher
 
 

@@ -216,7 +216,8 @@ def load(path: str | os.PathLike) -> DistilledSet:
     """Read an export folder written by `write` / `ddoq distill`.
 
     Raises:
-        ValueError: the folder does not exist or is not a ddoq export.
+        ValueError: the folder does not exist or is not a ddoq export, or one of its
+            images is missing or unreadable (the message names the file).
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -237,9 +238,21 @@ def load(path: str | os.PathLike) -> DistilledSet:
     channels = int(manifest.get("dataset", {}).get("channels") or 0)
 
     def read(rel: str) -> torch.Tensor:
-        with Image.open(root / rel) as im:
-            im = im.convert("L" if channels == 1 or (not channels and im.mode == "L") else "RGB")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
+        path = root / rel
+        try:
+            with Image.open(path) as im:
+                mode = "L" if channels == 1 or (not channels and im.mode == "L") else "RGB"
+                arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+        except FileNotFoundError:
+            raise ValueError(
+                f"image {path} listed in {meta_file.name} is missing; restore it, or "
+                "distill/export the set again"
+            ) from None
+        except (OSError, SyntaxError) as err:  # PIL: unreadable or truncated file
+            raise ValueError(
+                f"image {path} listed in {meta_file.name} cannot be read "
+                f"({type(err).__name__}: {err}); replace it, or distill/export the set again"
+            ) from None
         return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
 
     images = torch.stack([read(r["file_name"]) for r in rows])

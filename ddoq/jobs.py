@@ -27,7 +27,7 @@ import torch
 from ddoq.data import write_json
 from ddoq.train import TrainConfig
 
-__all__ = ["MethodRecord", "TrainJob", "TrainSpec", "list_runs"]
+__all__ = ["MethodRecord", "TeacherJob", "TrainJob", "TrainSpec", "list_runs"]
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TrainSpec:
     ipc: int = 10
     alpha: float = 0.5
     seed: int = 0
-    teacher: str = "embedded"
+    teacher: str = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -60,8 +60,13 @@ class TrainJob:
     """Distil and train every method of `spec` in a daemon thread under `run_root`.
 
     Public state (read it from any thread): `status`, `progress` (0..1), `records`
-    (method -> `MethodRecord`), `error`, `running`. `stop()` asks the worker to stop after
-    the current epoch. `prior` and `teacher` may be passed already loaded.
+    (method -> `MethodRecord`), `error`, `running`, `teacher` (the `ddoq.labels.Teacher`
+    of soft labels, None with hard labels). `stop()` asks the worker to stop after the
+    current epoch. `prior` and `teacher` may be passed already loaded.
+
+    Raises:
+        ValueError: bad settings, or soft labels and no teacher for the dataset's classes
+            (checked here, before the thread starts).
     """
 
     def __init__(self, spec: TrainSpec, run_root: str | os.PathLike, *, prior=None, teacher=None):
@@ -70,13 +75,24 @@ class TrainJob:
             raise ValueError("choose at least one method to train")
         self.spec = spec
         self.run_root = Path(run_root)
-        self.prior, self.teacher = prior, teacher
+        self.prior = prior
+        self.teacher = self._teacher(teacher) if spec.train.labels == "soft" else None
         self.records = {m: MethodRecord(m) for m in spec.methods}
         self.status = "queued"
         self.progress = 0.0
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ddoq-train", daemon=True)
+
+    def _teacher(self, teacher):
+        """The soft-label teacher, matched to the dataset's classes (one-line error if none)."""
+        from ddoq.data import load_dataset
+        from ddoq.labels import match_teacher, resolve_teacher
+
+        classes = [str(c) for c in load_dataset(self.spec.dataset, "train").classes]
+        if teacher is not None:
+            return match_teacher(teacher, classes, dataset=self.spec.dataset)
+        return resolve_teacher(self.spec.teacher, classes, dataset=self.spec.dataset)
 
     @property
     def running(self) -> bool:
@@ -109,14 +125,13 @@ class TrainJob:
         from ddoq import export
         from ddoq.data import load_dataset
         from ddoq.distill import DistillConfig, distill
-        from ddoq.labels import load_teacher
         from ddoq.priors import load_prior
         from ddoq.train import evaluate, fit_distilled
 
         spec, cfg = self.spec, self.spec.train
-        self.status = "loading the prior and the teacher"
+        self.status = "loading the prior"
         prior = self.prior or load_prior(spec.prior)
-        teacher = self.teacher or load_teacher(spec.teacher)
+        teacher = self.teacher
         test = load_dataset(
             spec.dataset, "test", image_size=prior.image_size, channels=prior.channels
         )
@@ -137,7 +152,7 @@ class TrainJob:
                 method=method,
                 alpha=spec.alpha,
                 prior=spec.prior,
-                teacher=spec.teacher,
+                teacher=spec.teacher if teacher is not None else None,
                 temperature=cfg.temperature,
                 seed=spec.seed,
             )
@@ -178,10 +193,62 @@ class TrainJob:
                     "test_accuracy": rec.accuracy[-1] if rec.accuracy else None,
                     "seconds": round(time.perf_counter() - start, 3),
                     "status": rec.status,
+                    "teacher": None if teacher is None else teacher.info(),
                     "distill_metrics": result.metrics(),
                 },
             )
         self.progress = 1.0 if not self._stop.is_set() else self.progress
+
+
+class TeacherJob:
+    """Train a teacher for a dataset (`ddoq.labels.train_teacher`) in a daemon thread.
+
+    The app keeps one per dataset in the person's session and polls its public state:
+    `status`, `progress` (0..1, per epoch), `info` (the last epoch's loss, seconds),
+    `report` (a `ddoq.labels.TeacherReport` once done), `error`, `running`. The teacher is
+    written to `out` (default: `ddoq.labels.teacher_dir_for` the dataset, where
+    ``teacher="auto"`` finds it).
+    """
+
+    def __init__(self, config, out: str | os.PathLike | None = None) -> None:
+        self.config = config.check()
+        self.out = out
+        self.status = "queued"
+        self.progress = 0.0
+        self.info: dict = {}
+        self.report = None
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="ddoq-teacher", daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> TeacherJob:
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _epoch(self, epoch: int, epochs: int, info: dict) -> None:
+        self.progress = epoch / epochs
+        self.info = dict(info)
+        self.status = f"training the teacher: epoch {epoch}/{epochs}"
+
+    def _run(self) -> None:
+        from ddoq.labels import train_teacher
+
+        torch.set_num_threads(1)
+        try:
+            self.status = "loading the dataset"
+            self.report = train_teacher(self.config, self.out, progress=self._epoch)
+            self.progress = 1.0
+            self.status = "done"
+        except Exception as err:  # noqa: BLE001 - reported to the page, which shows it
+            self.error = f"{type(err).__name__}: {err}"
+            self.status = "failed"
+            self._trace = traceback.format_exc()
 
 
 def list_runs(root: str | os.PathLike) -> list[dict]:

@@ -137,9 +137,19 @@ class RunStore:
 
     @classmethod
     def open(
-        cls, out: Path, config: DistillConfig, train, prior, *, restart: bool = False
+        cls,
+        out: Path,
+        config: DistillConfig,
+        train,
+        prior,
+        *,
+        restart: bool = False,
+        teacher=None,
     ) -> RunStore:
         """Open (resume) or create the run folder of `out`.
+
+        `teacher` (the one labelling the run, or None) is part of the run's identity: with
+        ``teacher="auto"`` a teacher trained since would otherwise label the rest.
 
         Raises:
             ValueError: the folder holds an unfinished run with other settings, data or
@@ -150,6 +160,7 @@ class RunStore:
             "settings": settings,
             "dataset_fingerprint": train.fingerprint,
             "prior_fingerprint": prior.fingerprint,
+            "teacher_fingerprint": None if teacher is None else teacher.fingerprint,
         }
         store = cls(out, identity, train.num_classes)
         manifest = store.root / "run.json"
@@ -258,7 +269,11 @@ def _difference(old: dict, new: dict) -> str:
     """The settings that differ between two run identities, for an error message."""
     a, b = old.get("settings") or {}, new["settings"]
     changed = [f"{k}: {a.get(k)!r} -> {b[k]!r}" for k in b if a.get(k) != b[k]]
-    for key, name in (("dataset_fingerprint", "dataset"), ("prior_fingerprint", "prior")):
+    for key, name in (
+        ("dataset_fingerprint", "dataset"),
+        ("prior_fingerprint", "prior"),
+        ("teacher_fingerprint", "teacher"),
+    ):
         if old.get(key) != new[key]:
             changed.append(f"{name} changed")
     return "; ".join(changed) or "another format"
@@ -318,7 +333,7 @@ def distill_to_folder(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     prior, train, teacher = prepare(config, prior=prior, teacher=teacher)
-    store = RunStore.open(out, config, train, prior, restart=restart)
+    store = RunStore.open(out, config, train, prior, restart=restart, teacher=teacher)
     todo = store.todo()
     timings["load"] = time.perf_counter() - t
     if store.resumed and progress:

@@ -20,11 +20,11 @@ from ddoq.figures import image_row, to_uint8
 from pages._common import (
     chosen_data_with_prior,
     get_prior,
-    get_teacher,
     readable_errors,
     session_dir,
     setting,
 )
+from pages._teacher import teacher_panel
 
 st.title("Distill and export")
 st.caption(
@@ -34,6 +34,7 @@ st.caption(
 )
 
 dataset_name, prior_name = chosen_data_with_prior("Distillation (the prior decodes the centroids)")
+teacher_panel(dataset_name, key="dist_teacher")
 
 c1, c2, c3, c4 = st.columns(4)
 method = setting(c1.selectbox, "Method", list(METHODS), name="s_dist_method")
@@ -93,7 +94,7 @@ if st.button("Distil every class", type="primary", icon=":material/compress:", k
         ).check()
         with st.status("Distilling…", expanded=True) as status:
             st.write("Loading the prior and the teacher…")
-            prior, teacher = get_prior(prior_name), get_teacher(config.teacher)
+            prior, teacher = get_prior(prior_name), None  # distill resolves it
             st.write("Encoding and quantizing every class…")
             bar = st.progress(0.0, text="Per class: waiting for the first class…")
 

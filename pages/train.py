@@ -17,11 +17,11 @@ from ddoq.train import TrainConfig
 from pages._common import (
     chosen_data_with_prior,
     get_prior,
-    get_teacher,
     readable_errors,
     session_dir,
     setting,
 )
+from pages._teacher import teacher_panel
 
 st.title("Train a student")
 st.caption(
@@ -31,6 +31,7 @@ st.caption(
 )
 
 dataset_name, prior_name = chosen_data_with_prior("Training (to distil the set first)")
+teacher_panel(dataset_name, key="train_teacher")
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
 methods = setting(
@@ -70,9 +71,7 @@ if st.button(
             ),
         )
         root = session_dir() / "train" / time.strftime("%Y%m%d-%H%M%S")
-        job = TrainJob(
-            spec, root, prior=get_prior(prior_name), teacher=get_teacher(spec.teacher)
-        ).start()
+        job = TrainJob(spec, root, prior=get_prior(prior_name)).start()
         state["train_job"] = job
         busy = True
 

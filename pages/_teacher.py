@@ -1,0 +1,103 @@
+"""The teacher panel: which teacher labels the current dataset, and training one if none.
+
+`teacher_panel(dataset_name)` is called near the top of the pages that make soft labels
+(Distill, Train). It shows the teacher `ddoq.labels.resolve_teacher` picks for the
+dataset's classes, or, when none fits, that one-line reason and a **Train a teacher for
+this dataset** button. The button starts a `ddoq.jobs.TeacherJob` (a background thread)
+kept in this browser session's ``st.session_state`` (never in a ``st.cache_*`` function),
+shows its progress while it runs and the held-out accuracy when it ends; the teacher is
+written to the dataset's teacher folder in the cache, where ``"auto"`` finds it.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ddoq.data import EMBEDDED_DATASETS, load_dataset
+from ddoq.jobs import TeacherJob
+from ddoq.labels import Teacher, TeacherConfig, resolve_teacher
+
+__all__ = ["teacher_panel"]
+
+_JOBS = "teacher_jobs"  # st.session_state[_JOBS][dataset name] -> TeacherJob
+
+
+def _choice(dataset_name: str) -> tuple[Teacher | None, str | None]:
+    """``(teacher, None)`` when one fits the dataset's classes, else ``(None, why not)``."""
+    try:
+        classes = [str(c) for c in load_dataset(dataset_name, "train").classes]
+        return resolve_teacher("auto", classes, dataset=dataset_name), None
+    except ValueError as err:
+        return None, str(err)
+
+
+def _config(dataset_name: str, epochs: int) -> TeacherConfig:
+    """What the button trains: the CLI's defaults for `dataset_name`."""
+    embedded = dataset_name.strip().lower() in EMBEDDED_DATASETS
+    return TeacherConfig(
+        dataset=dataset_name, epochs=int(epochs), augment="digits" if embedded else "auto"
+    )
+
+
+def teacher_panel(dataset_name: str, *, key: str = "teacher") -> Teacher | None:
+    """Show which teacher makes the soft labels of `dataset_name`; offer to train one.
+
+    Args:
+        dataset_name: the dataset (``"mnist"``, ``"digits"`` or a folder).
+        key: prefix of the widget keys (one panel per page).
+
+    Returns:
+        The teacher ``"auto"`` resolves to for the dataset (outputs in its class order),
+        or None when no teacher fits (the panel then says why and offers the button).
+    """
+    jobs: dict[str, TeacherJob] = st.session_state.setdefault(_JOBS, {})
+    job = jobs.get(dataset_name)
+    busy = job is not None and job.running
+    teacher, problem = _choice(dataset_name)
+    if teacher is not None:
+        st.caption(f"Soft labels from {teacher.describe()}.")
+    else:
+        st.warning(f"No teacher for this dataset's classes: {problem}")
+        cols = st.columns([1, 2])
+        epochs = cols[0].number_input(
+            "Teacher epochs", 1, 100, 12, key=f"{key}_epochs", disabled=busy
+        )
+        if cols[1].button(
+            "Train a teacher for this dataset",
+            icon=":material/school:",
+            disabled=busy,
+            key=f"{key}_train",
+        ):
+            try:
+                job = jobs[dataset_name] = TeacherJob(_config(dataset_name, epochs)).start()
+                busy = True
+            except ValueError as err:
+                st.error(f"Training a teacher: {err}")
+    if job is not None:
+        _job_view(dataset_name, busy, key)
+    return teacher
+
+
+def _job_view(dataset_name: str, busy: bool, key: str) -> None:
+    """This session's teacher job for `dataset_name` (polled every second while it runs)."""
+
+    @st.fragment(run_every=1.0 if busy else None)
+    def view() -> None:
+        job = st.session_state[_JOBS][dataset_name]
+        if job.running:
+            loss = job.info.get("loss")
+            extra = f", loss {loss:.3f}" if loss is not None else ""
+            st.progress(job.progress, text=f"{job.status}{extra}")
+        elif job.error:
+            st.error(f"Training a teacher failed: {job.error}")
+        elif job.report is not None:
+            r = job.report
+            st.success(
+                f"Trained a teacher for {len(r.class_names or [])} classes: held-out accuracy "
+                f"{r.test_accuracy:.1%} on {r.test_images} images ({r.seconds:.0f} s); "
+                f"saved in `{r.output_dir}`."
+            )
+        if busy and not job.running:
+            st.rerun()  # the job ended: pick the new teacher up on the whole page
+
+    view()
