@@ -244,6 +244,10 @@ def test_progress_callback_and_bad_settings(env, tmp_path, capsys):
     report = train_teacher(config, tmp_path / "t", progress=lambda *a: calls.append(a))
     assert [(e, n) for e, n, _ in calls] == [(1, 2), (2, 2)]
     assert "loss" in calls[0][2] and calls[-1][2]["test_accuracy"] == report.test_accuracy
+    # epoch by epoch (resuming fit's checkpoint) gives the weights of one uninterrupted run
+    train_teacher(config, tmp_path / "u", progress=False)
+    weights = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("t", "u")]
+    assert weights[0] == weights[1]
     for argv, message in [
         (["--dataset", str(tmp_path / "nowhere")], "neither an embedded dataset"),
         (["--weights", str(tmp_path / "w.pth")], "torchvision --arch"),
