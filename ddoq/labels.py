@@ -801,7 +801,14 @@ def _write_teacher(out: Path, state: dict[str, torch.Tensor], meta: dict) -> Non
         raise
 
 
-def _train_convnet(config, num_classes, data, test, callback, bar):
+def _train_convnet(
+    config: TeacherConfig,
+    num_classes: int,
+    data: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    callback: Progress | None,
+    bar: bool,
+) -> tuple[dict[str, torch.Tensor], float]:
     """The ConvNet teacher via `ddoq.train.fit`, one epoch at a time when reporting.
 
     Epoch by epoch it resumes from fit's checkpoint (model, optimiser, schedule and random
@@ -845,7 +852,14 @@ def _train_convnet(config, num_classes, data, test, callback, bar):
     return state, float(result.test_accuracy)
 
 
-def _finetune(config, num_classes, data, test, callback, bar):
+def _finetune(
+    config: TeacherConfig,
+    num_classes: int,
+    data: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    callback: Progress | None,
+    bar: bool,
+) -> tuple[dict[str, torch.Tensor], float]:
     """A torchvision classifier from `config.weights`, new head, fine-tuned with AdamW."""
     import math
 
