@@ -23,9 +23,15 @@ _JOBS = "teacher_jobs"  # st.session_state[_JOBS][dataset name] -> TeacherJob
 
 
 def _choice(dataset_name: str) -> tuple[Teacher | None, str | None]:
-    """``(teacher, None)`` when one fits the dataset's classes, else ``(None, why not)``."""
+    """``(teacher, None)`` when one fits the dataset's classes, else ``(None, why not)``.
+
+    ``(None, None)`` when the dataset itself does not load (the page reports that).
+    """
     try:
         classes = [str(c) for c in load_dataset(dataset_name, "train").classes]
+    except ValueError:
+        return None, None
+    try:
         return resolve_teacher("auto", classes, dataset=dataset_name), None
     except ValueError as err:
         return None, str(err)
@@ -54,6 +60,8 @@ def teacher_panel(dataset_name: str, *, key: str = "teacher") -> Teacher | None:
     job = jobs.get(dataset_name)
     busy = job is not None and job.running
     teacher, problem = _choice(dataset_name)
+    if teacher is None and problem is None:
+        return None
     if teacher is not None:
         st.caption(f"Soft labels from {teacher.describe()}.")
     else:

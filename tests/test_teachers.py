@@ -196,6 +196,18 @@ def test_a_permuted_teacher_is_reordered_and_a_superset_restricted(trained):
         resolve_teacher(str(folder), ["3", "5", "9"])
 
 
+def test_export_relabels_with_the_embedded_teacher_restricted_by_name(env, set3, capsys):
+    base, _ = env
+    out = base / "set3-embedded"
+    argv = ["export", str(set3[0]), "--out", str(out), "--teacher", "embedded", "--quiet"]
+    assert main(argv) == 0
+    assert "restricted to 3 of its 10 classes" in capsys.readouterr().out
+    ds = export.load(out)
+    full = teacher_logits(load_teacher("embedded"), ds.images)
+    assert torch.equal(ds.teacher_logits, full[:, [3, 5, 8]])
+    assert ds.manifest["teacher"]["output_index"] == [3, 5, 8]
+
+
 def test_a_missing_image_in_a_set_is_one_line_naming_the_file(env, set3, capsys):
     base, _ = env
     broken = base / "set3-broken"
