@@ -56,7 +56,7 @@ def _add_train_prior(subparsers) -> None:
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default 1: fastest on shared cores)"
     )
-    p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device (default auto: cuda if present)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train_prior)
 
@@ -97,7 +97,9 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument(
+        "--device", default="auto", help="torch device: auto (default: cuda if present), cpu, cuda"
+    )
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default 1: best on shared cores)"
     )
@@ -803,6 +805,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ddoq` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "device", None) == "auto":  # every command: the GPU when there is one
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0

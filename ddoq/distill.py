@@ -24,6 +24,7 @@ with the weights (= sqrt of the distortion, Prop. 1) and uniform, goes into the 
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -95,7 +96,7 @@ class DistillConfig:
     steps: int = 50
     guidance: float | None = None
     solver: str = "clvq"
-    quantize_iter: int = 10
+    quantize_iter: int = 1
     quantize_batch: int = 256
     teacher: str | None = "auto"
     teacher_weights: str | None = None
@@ -251,6 +252,8 @@ class Selection:
     source: np.ndarray | None  # train-split indices of real images (``random``, ``full``)
     w2_weighted: float | None = None
     w2_uniform: float | None = None
+    # exact distortion D of the class's latents on `points` (the quantizer's final pass)
+    distortion: float | None = None
 
 
 @dataclass
@@ -361,7 +364,8 @@ def select_points(
         )
         for c, x, est in zip(labels, latents, estimators):
             points = torch.as_tensor(est.cluster_centers_).reshape(-1, *x.shape[1:])
-            out.append(Selection(c, np.asarray(est.weights_, dtype=np.float64), points, None))
+            masses = np.asarray(est.weights_, dtype=np.float64)
+            out.append(Selection(c, masses, points, None, distortion=est.distortion_))
     elif config.method == "random":
         for c, x, idx in zip(labels, latents, class_indices):
             rng = np.random.default_rng([config.seed, c])
@@ -375,12 +379,19 @@ def select_points(
 
 
 def measure_w2(selection: Selection, latents: torch.Tensor | None) -> Selection:
-    """Fill in the class's latent W2 distance to its points, with and without the weights."""
-    from ddoq.transport import wasserstein2
+    """Fill in the class's latent W2 distance to its points, with and without the weights.
+
+    The masses are the Voronoi masses of the points, so the weighted W2 is the square root
+    of the exact distortion (paper Prop. 1): the quantizer's own final pass when it ran,
+    else one assignment pass. The uniform W2 has no closed form: POT's exact solver.
+    """
+    from ddoq.transport import distortion, wasserstein2
 
     if selection.points is not None and latents is not None:
         flat, centers = latents.flatten(1).numpy(), selection.points.flatten(1).numpy()
-        selection.w2_weighted = wasserstein2(flat, centers, selection.masses)
+        if selection.distortion is None:
+            selection.distortion = distortion(flat, centers)
+        selection.w2_weighted = math.sqrt(max(selection.distortion, 0.0))
         selection.w2_uniform = wasserstein2(flat, centers, None)
     return selection
 

@@ -30,3 +30,9 @@ def gaussian_mixture(
     p = np.full(k, 1.0 / k) if weights is None else np.asarray(weights) / np.sum(weights)
     comp = rng.choice(k, size=n, p=p)
     return (means[comp] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU, skipped without one (run them with `pytest -m cuda`)"
+    )

@@ -151,11 +151,15 @@ def detect_kind(path: str | os.PathLike) -> str:
     )
 
 
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def load_prior(
     name_or_path: str | os.PathLike = "embedded",
     device: str | torch.device = "cpu",
     *,
     class_names: Sequence[str] | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> GenerativePrior:
     """Load a generative prior.
 
@@ -166,25 +170,34 @@ def load_prior(
         class_names: class vocabulary for a text-conditional (Stable Diffusion) prior, in
             label order; for class-conditional priors, display names replacing the stored
             ones (same count).
+        dtype: compute dtype of the networks, ``"float32"`` (default), ``"float16"`` or
+            ``"bfloat16"`` (autocast; inputs and outputs stay float32).
 
     Raises:
         ValueError: unknown folder layout, missing folder, or an unreachable hub id.
     """
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    compute = _DTYPES.get(str(dtype).removeprefix("torch."), None) if dtype is not None else None
+    if dtype is not None and compute is None:
+        raise ValueError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device; use device='cpu'")
     path = _resolve(name_or_path)
     kind = detect_kind(path)
     source = str(name_or_path)
-    if kind == "embedded":
-        prior: GenerativePrior = load_embedded(path, device)
-    elif kind == "dit":
-        return load_dit(
+    if kind == "dit":
+        prior: GenerativePrior = load_dit(
             path, device, class_names=list(class_names) if class_names else None, source=source
         )
+    elif kind != "embedded":
+        prior = load_stable_diffusion(path, device, class_names=class_names, source=source)
     else:
-        return load_stable_diffusion(path, device, class_names=class_names, source=source)
-    if class_names is not None:
+        prior = load_embedded(path, device)
+    if compute is not None:
+        prior.dtype = compute
+    if kind == "embedded" and class_names is not None:
         names = tuple(str(c) for c in class_names)
         if len(names) != prior.num_classes:
             raise ValueError(

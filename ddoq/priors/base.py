@@ -27,6 +27,7 @@ unconditional input for guidance) and `_predict_noise(x, t, condition)`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -151,6 +152,15 @@ class GenerativePrior:
 
     kind: str = "prior"
     default_guidance: float = 4.0
+    # compute dtype of the networks: float32, or float16 / bfloat16 under torch.autocast
+    # (weights stay float32; inputs and outputs are float32 whatever the compute dtype)
+    dtype: torch.dtype = torch.float32
+
+    def _autocast(self):
+        """Autocast to `dtype` on the prior's device, or nothing for float32."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def __init__(
         self,
@@ -318,9 +328,10 @@ class GenerativePrior:
         x = self._check_images(images)
         out = []
         for start in range(0, len(x), batch_size):
-            dist = self.vae.encode(x[start : start + batch_size] * 2.0 - 1.0).latent_dist
-            z = dist.sample(generator=generator) if sample else dist.mode()
-            out.append((z - self.latent_shift) * self.latent_scale)
+            with self._autocast():
+                dist = self.vae.encode(x[start : start + batch_size] * 2.0 - 1.0).latent_dist
+                z = dist.sample(generator=generator) if sample else dist.mode()
+            out.append((z.float() - self.latent_shift) * self.latent_scale)
         if not out:
             return torch.empty((0, *self.latent_shape), device=self.device)
         return torch.cat(out)
@@ -332,7 +343,9 @@ class GenerativePrior:
         out = []
         for start in range(0, len(z), batch_size):
             zz = z[start : start + batch_size] / self.latent_scale + self.latent_shift
-            out.append(((self.vae.decode(zz).sample + 1.0) / 2.0).clamp(0.0, 1.0))
+            with self._autocast():
+                img = self.vae.decode(zz).sample
+            out.append(((img.float() + 1.0) / 2.0).clamp(0.0, 1.0))
         if not out:
             return torch.empty(
                 (0, self.channels, self.image_size, self.image_size), device=self.device
@@ -445,7 +458,8 @@ class GenerativePrior:
             null = self._null_condition(len(zb)) if guidance != 1.0 else None
             for t in timesteps:
                 x_in = scheduler.scale_model_input(x, t)
-                eps = self._guided_noise(x_in, t, cond, null, guidance)
+                with self._autocast():
+                    eps = self._guided_noise(x_in, t, cond, null, guidance).float()
                 x = scheduler.step(eps, t, x).prev_sample
             out.append(self.decode(x))
         return torch.cat(out)
