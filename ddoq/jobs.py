@@ -32,7 +32,11 @@ __all__ = ["MethodRecord", "TrainJob", "TrainSpec", "list_runs"]
 
 @dataclass
 class TrainSpec:
-    """What to distil and train: the dataset, the prior, the methods, IPC and the student."""
+    """What to distil and train: the dataset, the prior, the methods, IPC and the student.
+
+    teacher None distils without soft labels (for ``train.labels="hard"``); device is the
+    torch device of the distillation (the student's is ``train.device``).
+    """
 
     dataset: str = "mnist"
     prior: str = "embedded"
@@ -40,7 +44,8 @@ class TrainSpec:
     ipc: int = 10
     alpha: float = 0.5
     seed: int = 0
-    teacher: str = "embedded"
+    teacher: str | None = "embedded"
+    device: str = "cpu"
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -115,8 +120,10 @@ class TrainJob:
 
         spec, cfg = self.spec, self.spec.train
         self.status = "loading the prior and the teacher"
-        prior = self.prior or load_prior(spec.prior)
-        teacher = self.teacher or load_teacher(spec.teacher)
+        prior = self.prior or load_prior(spec.prior, spec.device)
+        teacher = self.teacher
+        if teacher is None and spec.teacher is not None:
+            teacher = load_teacher(spec.teacher, spec.device)
         test = load_dataset(
             spec.dataset, "test", image_size=prior.image_size, channels=prior.channels
         )
@@ -140,6 +147,7 @@ class TrainJob:
                 teacher=spec.teacher,
                 temperature=cfg.temperature,
                 seed=spec.seed,
+                device=spec.device,
             )
             result = distill(dconf, prior=prior, teacher=teacher, progress=False)
             ds = export.load(export.write(result, run / "distilled", overwrite=True))
