@@ -213,11 +213,11 @@ def test_pages_in_a_real_browser(page, app_url, tmp_path):
     page.get_by_role("heading", name="Train a student").wait_for()
     _wait_idle(page)
     for label, value in (("Images per class", "1"), ("Epochs", "1")):
-        box = page.get_by_label(label)
+        box = page.get_by_role("spinbutton", name=label, exact=True)
         box.fill(value)
         box.press("Enter")
         _wait_idle(page)
-    assert page.get_by_label("Images per class").input_value() == "1"
+    assert page.get_by_role("spinbutton", name="Images per class").input_value() == "1"
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Finished runs (this session)").wait_for()
     page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=120_000)
@@ -264,8 +264,8 @@ def _no_exception(page) -> None:
 
 
 def _pick(page, label: str, option: str) -> None:
-    page.get_by_label(label).first.click()
-    page.get_by_role("option", name=option).first.click()
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).first.click()
     _wait_idle(page)
 
 
@@ -286,11 +286,13 @@ def _distil_hard(page, tmp_path: Path, name: str) -> set[str]:
     page.get_by_role("link", name="Distill and export").click()
     page.get_by_role("heading", name="Distill and export").wait_for()
     _wait_idle(page)
-    box = page.get_by_label("Images per class")
+    box = page.get_by_role("spinbutton", name="Images per class", exact=True)
     box.fill("1")
     box.press("Enter")
     _wait_idle(page)
-    page.get_by_text("hard", exact=True).last.click()
+    page.locator('[data-testid="stRadio"]', has_text="Labels").get_by_text(
+        "hard", exact=True
+    ).click()
     _wait_idle(page)
     page.get_by_role("button", name="Distil every class").click()
     download = page.get_by_role("button", name="Download the distilled set (zip)")
@@ -331,11 +333,13 @@ def test_own_folder_on_every_page(page, app_url, own_folder, tmp_path):
     page.get_by_text(f"Dataset {own_folder}").first.wait_for()
     _wait_idle(page)
     for label, value in (("Images per class", "1"), ("Epochs", "1")):
-        box = page.get_by_label(label)
+        box = page.get_by_role("spinbutton", name=label, exact=True)
         box.fill(value)
         box.press("Enter")
         _wait_idle(page)
-    page.get_by_text("hard", exact=True).last.click()
+    page.locator('[data-testid="stRadio"]', has_text="Labels").get_by_text(
+        "hard", exact=True
+    ).click()
     _wait_idle(page)
     page.get_by_role("button", name="Start training").click()
     page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=180_000)
@@ -377,12 +381,13 @@ def test_k_100_then_decoded_and_a_one_image_class(page, app_url, tmp_path):
     slider.focus()
     slider.press("End")
     _wait_idle(page)
-    assert slider.get_attribute("aria-valuenow") == "100"
+    thumb = page.locator('[data-testid="stSliderThumbValue"]').first
+    assert thumb.inner_text() == "100"
     page.get_by_role("link", name="Decoded images").click()
     page.get_by_role("heading", name="Decoded images").wait_for()
     _wait_idle(page)
     _no_exception(page)
-    assert page.get_by_role("slider").first.get_attribute("aria-valuenow") == "100"
+    assert page.locator('[data-testid="stSliderThumbValue"]').first.inner_text() == "100"
 
     import numpy as np
     from PIL import Image
