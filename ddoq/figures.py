@@ -44,11 +44,23 @@ __all__ = [
     "weights_bars",
 ]
 
+UNIFORM_COLOR = "#e53e3e"  # the uniform barycenter (D4M) overlay, on every map
 PALETTE = qualitative.Plotly + qualitative.D3[1:] + qualitative.Set2 + qualitative.Pastel1
 # No named template: resolving one costs ~13 ms per figure, and st.plotly_chart applies
 # the app's theme anyway. Colours per cell go through a discrete colour scale on integer
 # labels, not per-point colour strings (validating N strings is slow).
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "plot_bgcolor": "white"}
+
+
+_TRAIN_DASH = {"ddoq": "solid", "d4m": "dash", "random": "dot", "full": "dashdot"}
+_TRAIN_SYMBOL = {"ddoq": "circle", "d4m": "diamond-open", "random": "square", "full": "x"}
+
+
+def _log_axis(ticks: Sequence[float] | None = None) -> dict[str, object]:
+    """A log axis labelled at `ticks` (or at 1, 2, 5 x 10^n), without minor labels."""
+    if ticks is not None:
+        return {"type": "log", "tickvals": list(ticks), "ticktext": [f"{t:g}" for t in ticks]}
+    return {"type": "log", "dtick": "D2", "exponentformat": "power", "minor": {"showgrid": False}}
 
 
 def _colors(labels: np.ndarray) -> list[str]:
@@ -162,9 +174,11 @@ def centroid_map(
                     y=centers_2d[ok, 1],
                     mode="markers",
                     marker={
+                        # an open symbol is drawn in the marker colour (its line
+                        # colour is ignored): a transparent colour would draw nothing
                         "size": np.full(int(ok.sum()), 16.0),
-                        "color": "rgba(0,0,0,0)",
-                        "line": {"color": "#e53e3e", "width": 2},
+                        "color": UNIFORM_COLOR,
+                        "line": {"width": 2},
                         "symbol": "circle-open",
                     },
                     hoverinfo="skip",
@@ -266,7 +280,7 @@ def voronoi_map(
                     x=centers[:, 0],
                     y=centers[:, 1],
                     mode="markers",
-                    marker={"size": 16, "symbol": "circle-open", "color": "#e53e3e"},
+                    marker={"size": 16, "symbol": "circle-open", "color": UNIFORM_COLOR},
                     hoverinfo="skip",
                     name="uniform barycenter (1/K)",
                 )
@@ -372,8 +386,8 @@ def distortion_vs_k(curve: DistortionCurve) -> go.Figure:
     return _figure(
         traces,
         height=340,
-        xaxis={"type": "log", "title": "K"},
-        yaxis={"type": "log", "title": "distortion D_K"},
+        xaxis={**_log_axis(curve.ks), "title": "K"},
+        yaxis={**_log_axis(), "title": "distortion D_K"},
         legend={"orientation": "h", "y": -0.3},
     )
 
@@ -415,8 +429,8 @@ def w2_bars(rows: Sequence[tuple[str, W2Comparison]]) -> go.Figure:
     )
 
 
-def w2_against_k_chart(comparisons: Sequence[W2Comparison]) -> go.Figure:
-    """W2 against K for the three methods, log axes."""
+def w2_against_k_chart(comparisons: Sequence[W2Comparison], title: str = "") -> go.Figure:
+    """W2 against K for the three methods, log axes; `title` names the class."""
     ks = [c.k for c in comparisons]
     traces: list = []
     for method, attr in _W2_METHODS:
@@ -431,9 +445,10 @@ def w2_against_k_chart(comparisons: Sequence[W2Comparison]) -> go.Figure:
         )
     return _figure(
         traces,
-        height=340,
-        xaxis={"type": "log", "title": "K (images per class)"},
-        yaxis={"type": "log", "title": "W2 to the class"},
+        title=title,
+        height=360,
+        xaxis={**_log_axis(ks), "title": "K (images per class)"},
+        yaxis={**_log_axis(), "title": "W2 to the class"},
         legend={"orientation": "h", "y": -0.3},
     )
 
@@ -547,7 +562,10 @@ def train_curves(records: Sequence[object], metric: str = "accuracy") -> go.Figu
             y=getattr(r, metric),
             mode="lines+markers",
             name=r.method,
-            line={"color": _TRAIN_COLORS.get(r.method)},
+            # dashes and marker shapes differ, so curves that coincide stay visible
+            line={"color": _TRAIN_COLORS.get(r.method), "dash": _TRAIN_DASH.get(r.method)},
+            marker={"symbol": _TRAIN_SYMBOL.get(r.method, "circle"), "size": 8},
+            opacity=0.85,
         )
         for r in records
     ]

@@ -32,7 +32,11 @@ __all__ = ["MethodRecord", "TeacherJob", "TrainJob", "TrainSpec", "list_runs"]
 
 @dataclass
 class TrainSpec:
-    """What to distil and train: the dataset, the prior, the methods, IPC and the student."""
+    """What to distil and train: the dataset, the prior, the methods, IPC and the student.
+
+    teacher None distils without soft labels (for ``train.labels="hard"``); device is the
+    torch device of the distillation (the student's is ``train.device``).
+    """
 
     dataset: str = "mnist"
     prior: str = "embedded"
@@ -41,6 +45,7 @@ class TrainSpec:
     alpha: float = 0.5
     seed: int = 0
     teacher: str = "auto"
+    device: str = "cpu"
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -92,7 +97,9 @@ class TrainJob:
         classes = [str(c) for c in load_dataset(self.spec.dataset, "train").classes]
         if teacher is not None:
             return match_teacher(teacher, classes, dataset=self.spec.dataset)
-        return resolve_teacher(self.spec.teacher, classes, dataset=self.spec.dataset)
+        return resolve_teacher(
+            self.spec.teacher, classes, self.spec.device, dataset=self.spec.dataset
+        )
 
     @property
     def running(self) -> bool:
@@ -130,7 +137,7 @@ class TrainJob:
 
         spec, cfg = self.spec, self.spec.train
         self.status = "loading the prior"
-        prior = self.prior or load_prior(spec.prior)
+        prior = self.prior or load_prior(spec.prior, spec.device)
         teacher = self.teacher
         test = load_dataset(
             spec.dataset, "test", image_size=prior.image_size, channels=prior.channels
@@ -155,6 +162,7 @@ class TrainJob:
                 teacher=spec.teacher if teacher is not None else None,
                 temperature=cfg.temperature,
                 seed=spec.seed,
+                device=spec.device,
             )
             result = distill(dconf, prior=prior, teacher=teacher, progress=False)
             ds = export.load(export.write(result, run / "distilled", overwrite=True))

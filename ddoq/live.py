@@ -63,6 +63,7 @@ class LiveCLVQ:
         steps_per_tick: CLVQ steps taken by each `tick`.
         step: CLVQ's step rule ("count", a constant gamma in (0, 1], or n -> gamma_n).
         random_state: seed of the seeding and of the order the points are drawn in.
+        device: torch device of the CLVQ steps (``"auto"``: CUDA when available).
 
     The first step seeds the grid by k-means++ on a sample of max(3 K, batch_size)
     points (CLVQ's rule for its first mini-batch) and steps on that sample.
@@ -77,6 +78,7 @@ class LiveCLVQ:
         steps_per_tick: int = 5,
         step: StepRule = "count",
         random_state: int = 0,
+        device: str = "cpu",
     ) -> None:
         x = np.asarray(points, dtype=np.float32)
         self.points = np.ascontiguousarray(x.reshape(x.shape[0], -1))
@@ -96,6 +98,7 @@ class LiveCLVQ:
         self.steps_per_tick = int(steps_per_tick)
         self.step = step
         self.random_state = int(random_state)
+        self.device = device
         self.reset()
 
     def reset(self) -> None:
@@ -105,6 +108,7 @@ class LiveCLVQ:
             batch_size=self.batch_size,
             step=self.step,
             random_state=self.random_state,
+            device=self.device,
         )
         self._rng = np.random.default_rng(self.random_state)
         self._order = np.empty(0, dtype=np.int64)

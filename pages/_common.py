@@ -1,8 +1,12 @@
 """Streamlit glue shared by the pages: settings that persist, cached loaders, error display.
 
-Everything computational lives in the `ddoq` package; this module only decides what is
-cached where (`st.cache_resource` for models and reducers, `st.cache_data` for arrays)
-and how settings survive page switches (`st.session_state`).
+Everything computational lives in the `ddoq` package. A session's choices (dataset,
+prior, class, K, device...) are modelled by `ddoq.app.state.Choices` over
+``st.session_state``: every page reads them there, so a choice made on one page is the
+one every page uses. This module only draws the shared controls and decides what is
+cached where (`st.cache_resource` for models, datasets and reducers, `st.cache_data` for
+arrays). Cached functions are pure functions of their arguments: they never read
+``st.session_state``, so they never leak one session's choices into another.
 """
 
 from __future__ import annotations
@@ -10,81 +14,49 @@ from __future__ import annotations
 import os
 import traceback
 import uuid
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import streamlit as st
 import torch
 
+from ddoq.app.state import (
+    DEVICES,
+    FOLDER,
+    PIXELS,
+    PRIORS,
+    Choices,
+    DataInfo,
+    data_info,
+    describe_skipped,
+)
 from ddoq.compare import ClassPoints, load_class_points
-from ddoq.data import EMBEDDED_DATASETS, load_dataset
-from ddoq.projection import Projection, default_cache_dir, project
+from ddoq.data import EMBEDDED_DATASETS, CorruptImageWarning, load_dataset
+from ddoq.projection import default_cache_dir, project
 
 # The app's work is many small tensor operations (a live tick is a few ms of maths); on
 # shared 2-core machines a second torch thread made them several times slower under load
 # (see README, "Threads"). DDOQ_APP_THREADS overrides.
 torch.set_num_threads(max(1, int(os.environ.get("DDOQ_APP_THREADS", "1"))))
 
-PIXELS = "none (raw pixels)"
-PRIORS = ("embedded", PIXELS)
 
-# Settings of every page, with their defaults. They live in st.session_state under these
-# names, which are never widget keys: Streamlit drops a widget's state when its page is
-# not shown, so each widget (`setting`) has its own key "w_<name>" and copies its value
-# into the setting on change.
-DEFAULTS: dict[str, object] = {
-    "s_dataset": "mnist",
-    "s_prior": "embedded",
-    "s_class": 0,
-    "s_k": 10,
-    "s_view": "PCA",
-    "s_umap": os.environ.get("DDOQ_APP_UMAP", "1") != "0",
-    "s_batch": 32,
-    "s_steps": 5,
-    "s_max_steps": 300,
-    "s_overlay": False,
-    "s_w2_scope": "this class",
-    "s_dec_mode": "vae",
-    "s_train_methods": ["ddoq", "d4m", "random"],
-    "s_train_ipc": 10,
-    "s_train_student": "convnet",
-    "s_train_epochs": 20,
-    "s_train_labels": "soft",
-    "s_train_weights": True,
-    "s_alpha_t": 0.5,
-    "s_dist_method": "ddoq",
-    "s_dist_ipc": 10,
-    "s_dist_alpha": 0.5,
-    "s_dist_seed": 0,
-    "s_dist_decode": "vae",
-    "s_dist_strength": 0.7,
-    "s_dist_steps": 25,
-    "s_dec_strength": 0.7,
-    "s_dec_steps": 25,
-    "s_teach_dist": "gaussian mixture",
-    "s_teach_k": 8,
-    "s_teach_rule": "1/count per centroid (mini-batch k-means)",
-    "s_teach_gamma": 0.05,
-    "s_teach_batch": 16,
-    "s_teach_overlay": True,
-}
+def choices() -> Choices:
+    """This browser session's choices (`ddoq.app.state.Choices` over st.session_state)."""
+    return Choices(st.session_state)
 
 
 def keep_settings() -> None:
     """Initialise missing settings and this session's id (call once per run, in app.py)."""
-    for key, value in DEFAULTS.items():
-        st.session_state.setdefault(key, list(value) if isinstance(value, list) else value)
-    st.session_state.setdefault("session_id", uuid.uuid4().hex[:12])
+    choices().init()
 
 
 def set_setting(name: str, value: object) -> None:
     """Change a setting from code (and the widgets bound to it that are on the page)."""
-    st.session_state[name] = value
-    for wkey, bound in st.session_state.get("_bound", {}).items():
-        if bound == name and wkey in st.session_state:
-            st.session_state[wkey] = value
+    choices().set(name, value)
 
 
 def setting(widget, label: str, *args, name: str, key: str | None = None, **kwargs):
@@ -95,9 +67,7 @@ def setting(widget, label: str, *args, name: str, key: str | None = None, **kwar
     writes back on change, so the value survives page switches. Returns its value.
     """
     wkey = key or f"w_{name}"
-    st.session_state.setdefault("_bound", {})[wkey] = name
-    if wkey not in st.session_state:
-        st.session_state[wkey] = st.session_state[name]
+    choices().bind(wkey, name)
 
     def sync() -> None:
         st.session_state[name] = st.session_state[wkey]
@@ -137,27 +107,19 @@ def readable_errors(action: str) -> Iterator[None]:
 
 
 @st.cache_resource(show_spinner=False)
-def get_prior(name: str):
-    """The prior `name` (cached once per process); raises ValueError when unavailable."""
+def get_prior(name: str, device: str = "cpu"):
+    """The prior `name` on `device` (cached once per process); ValueError when unavailable."""
     from ddoq.priors import load_prior
 
-    return load_prior(name)
+    return load_prior(name, device)
 
 
-@st.cache_resource(show_spinner=False)
-def get_teacher(name: str):
-    """The soft-label teacher `name` (cached once per process)."""
-    from ddoq.labels import load_teacher
-
-    return load_teacher(name)
-
-
-def prior_or_none(name: str) -> tuple[object | None, str | None]:
+def prior_or_none(name: str, device: str = "cpu") -> tuple[object | None, str | None]:
     """(prior, None) when `name` loads, else (None, a note saying why pixels are used)."""
     if name == PIXELS:
         return None, None
     try:
-        return get_prior(name), None
+        return get_prior(name, device), None
     except Exception as err:  # noqa: BLE001 - shown as a note, the page falls back
         return None, (
             f"The {name!r} prior could not be loaded ({err}). Quantizing the **raw pixels** "
@@ -165,44 +127,46 @@ def prior_or_none(name: str) -> tuple[object | None, str | None]:
         )
 
 
-@st.cache_resource(show_spinner=False)
-def chosen_data_with_prior(needs: str) -> tuple[str, str]:
-    """The dataset and prior chosen on Explore; stops the page when no prior is chosen.
-
-    `needs` completes the sentence "... needs a prior": why this page needs one.
-    """
-    dataset_name = st.session_state["s_dataset"]
-    prior_name = st.session_state["s_prior"]
-    if prior_name == PIXELS:
-        st.warning(f"{needs} needs a prior: choose the **embedded** prior on the Explore page.")
-        st.stop()
-    st.caption(f"Dataset **{dataset_name}**, prior **{prior_name}** (change them on Explore).")
-    return dataset_name, prior_name
-
-
+@st.cache_resource(show_spinner=False, max_entries=16)
 def get_dataset(name: str, image_size: int | None, channels: int | None, split: str = "train"):
-    """A dataset object (cached once per process)."""
-    return load_dataset(name, split=split, image_size=image_size, channels=channels)
+    """A dataset object (cached once per process: one listing of a folder, not one a rerun).
+
+    The files a folder skips are in the dataset's ``skipped`` attribute (the pages list
+    them), so the library's warning is not repeated on the console.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CorruptImageWarning)
+        return load_dataset(name, split=split, image_size=image_size, channels=channels)
 
 
-def dataset_for(name: str, prior) -> object:
+def dataset_for(name: str, prior, split: str = "train") -> object:
     """The dataset `name` at the prior's image size and channels (native without a prior)."""
     if prior is None:
-        return get_dataset(name, None, None)
-    return get_dataset(name, int(prior.image_size), int(prior.channels))
+        return get_dataset(name, None, None, split)
+    return get_dataset(name, int(prior.image_size), int(prior.channels), split)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def info_for(dataset_name: str, prior_name: str, device: str = "cpu") -> DataInfo:
+    """Class names, sizes and skipped files of the dataset as the prior sees it."""
+    prior, _ = prior_or_none(prior_name, device)
+    info = data_info(dataset_for(dataset_name, prior))
+    return replace(info, dataset=dataset_name)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def class_points(dataset_name: str, prior_name: str, class_index: int) -> ClassPoints:
+def class_points(
+    dataset_name: str, prior_name: str, class_index: int, device: str = "cpu"
+) -> ClassPoints:
     """The points of one class (latents, or pixels when the prior is unavailable)."""
-    prior, _ = prior_or_none(prior_name)
+    prior, _ = prior_or_none(prior_name, device)
     return load_class_points(dataset_for(dataset_name, prior), class_index, prior)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def pca_view(dataset_name: str, prior_name: str, class_index: int) -> Projection:
+def pca_view(dataset_name: str, prior_name: str, class_index: int, device: str = "cpu"):
     """The PCA map of a class (instant; reducer kept for placing centroids)."""
-    return project(class_points(dataset_name, prior_name, class_index).points, "pca")
+    return project(class_points(dataset_name, prior_name, class_index, device).points, "pca")
 
 
 @st.cache_resource(show_spinner=False)
@@ -212,40 +176,103 @@ def _umap_executor() -> ThreadPoolExecutor:
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def umap_job(dataset_name: str, prior_name: str, class_index: int) -> Future:
+def umap_job(dataset_name: str, prior_name: str, class_index: int, device: str = "cpu") -> Future:
     """A background UMAP fit of a class (disk-cached embeddings return at once)."""
-    points = class_points(dataset_name, prior_name, class_index).points
+    points = class_points(dataset_name, prior_name, class_index, device).points
     return _umap_executor().submit(project, points, "umap")
 
 
-def dataset_choices() -> list[str]:
-    """Embedded dataset names, plus the folder currently typed in, if any."""
-    return list(EMBEDDED_DATASETS) + ["folder…"]
+@dataclass(frozen=True)
+class Data:
+    """What a page works on: this session's dataset, prior and class, and their limits.
+
+    prior is the loaded prior (None for raw pixels, or when it could not be loaded:
+    `prior_note` says why); info bounds K and IPC; device is the torch device in use.
+    """
+
+    dataset: str
+    prior_name: str
+    prior: object | None
+    prior_note: str | None
+    class_index: int
+    info: DataInfo
+    device: str
+
+    @property
+    def class_name(self) -> str:
+        return self.info.classes[self.class_index]
+
+    @property
+    def k_max(self) -> int:
+        return self.info.k_max(self.class_index)
+
+    def points(self) -> ClassPoints:
+        """The chosen class's points (cached)."""
+        return class_points(self.dataset, self.prior_name, self.class_index, self.device)
 
 
-def data_controls(container=None) -> tuple[str, str, int]:
-    """Dataset, prior and class pickers bound to the shared settings; returns the choice."""
-    box = container or st
-    cols = box.columns([1, 1, 1])
-    choice = cols[0].selectbox(
-        "Dataset",
-        dataset_choices(),
-        index=dataset_choices().index(st.session_state["s_dataset"])
-        if st.session_state["s_dataset"] in EMBEDDED_DATASETS
-        else len(EMBEDDED_DATASETS),
-        help="Embedded MNIST (5,000 digits), scikit-learn's 8x8 digits, or an ImageFolder.",
-    )
-    if choice == "folder…":
-        folder = cols[0].text_input(
-            "Folder (root/<class>/<image>)",
-            value=""
-            if st.session_state["s_dataset"] in EMBEDDED_DATASETS
-            else st.session_state["s_dataset"],
+def device() -> str:
+    """The torch device this session computes on (the sidebar's setting, resolved)."""
+    return choices().device()[0]
+
+
+def device_sidebar() -> None:
+    """The device setting and the device in use, in the sidebar (drawn on every page)."""
+    with st.sidebar:
+        setting(
+            st.selectbox,
+            "Device",
+            DEVICES,
+            name="s_device",
+            help="Where encoding, CLVQ, decoding and training run: auto = CUDA when "
+            "available, else the CPU.",
         )
-        if folder:
-            st.session_state["s_dataset"] = folder
-    else:
-        st.session_state["s_dataset"] = choice
+        used, note = choices().device()
+        if note:
+            st.warning(note)
+        st.caption(f"Computing on **{used}**.")
+
+
+def _load_info(ch: Choices, dataset_name: str, dev: str) -> DataInfo:
+    """The chosen dataset's `DataInfo`, or a readable error and a stopped page."""
+    info = None
+    with readable_errors("Loading the dataset"):
+        with st.spinner(f"Listing {dataset_name}…"):
+            info = info_for(dataset_name, ch.prior, dev)
+    if info is None:
+        st.stop()
+    return info
+
+
+def _show_notes(info: DataInfo, notes: list[str]) -> None:
+    for note in notes:
+        st.info(note, icon=":material/info:")
+    if info.skipped:
+        with st.expander(
+            f"{len(info.skipped)} file(s) of the folder were skipped (not readable images)",
+            icon=":material/warning:",
+        ):
+            st.markdown("\n".join(describe_skipped(info.skipped)))
+
+
+def data_controls() -> Data:
+    """Dataset, prior and class pickers bound to the session's choices; returns them.
+
+    Stops the page (with a message) until a folder is typed in, or when it cannot be read.
+    """
+    ch = choices()
+    cols = st.columns([1, 1, 1])
+    with cols[0]:
+        source = setting(
+            st.selectbox,
+            "Dataset",
+            [*EMBEDDED_DATASETS, FOLDER],
+            name="s_source",
+            help="Embedded MNIST (5,000 digits), scikit-learn's 8x8 digits, or your own "
+            "image folder (root/<class>/<image>).",
+        )
+        if source == FOLDER:
+            setting(st.text_input, "Folder (root/<class>/<image>)", name="s_folder")
     setting(
         cols[1].selectbox,
         "Prior",
@@ -253,20 +280,72 @@ def data_controls(container=None) -> tuple[str, str, int]:
         name="s_prior",
         help="The latent space: the embedded MNIST autoencoder, or raw pixels.",
     )
-    dataset_name = st.session_state["s_dataset"]
-    prior, _ = prior_or_none(st.session_state["s_prior"])
-    classes: list[str] = []
-    with readable_errors("Loading the dataset"):
-        classes = list(dataset_for(dataset_name, prior).classes)
-    if not classes:
+    dataset_name = ch.dataset
+    if dataset_name is None:
+        st.info(
+            "Type the path of an image folder laid out as `root/<class>/<image>` "
+            "(optionally `root/train|val/<class>/<image>`) and press Enter.",
+            icon=":material/folder_open:",
+        )
         st.stop()
-    if st.session_state["s_class"] >= len(classes):
-        set_setting("s_class", 0)
+    dev = device()
+    info = _load_info(ch, dataset_name, dev)
+    notes = ch.fit_to(info, ipc=False)
+    if st.session_state.get("w_s_class") not in range(len(info.classes)):
+        st.session_state.pop("w_s_class", None)  # a stale or foreign value: start over
     setting(
         cols[2].selectbox,
         "Class",
-        list(range(len(classes))),
+        list(range(len(info.classes))),
         name="s_class",
-        format_func=lambda i: f"{i}: {classes[i]}",
+        format_func=lambda i: f"{i}: {info.classes[i]} ({info.counts[i]} images)",
     )
-    return dataset_name, st.session_state["s_prior"], int(st.session_state["s_class"])
+    notes += ch.fit_to(info, ipc=False)  # the class may have changed: K's limit with it
+    _show_notes(info, notes)
+    prior, note = prior_or_none(ch.prior, dev)
+    return Data(dataset_name, ch.prior, prior, note, ch.class_index, info, dev)
+
+
+def k_slider(container, label: str, key: str) -> int:
+    """The K slider (1 to the class size, at most K_CAP) shared by the pages; returns K.
+
+    A class with a single image has no slider: K is 1 and a caption says why.
+    """
+    ch = choices()
+    info = info_for(ch.dataset, ch.prior, device())
+    kmax = info.k_max(ch.class_index)
+    if kmax <= 1:
+        set_setting("s_k", 1)
+        container.caption("K = 1: this class has a single training image.")
+        return 1
+    return int(setting(container.slider, label, 1, kmax, name="s_k", key=key))
+
+
+def chosen_data(needs: str) -> Data:
+    """The session's dataset and prior (chosen on Explore), for pages that need a prior.
+
+    `needs` completes the sentence "... needs a prior": why this page needs one. Stops
+    the page with a message when no dataset or no prior is chosen, or it cannot load.
+    """
+    ch = choices()
+    dataset_name = ch.dataset
+    if dataset_name is None:
+        st.warning("Choose a dataset (or type a folder) on the **Explore** page first.")
+        st.stop()
+    if ch.needs_prior_missing:
+        st.warning(f"{needs} needs a prior: choose the **embedded** prior on the Explore page.")
+        st.stop()
+    dev = device()
+    prior = None
+    with readable_errors(f"Loading the {ch.prior!r} prior"):
+        prior = get_prior(ch.prior, dev)
+    if prior is None:
+        st.stop()
+    info = _load_info(ch, dataset_name, dev)
+    st.caption(
+        f"Dataset **{dataset_name}** ({len(info.classes)} classes, smallest "
+        f"{info.smallest[1]} images), prior **{ch.prior}**, device **{dev}** "
+        "(change them on Explore and in the sidebar)."
+    )
+    _show_notes(info, ch.fit_to(info, k=False))
+    return Data(dataset_name, ch.prior, prior, None, ch.class_index, info, dev)

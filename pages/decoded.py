@@ -9,13 +9,14 @@ import numpy as np
 import streamlit as st
 
 from ddoq.compare import decode_centroids, nearest_points
+from ddoq.distill import DistillConfig, quantize_seed
 from ddoq.figures import image_row, to_uint8
 from ddoq.quantize import CLVQ
 from pages._common import (
     class_points,
     data_controls,
     dataset_for,
-    prior_or_none,
+    k_slider,
     readable_errors,
     setting,
 )
@@ -25,25 +26,29 @@ N_NEAREST = 3
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def fitted_grid(dataset_name: str, prior_name: str, class_index: int, k: int):
-    """(centers (K, d), weights (K,)) of a CLVQ fit of the class (seed 0)."""
-    pts = class_points(dataset_name, prior_name, class_index).points
-    q = CLVQ(k, batch_size=min(256, len(pts)), max_iter=10, random_state=0).fit(pts)
+def fitted_grid(dataset_name: str, prior_name: str, class_index: int, k: int, device: str):
+    """(centers (K, d), masses (K,)) of a CLVQ fit of the class (`ddoq distill`'s seed)."""
+    pts = class_points(dataset_name, prior_name, class_index, device).points
+    seed = quantize_seed(DistillConfig(), class_index)
+    q = CLVQ(k, batch_size=min(256, len(pts)), max_iter=10, random_state=seed, device=device)
+    q.fit(pts)
     return q.cluster_centers_, q.weights_
 
 
 st.title("Decoded images")
 st.caption(
-    "Each centroid decoded to an image, heaviest first, with its weight (the mass of its "
-    "Voronoi cell) and the real images nearest to it in latent space."
+    "Each centroid decoded to an image, heaviest first, with its mass (the share of the "
+    "class in its Voronoi cell; masses sum to 1) and the real images nearest to it in "
+    "latent space."
 )
-dataset_name, prior_name, class_index = data_controls()
-prior, note = prior_or_none(prior_name)
-if note:
-    st.info(note, icon=":material/info:")
+data = data_controls()
+dataset_name, prior_name, class_index = data.dataset, data.prior_name, data.class_index
+prior = data.prior
+if data.prior_note:
+    st.info(data.prior_note, icon=":material/info:")
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
-k = int(setting(c1.slider, "K (images per class)", 1, 50, name="s_k", key="dec_k"))
+k = k_slider(c1, "K (images per class)", key="dec_k")
 mode = setting(
     c2.radio,
     "Decode",
@@ -78,6 +83,7 @@ use_live = (
     and live.started
     and cfg is not None
     and cfg[:4] == (dataset_name, prior_name, class_index, k)
+    and live.snapshot is not None
 )
 st.caption(
     f"Centroids from the **Explore page's run** ({live.snapshot.step} CLVQ steps)."
@@ -89,11 +95,13 @@ st.caption(
 if st.button("Decode", type="primary", icon=":material/image:", key="dec_go"):
     with readable_errors("Decoding"):
         with st.status("Quantizing and decoding…") as status:
-            pts = class_points(dataset_name, prior_name, class_index)
+            pts = data.points()
             if use_live:
                 centers, weights = live.snapshot.centers, live.snapshot.masses
             else:
-                centers, weights = fitted_grid(dataset_name, prior_name, class_index, k)
+                centers, weights = fitted_grid(
+                    dataset_name, prior_name, class_index, k, data.device
+                )
             if prior is None:
                 images = centers.reshape(len(centers), *pts.sample_shape)
             else:
@@ -120,12 +128,14 @@ if result is None:
 else:
     ds, pr, c, kk, md = result["key"]
     how = "raw pixels (the centroids are images)" if result["space"] == "pixel" else md
-    st.caption(f"{ds}, class {c}, K = {kk}, decoded by {how}; sorted by weight.")
+    st.caption(f"{ds}, class {c}, K = {kk}, decoded by {how}; sorted by mass.")
+    if result["key"] != (dataset_name, prior_name, class_index, k, mode):
+        st.warning("These images are for the settings above them: press **Decode** again.")
     order = np.argsort(-result["weights"], kind="stable")
     for start in range(0, len(order), COLUMNS):
         cols = st.columns(COLUMNS)
         for col, idx in zip(cols, order[start : start + COLUMNS]):
             with col:
                 st.image(result["images"][idx], width=110, clamp=True)
-                st.markdown(f"**w = {result['weights'][idx]:.3f}** (centroid {idx})")
+                st.markdown(f"**mass = {result['weights'][idx]:.3f}** (centroid {idx})")
                 st.image(image_row(result["nearest"][idx]), width=150, caption="nearest real")

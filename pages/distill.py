@@ -18,8 +18,7 @@ from ddoq.distill import DECODES, METHODS, DistillConfig, distill
 from ddoq.export import write
 from ddoq.figures import image_row, to_uint8
 from pages._common import (
-    chosen_data_with_prior,
-    get_prior,
+    chosen_data,
     readable_errors,
     session_dir,
     setting,
@@ -29,17 +28,23 @@ from pages._teacher import teacher_panel
 st.title("Distill and export")
 st.caption(
     "One click runs Algorithm 2 on every class (encode, CLVQ, decode, soft-label) and "
-    "writes the distilled set: images/<class>/<k>.png, metadata.jsonl with the weights, "
-    "soft_labels.safetensors, latents.safetensors and manifest.json."
+    "writes the distilled set: images/<class>/<k>.png, metadata.jsonl with the weights "
+    "(mean 1 over the set: an image's weight is its cell's mass times the set size), "
+    "soft_labels.safetensors (soft labels only), latents.safetensors and manifest.json."
 )
 
-dataset_name, prior_name = chosen_data_with_prior("Distillation (the prior decodes the centroids)")
-teacher_panel(dataset_name, key="dist_teacher")
+data = chosen_data("Distillation (the prior decodes the centroids)")
 
 c1, c2, c3, c4 = st.columns(4)
 method = setting(c1.selectbox, "Method", list(METHODS), name="s_dist_method")
 ipc = setting(
-    c2.number_input, "Images per class", 1, 100, name="s_dist_ipc", disabled=method == "full"
+    c2.number_input,
+    "Images per class",
+    1,
+    data.info.ipc_max,
+    name="s_dist_ipc",
+    disabled=method == "full",
+    help=f"At most {data.info.ipc_max}: the size of the smallest class (at most 100).",
 )
 alpha = setting(
     c3.slider,
@@ -52,7 +57,7 @@ alpha = setting(
     help="w_k ∝ μ(C_k)^α: 1 raw cell masses, 0 uniform (D4M).",
 )
 seed = setting(c4.number_input, "Seed", 0, 10_000, name="s_dist_seed")
-d1, d2, d3 = st.columns(3)
+d1, d2, d3, d4 = st.columns(4)
 decode = setting(
     d1.radio,
     "Decode",
@@ -77,24 +82,41 @@ steps = setting(
     name="s_dist_steps",
     disabled=decode != "img2img",
 )
+labels = setting(
+    d4.radio,
+    "Labels",
+    ["soft", "hard"],
+    name="s_dist_labels",
+    horizontal=True,
+    help="soft: the teacher's soft labels are stored with the set; hard: class labels only.",
+)
+# Soft labels: the panel names the teacher "auto" picks for these classes, or offers to
+# train one; distill() resolves the same teacher on the session's device.
+teacher = teacher_panel(data.dataset, key="dist_teacher") if labels == "soft" else None
 
 state = st.session_state
-if st.button("Distil every class", type="primary", icon=":material/compress:", key="dist_go"):
+if st.button(
+    "Distil every class",
+    type="primary",
+    icon=":material/compress:",
+    key="dist_go",
+    disabled=labels == "soft" and teacher is None,
+):
     with readable_errors("Distillation"):
         config = DistillConfig(
-            dataset=dataset_name,
+            dataset=data.dataset,
             ipc=int(ipc),
             method=method,
             alpha=float(alpha),
             decode=decode,
-            prior=prior_name,
+            prior=data.prior_name,
             strength=float(strength),
             steps=int(steps),
             seed=int(seed),
+            teacher="auto" if labels == "soft" else None,
+            device=data.device,
         ).check()
         with st.status("Distilling…", expanded=True) as status:
-            st.write("Loading the prior and the teacher…")
-            prior, teacher = get_prior(prior_name), None  # distill resolves it
             st.write("Encoding and quantizing every class…")
             bar = st.progress(0.0, text="Per class: waiting for the first class…")
 
@@ -103,7 +125,7 @@ if st.button("Distil every class", type="primary", icon=":material/compress:", k
 
             start = time.perf_counter()
             result = distill(
-                config, prior=prior, teacher=teacher, progress=False, on_class=show_class
+                config, prior=data.prior, teacher=None, progress=False, on_class=show_class
             )
             st.write(
                 f"Distilled {len(result.labels)} images in {time.perf_counter() - start:.1f} s."

@@ -10,12 +10,10 @@ import streamlit as st
 from ddoq.figures import live_frame
 from ddoq.live import LiveCLVQ
 from pages._common import (
-    class_points,
     data_controls,
+    k_slider,
     pca_view,
-    prior_or_none,
     readable_errors,
-    set_setting,
     setting,
     umap_job,
 )
@@ -26,18 +24,18 @@ st.title("Explore a class")
 st.caption(
     "Each dot is one image of the class, placed by its latent code; CLVQ moves K centroids "
     "through the latents and each point takes the colour of its nearest centroid (its Voronoi "
-    "cell). A centroid's area is its weight, the mass of its cell."
+    "cell). A centroid's area is its mass, the share of the class in its cell."
 )
 
-dataset_name, prior_name, class_index = data_controls()
-prior, note = prior_or_none(prior_name)
-if note:
-    st.info(note, icon=":material/info:")
+data = data_controls()
+dataset_name, prior_name, class_index = data.dataset, data.prior_name, data.class_index
+if data.prior_note:
+    st.info(data.prior_note, icon=":material/info:")
 
 points = None
 with readable_errors("Encoding the class"):
     with st.status("Encoding the class…", expanded=False) as status:
-        points = class_points(dataset_name, prior_name, class_index)
+        points = data.points()
         shape = "×".join(map(str, points.sample_shape))
         status.update(
             label=f"Class {points.class_name!r}: {len(points.points)} images in "
@@ -48,23 +46,35 @@ if points is None:
     st.stop()
 
 c1, c2, c3, c4, c5 = st.columns([2, 1, 1, 1, 1])
-if st.session_state["s_k"] > min(100, len(points.points)):
-    set_setting("s_k", min(100, len(points.points)))
-k = setting(c1.slider, "K (centroids)", 1, min(100, len(points.points)), name="s_k")
+k = k_slider(c1, "K (centroids)", key="w_s_k")
 batch = setting(c2.select_slider, "Batch", [1, 4, 16, 32, 64, 128], name="s_batch")
 steps = setting(c3.select_slider, "Steps per tick", [1, 2, 5, 10, 20], name="s_steps")
 max_steps = setting(c4.number_input, "Stop after steps", 10, 5000, step=50, name="s_max_steps")
 view = setting(c5.radio, "Map", ["PCA", "UMAP"], name="s_view", horizontal=True)
 overlay = setting(
-    st.toggle, "Overlay the uniform barycenter (D4M: same centroids, weights 1/K)", name="s_overlay"
+    st.toggle, "Overlay the uniform barycenter (D4M: same centroids, masses 1/K)", name="s_overlay"
 )
 
-config = (dataset_name, prior_name, class_index, k, int(batch), int(steps))
+if len(points.points) < 3:
+    st.info(
+        f"Class {points.class_name!r} has {len(points.points)} training image(s): too few "
+        "for a map (it needs 3). The Decoded images and Wasserstein pages work with it.",
+        icon=":material/info:",
+    )
+    st.stop()
+
+config = (dataset_name, prior_name, class_index, k, int(batch), int(steps), data.device)
 state = st.session_state
 if state.get("explore_config") != config:
+    state["explore_live"] = None
     with readable_errors("Setting up CLVQ"):
         state["explore_live"] = LiveCLVQ(
-            points.points, k, batch_size=int(batch), steps_per_tick=int(steps), random_state=0
+            points.points,
+            k,
+            batch_size=int(batch),
+            steps_per_tick=int(steps),
+            random_state=0,
+            device=data.device,
         )
         state["explore_config"] = config
         state["explore_running"] = False
@@ -72,30 +82,57 @@ live: LiveCLVQ | None = state.get("explore_live")
 if live is None:
     st.stop()
 
-b = st.columns(5)
-if b[0].button("Run", icon=":material/play_arrow:", type="primary", key="btn_run"):
+
+# The buttons act in callbacks, before the page is drawn: the buttons are drawn in the
+# state they lead to (Pause disabled once paused), and a press costs one rerun.
+def _run() -> None:
     live.reset()
     state["explore_running"] = True
-if b[1].button("Pause", icon=":material/pause:", disabled=not state["explore_running"]):
-    state["explore_running"] = False
-if b[2].button(
-    "Resume",
-    icon=":material/resume:",
-    disabled=state["explore_running"] or not live.started,
-):
-    state["explore_running"] = True
-step_now = b[3].button("Step", icon=":material/skip_next:", disabled=state["explore_running"])
-if b[4].button("Reset", icon=":material/restart_alt:"):
+
+
+def _set_running(running: bool) -> None:
+    state["explore_running"] = running
+
+
+def _step() -> None:
+    state["explore_step"] = True
+
+
+def _reset() -> None:
     live.reset()
     state["explore_running"] = False
 
+
+running = state["explore_running"]
+b = st.columns(5)
+b[0].button("Run", icon=":material/play_arrow:", type="primary", key="btn_run", on_click=_run)
+b[1].button(
+    "Pause",
+    icon=":material/pause:",
+    disabled=not running,
+    key="btn_pause",
+    on_click=_set_running,
+    args=(False,),
+)
+b[2].button(
+    "Resume",
+    icon=":material/resume:",
+    disabled=running or not live.started,
+    key="btn_resume",
+    on_click=_set_running,
+    args=(True,),
+)
+b[3].button("Step", icon=":material/skip_next:", disabled=running, key="btn_step", on_click=_step)
+b[4].button("Reset", icon=":material/restart_alt:", key="btn_reset", on_click=_reset)
+step_now = bool(state.pop("explore_step", False))
+
 # The map: PCA at once; UMAP from the background worker when it is ready.
-projection = pca_view(dataset_name, prior_name, class_index)
+projection = pca_view(dataset_name, prior_name, class_index, data.device)
 if view == "UMAP":
     if not state["s_umap"]:
         st.info("UMAP is switched off in this app (DDOQ_APP_UMAP=0); showing PCA.")
     else:
-        job = umap_job(dataset_name, prior_name, class_index)
+        job = umap_job(dataset_name, prior_name, class_index, data.device)
         if job.done() and job.exception() is None:
             projection = job.result()
         elif job.done():
@@ -118,9 +155,9 @@ if view == "UMAP":
 map_title = f"{projection.method.upper()} map of class {points.class_name!r}"
 
 
-@st.fragment(run_every=TICK_SECONDS if state["explore_running"] else None)
+@st.fragment(run_every=TICK_SECONDS if running else None)
 def live_view() -> None:
-    """One timer tick: a few CLVQ steps, then the map and the curves."""
+    """One timer tick: a few CLVQ steps, then the map and the curves (this part only)."""
     running = state["explore_running"]
     with readable_errors("CLVQ step"):
         frame = live_frame(
@@ -140,13 +177,18 @@ def live_view() -> None:
             else:
                 m = st.columns(3)
                 m[0].metric("CLVQ steps", snap.step)
-                m[1].metric("Distortion D(x) = W2²", f"{snap.distortion:.4g}")
+                m[1].metric(
+                    "Distortion D(x)",
+                    f"{snap.distortion:.4g}",
+                    help="D(x) = W2², the squared Wasserstein distance of the weighted "
+                    "centroids to the class.",
+                )
                 m[2].metric("Running estimate", f"{snap.running_distortion:.4g}")
                 st.plotly_chart(frame.curve, key="explore_curve")
                 heaviest = snap.masses.max()
                 st.caption(
-                    f"Weights range from {snap.masses.min():.3f} to {heaviest:.3f} "
-                    f"(uniform would be {1 / len(snap.masses):.3f})."
+                    f"Cell masses range from {snap.masses.min():.3f} to {heaviest:.3f} "
+                    f"(they sum to 1; uniform would be {1 / len(snap.masses):.3f})."
                 )
         if running and snap is not None and snap.step >= int(max_steps):
             state["explore_running"] = False

@@ -23,11 +23,17 @@ from pages._common import readable_errors, setting
 
 TICK_SECONDS = 0.25
 N_POINTS = 2000
+# Short labels (a selectbox cuts long ones); the help text says what each rule is.
 STEP_RULES = {
-    "1/count per centroid (mini-batch k-means)": "count",
+    "1/count per centroid": "count",
     "constant γ": "constant",
-    "γ_n = 1/(1 + n/100)^0.7 (Robbins-Monro)": "schedule",
+    "Robbins-Monro γ_n": "schedule",
 }
+STEP_RULES_HELP = (
+    "1/count per centroid: mini-batch k-means' rule, a centroid moves by 1/(number of "
+    "points it has won). Constant γ: the slider below. Robbins-Monro: "
+    "γ_n = 1/(1 + n/100)^0.7 at step n."
+)
 
 
 def _schedule(n: int) -> float:
@@ -96,7 +102,11 @@ dist_name = setting(
     c1.selectbox, "Distribution μ", [*DISTRIBUTIONS, OWN_POINTS], name="s_teach_dist"
 )
 k = setting(c2.slider, "K", 2, 40, name="s_teach_k")
-rule_label = setting(c3.selectbox, "Step rule", list(STEP_RULES), name="s_teach_rule")
+if st.session_state["s_teach_rule"] not in STEP_RULES:  # a label from an older version
+    st.session_state["s_teach_rule"] = next(iter(STEP_RULES))
+rule_label = setting(
+    c3.selectbox, "Step rule", list(STEP_RULES), name="s_teach_rule", help=STEP_RULES_HELP
+)
 gamma = setting(
     c3.slider,
     "γ (constant rule)",
@@ -165,27 +175,49 @@ if state.get("teach_config") != config:
     state["teach_running"] = False
 live: LiveCLVQ = state["teach_live"]
 
-b = st.columns(5)
-if b[0].button("Run", icon=":material/play_arrow:", type="primary", key="teach_run"):
+
+# The buttons act in callbacks, before the page is drawn, so they are drawn in the
+# state they lead to (Pause disabled once paused).
+def _run() -> None:
     live.reset()
     state["teach_running"] = True
-if b[1].button(
-    "Pause", icon=":material/pause:", key="teach_pause", disabled=not state["teach_running"]
-):
+
+
+def _set_running(running: bool) -> None:
+    state["teach_running"] = running
+
+
+def _step() -> None:
+    state["teach_step_now"] = True
+
+
+def _reset() -> None:
+    live.reset()
     state["teach_running"] = False
-if b[2].button(
+
+
+running = state["teach_running"]
+b = st.columns(5)
+b[0].button("Run", icon=":material/play_arrow:", type="primary", key="teach_run", on_click=_run)
+b[1].button(
+    "Pause",
+    icon=":material/pause:",
+    key="teach_pause",
+    disabled=not running,
+    on_click=_set_running,
+    args=(False,),
+)
+b[2].button(
     "Resume",
     icon=":material/resume:",
     key="teach_resume",
-    disabled=state["teach_running"] or not live.started,
-):
-    state["teach_running"] = True
-step_now = b[3].button(
-    "Step", icon=":material/skip_next:", key="teach_step", disabled=state["teach_running"]
+    disabled=running or not live.started,
+    on_click=_set_running,
+    args=(True,),
 )
-if b[4].button("Reset", icon=":material/restart_alt:", key="teach_reset"):
-    live.reset()
-    state["teach_running"] = False
+b[3].button("Step", icon=":material/skip_next:", key="teach_step", disabled=running, on_click=_step)
+b[4].button("Reset", icon=":material/restart_alt:", key="teach_reset", on_click=_reset)
+step_now = bool(state.pop("teach_step_now", False))
 
 lo, hi = points.min(axis=0) - 0.3, points.max(axis=0) + 0.3
 if dist_name == OWN_POINTS:
@@ -194,7 +226,7 @@ bounds = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
 MAX_STEPS = 400
 
 
-@st.fragment(run_every=TICK_SECONDS if state["teach_running"] else None)
+@st.fragment(run_every=TICK_SECONDS if running else None)
 def playground() -> None:
     """One timer tick: CLVQ steps, Voronoi cells, weights, distortion and W2."""
     running = state["teach_running"]

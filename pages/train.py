@@ -15,9 +15,7 @@ from ddoq.jobs import TrainJob, TrainSpec, list_runs
 from ddoq.students import STUDENTS
 from ddoq.train import TrainConfig
 from pages._common import (
-    chosen_data_with_prior,
-    get_prior,
-    readable_errors,
+    chosen_data,
     session_dir,
     setting,
 )
@@ -26,54 +24,77 @@ from pages._teacher import teacher_panel
 st.title("Train a student")
 st.caption(
     "Distil the set with each chosen method, then train a student on it with the loss "
-    "weighted by the set's weights (soft labels from the teacher), evaluating on the "
-    "held-out split after every epoch."
+    "weighted by the set's weights (soft labels from the teacher, or the hard class "
+    "labels), evaluating on the held-out split after every epoch."
 )
 
-dataset_name, prior_name = chosen_data_with_prior("Training (to distil the set first)")
-teacher_panel(dataset_name, key="train_teacher")
+data = chosen_data("Training (to distil the set first)")
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
 methods = setting(
     c1.multiselect, "Methods", ["ddoq", "d4m", "random", "full"], name="s_train_methods"
 )
-ipc = setting(c2.number_input, "Images per class", 1, 100, name="s_train_ipc")
+ipc = setting(
+    c2.number_input,
+    "Images per class",
+    1,
+    data.info.ipc_max,
+    name="s_train_ipc",
+    help=f"At most {data.info.ipc_max}: the size of the smallest class (at most 100).",
+)
 student = setting(c3.selectbox, "Student", list(STUDENTS), name="s_train_student")
 epochs = setting(c4.number_input, "Epochs", 1, 300, name="s_train_epochs")
 d1, d2, d3 = st.columns(3)
 labels = setting(d1.radio, "Labels", ["soft", "hard"], name="s_train_labels", horizontal=True)
 use_weights = setting(d2.toggle, "Weighted loss", name="s_train_weights")
 alpha = setting(d3.slider, "DDOQ weight tempering α", 0.0, 1.0, step=0.05, name="s_alpha_t")
+# Soft labels: the panel names the teacher "auto" picks for these classes, or offers to
+# train one; the job resolves the same teacher on the session's device.
+teacher = teacher_panel(data.dataset, key="train_teacher") if labels == "soft" else None
 
 state = st.session_state
+
+
+def _start() -> None:
+    """Start the job (a callback: the page is then drawn with the job running)."""
+    spec = TrainSpec(
+        dataset=data.dataset,
+        prior=data.prior_name,
+        methods=tuple(methods),
+        ipc=int(ipc),
+        alpha=float(alpha),
+        teacher="auto",
+        device=data.device,
+        train=TrainConfig(
+            student=student,
+            epochs=int(epochs),
+            labels=labels,
+            use_weights=bool(use_weights),
+            width=64 if student == "convnet" else 128,
+            device=data.device,
+        ),
+    )
+    root = session_dir() / "train" / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        state["train_job"] = TrainJob(spec, root, prior=data.prior).start()
+        state.pop("train_start_error", None)
+    except ValueError as err:
+        state["train_start_error"] = str(err)
+
+
 job: TrainJob | None = state.get("train_job")
 busy = job is not None and job.running
-if st.button(
+st.button(
     "Start training",
     type="primary",
     icon=":material/model_training:",
-    disabled=busy,
+    disabled=busy or (labels == "soft" and teacher is None),
+    help="A job is running: stop it or wait for it to end." if busy else None,
     key="train_go",
-):
-    with readable_errors("Starting the training"):
-        spec = TrainSpec(
-            dataset=dataset_name,
-            prior=prior_name,
-            methods=tuple(methods),
-            ipc=int(ipc),
-            alpha=float(alpha),
-            train=TrainConfig(
-                student=student,
-                epochs=int(epochs),
-                labels=labels,
-                use_weights=bool(use_weights),
-                width=64 if student == "convnet" else 128,
-            ),
-        )
-        root = session_dir() / "train" / time.strftime("%Y%m%d-%H%M%S")
-        job = TrainJob(spec, root, prior=get_prior(prior_name)).start()
-        state["train_job"] = job
-        busy = True
+    on_click=_start,
+)
+if state.get("train_start_error"):
+    st.error(f"Starting the training: {state.pop('train_start_error')}")
 
 
 @st.fragment(run_every=1.0 if busy else None)

@@ -10,12 +10,13 @@ import pandas as pd
 import streamlit as st
 
 from ddoq.compare import compare_w2, pushforward_check, w2_against_k
+from ddoq.distill import DistillConfig, quantize_seed
 from ddoq.figures import w2_against_k_chart, w2_bars
 from pages._common import (
     class_points,
     data_controls,
     dataset_for,
-    prior_or_none,
+    k_slider,
     readable_errors,
     setting,
 )
@@ -33,27 +34,34 @@ Exact $W_2$ (network simplex).
 """
 )
 
-dataset_name, prior_name, class_index = data_controls()
-prior, note = prior_or_none(prior_name)
-if note:
-    st.info(note, icon=":material/info:")
+data = data_controls()
+dataset_name, prior_name, class_index = data.dataset, data.prior_name, data.class_index
+prior, dev = data.prior, data.device
+if data.prior_note:
+    st.info(data.prior_note, icon=":material/info:")
 
 c1, c2 = st.columns([2, 1])
-k = int(setting(c1.slider, "K (images per class)", 1, 100, name="s_k", key="w2_k"))
+k = k_slider(c1, "K (images per class)", key="w2_k")
 scope = setting(
     c2.radio, "Classes", ["this class", "all classes"], horizontal=True, name="s_w2_scope"
 )
 state = st.session_state
 
+
+def seed_of(class_index: int) -> int:
+    """The CLVQ seed `ddoq distill` uses for this class (with Distill's seed setting)."""
+    return quantize_seed(DistillConfig(seed=int(state["s_dist_seed"])), class_index)
+
+
 if st.button("Compute W2", type="primary", icon=":material/calculate:", key="w2_compute"):
     with readable_errors("Computing W2"):
-        dataset = dataset_for(dataset_name, prior)
-        classes = range(len(dataset.classes)) if scope == "all classes" else [class_index]
+        classes = range(len(data.info.classes)) if scope == "all classes" else [class_index]
         rows = []
         bar = st.progress(0.0, text="Quantizing and solving transport problems…")
         for i, c in enumerate(classes):
-            pts = class_points(dataset_name, prior_name, c)
-            rows.append((pts.class_name, compare_w2(pts.points, min(k, len(pts.points)))))
+            pts = class_points(dataset_name, prior_name, c, dev)
+            comparison = compare_w2(pts.points, min(k, len(pts.points)), seed=seed_of(c))
+            rows.append((pts.class_name, comparison))
             bar.progress((i + 1) / len(classes), text=f"class {pts.class_name}: done")
         bar.empty()
         state["w2_rows"] = {"key": (dataset_name, prior_name, k, scope), "rows": rows}
@@ -62,7 +70,12 @@ result = state.get("w2_rows")
 if result is not None:
     ds, pr, kk, sc = result["key"]
     rows = result["rows"]
-    st.caption(f"{ds}, prior {pr}, K = {kk}, {sc}.")
+    st.caption(
+        f"{ds}, prior {pr}, K = {kk}, {sc}; CLVQ seeded as `ddoq distill` seeds it "
+        f"(seed {state['s_dist_seed']}), so Distill reports the same W2."
+    )
+    if result["key"] != (dataset_name, prior_name, k, scope):
+        st.warning("This table is for the settings it names: press **Compute W2** again.")
     table = pd.DataFrame(
         {
             "class": [name for name, _ in rows],
@@ -81,18 +94,25 @@ else:
 st.subheader("W2 against K")
 if st.button("Compute the curve (K = 1…100)", icon=":material/show_chart:", key="w2_curve_btn"):
     with readable_errors("Computing W2 against K"):
-        pts = class_points(dataset_name, prior_name, class_index)
+        pts = data.points()
         bar = st.progress(0.0, text="K = 1…")
         curve = w2_against_k(
             pts.points,
             KS,
+            seed=seed_of(class_index),
             progress=lambda i, n: bar.progress(i / n, text=f"{i} of {n} values of K"),
         )
         bar.empty()
-        state["w2_curve"] = {"key": (dataset_name, prior_name, class_index), "curve": curve}
+        state["w2_curve"] = {
+            "key": (dataset_name, prior_name, class_index),
+            "name": pts.class_name,
+            "curve": curve,
+        }
 if state.get("w2_curve") is not None:
     curve = state["w2_curve"]["curve"]
-    st.plotly_chart(w2_against_k_chart(curve), key="w2_curve_chart")
+    cds, _, cclass = state["w2_curve"]["key"]
+    title = f"W2 against K, class {state['w2_curve']['name']!r} of {cds}"
+    st.plotly_chart(w2_against_k_chart(curve, title=title), key="w2_curve_chart")
     st.caption(
         "Share of the barycenter's W2 removed by the weights: "
         + ", ".join(f"K={c.k}: {100 * c.reduction:.1f}%" for c in curve)
@@ -108,14 +128,25 @@ if prior is None:
 elif st.button("Decode the centroids and compare in pixel space", key="w2_push"):
     with readable_errors("Pushforward check"):
         with st.status("Quantizing, decoding and solving…") as status:
-            pts = class_points(dataset_name, prior_name, class_index)
-            comparison = compare_w2(pts.points, min(k, len(pts.points)))
+            pts = data.points()
+            kk = min(k, len(pts.points))
+            comparison = compare_w2(pts.points, kk, seed=seed_of(class_index))
             images = dataset_for(dataset_name, prior).images(pts.indices)
             check = pushforward_check(prior, images, pts.points, comparison)
             status.update(label="Pushforward check done", state="complete")
         state["w2_push_result"] = check
+        state["w2_push_key"] = (dataset_name, prior_name, class_index, kk)
 if prior is not None and state.get("w2_push_result") is not None:
     check = state["w2_push_result"]
+    pds, ppr, pc, pk = state["w2_push_key"]
+    st.caption(f"{pds}, prior {ppr}, class {pc}, K = {pk}.")
+    if (pds, ppr, pc) != (dataset_name, prior_name, class_index) or pk != min(
+        k, data.info.counts[class_index]
+    ):
+        st.warning(
+            "These figures are for the settings just above, not the current ones: "
+            "press the button again to recompute."
+        )
     st.dataframe(
         pd.DataFrame(
             {

@@ -46,8 +46,9 @@ def _metric(at: AppTest, label: str) -> str:
 def test_explore_opens_with_a_map_and_controls():
     at = _open()
     assert at.title[0].value == "Explore a class"
-    assert [s.label for s in at.selectbox] == ["Dataset", "Prior", "Class"]
+    assert [s.label for s in at.main.selectbox] == ["Dataset", "Prior", "Class"]
     assert at.slider(key="w_s_k").value == 10
+    assert any("Computing on" in c.value for c in at.sidebar.caption)
     assert [b.label for b in at.button] == ["Run", "Pause", "Resume", "Step", "Reset"]
     assert len(_charts(at)) == 1  # the map of the class before any step
     assert any("Run" in i.value for i in at.info)
@@ -117,7 +118,7 @@ def test_explore_umap_runs_in_the_background(monkeypatch):
     assert len(_charts(at)) == 1  # PCA meanwhile
     release.set()
     at.session_state["s_view"] = "UMAP"
-    common.umap_job(at.session_state["s_dataset"], at.session_state["s_prior"], 5).result(30)
+    common.umap_job("mnist", at.session_state["s_prior"], 5).result(30)
     at.run()
     assert not any("background" in i.value for i in at.info)
     common.umap_job.clear()
@@ -128,14 +129,14 @@ def test_explore_uses_a_cached_umap_embedding(cache_dir):
     from pages._common import class_points, umap_job
 
     at = _open(s_class=6)
-    pts = class_points(at.session_state["s_dataset"], at.session_state["s_prior"], 6).points
+    pts = class_points("mnist", at.session_state["s_prior"], 6).points
     fp, params = data_fingerprint(pts), _params("umap", 15, 0.1, 0)
     fake = np.random.default_rng(0).normal(size=(len(pts), 2)).astype(np.float32)
     meta = {"format": _FORMAT, "fingerprint": fp, "params": params}
     _write(cache_path(fp, params, cache_dir), {"embedding": fake}, meta)
     umap_job.clear()
     at.radio(key="w_s_view").set_value("UMAP").run()
-    umap_job(at.session_state["s_dataset"], at.session_state["s_prior"], 6).result(30)
+    umap_job("mnist", at.session_state["s_prior"], 6).result(30)
     at.run()
     at.button(key="btn_run").click().run()
     assert not at.exception
@@ -146,8 +147,8 @@ def test_explore_uses_a_cached_umap_embedding(cache_dir):
 
 def test_bad_folder_shows_a_readable_error():
     at = _open()
-    at.selectbox[0].set_value("folder…").run()
-    at.text_input[0].set_value("/no/such/folder").run()
+    at.selectbox(key="w_s_source").set_value("folder…").run()
+    at.text_input(key="w_s_folder").set_value("/no/such/folder").run()
     assert not at.exception
     assert at.error and "neither an embedded dataset" in at.error[0].value
 
@@ -155,7 +156,7 @@ def test_bad_folder_shows_a_readable_error():
 def test_teach_page_runs_clvq_and_compares_w2():
     at = _open("pages/teach.py")
     assert at.title[0].value.startswith("Teach")
-    assert [s.label for s in at.selectbox] == ["Distribution μ", "Step rule"]
+    assert [s.label for s in at.main.selectbox] == ["Distribution μ", "Step rule"]
     assert len(_charts(at)) == 2  # empty playground map + distortion against K
     assert at.latex or any("K^{-2/d}" in m.value for m in at.markdown)
     at.button(key="teach_run").click().run()
@@ -206,7 +207,9 @@ def test_decoded_page_shows_centroids_sorted_by_weight():
     result = at.session_state["dec_result"]
     assert len(result["images"]) == 4 and result["nearest"].shape[:2] == (4, 3)
     assert len(at.get("image")) == 8  # a decoded image and a strip of nearest real ones each
-    shown = [float(m.value.split("=")[1].split("*")[0]) for m in at.markdown if "w = " in m.value]
+    shown = [
+        float(m.value.split("=")[1].split("*")[0]) for m in at.markdown if "mass = " in m.value
+    ]
     assert shown == sorted(shown, reverse=True) and sum(shown) == pytest.approx(1, abs=2e-3)
     if result["space"] == "latent":
         at.radio(key="w_s_dec_mode").set_value("img2img").run()
@@ -239,7 +242,7 @@ def test_distill_page_exports_a_zip_per_session(tmp_path, monkeypatch):
     if at.warning:  # no prior loadable: the page says so and stops
         assert "needs a prior" in at.warning[0].value
         return
-    assert [s.label for s in at.selectbox] == ["Method"]
+    assert [s.label for s in at.main.selectbox] == ["Method"]
     at.button(key="dist_go").click().run()
     assert not at.exception and not at.error
     res = at.session_state["dist_result"]
@@ -274,6 +277,7 @@ def test_train_page_runs_a_tiny_job_in_the_background(tmp_path, monkeypatch):
     at.button(key="train_go").click().run()
     assert not at.exception and not at.error
     job = at.session_state["train_job"]
+    assert at.button(key="train_go").disabled  # drawn as not clickable while it runs
     assert at.get("progress")
     at.switch_page("pages/teach.py").run()  # the job survives page switches
     job.join(180)
@@ -322,3 +326,192 @@ def test_teach_page_your_own_points():
     at.button(key="teach_clear").click().run()
     assert not at.exception and at.session_state["teach_clicks"] == []
     assert any("has 0 points" in i.value for i in at.info)
+
+
+# -- Issue 10: one model of a session's choices, your own folder, limits -------------------
+
+
+def _folder(root: Path, sizes: dict[str, int], corrupt: bool = True) -> Path:
+    """An ImageFolder of PNG digits from the embedded MNIST: class name -> images."""
+    from PIL import Image
+
+    from ddoq.data import load_dataset
+
+    mnist = load_dataset("mnist")
+    for digit, (name, n) in zip((1, 3, 7, 0, 2), sizes.items(), strict=False):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        images = mnist.images(mnist.class_indices(digit)[:n])
+        for i, im in enumerate(images):
+            Image.fromarray((im[0].numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    if corrupt:
+        (root / next(iter(sizes)) / "corrupt.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder3(tmp_path_factory) -> Path:
+    """3 classes x 60 PNGs (48 for training), and one corrupt file."""
+    return _folder(tmp_path_factory.mktemp("folder3"), {"one": 60, "three": 60, "seven": 60})
+
+
+@pytest.fixture(scope="module")
+def folder_tiny(tmp_path_factory) -> Path:
+    """A folder whose class 'lonely' has a single training image."""
+    root = tmp_path_factory.mktemp("tiny")
+    return _folder(root, {"one": 30, "lonely": 2, "seven": 30}, corrupt=False)
+
+
+def _choose_folder(at: AppTest, folder: Path) -> AppTest:
+    at.selectbox(key="w_s_source").set_value("folder…").run()
+    at.text_input(key="w_s_folder").set_value(str(folder)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _captions(at: AppTest) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def test_distill_uses_this_sessions_dataset_and_not_another_sessions(folder3):
+    a = _choose_folder(_open(), folder3)
+    a.switch_page("pages/distill.py").run()
+    assert f"Dataset **{folder3}**" in _captions(a)
+    b = _open("pages/distill.py")  # a new browser session starts from the defaults
+    assert "Dataset **mnist**" in _captions(b)
+    b.switch_page("pages/explore.py").run()
+    b.selectbox(key="w_s_source").set_value("digits").run()
+    b.switch_page("pages/train.py").run()
+    assert "Dataset **digits**" in _captions(b)
+    a.run()
+    assert f"Dataset **{folder3}**" in _captions(a)
+    b.switch_page("pages/explore.py").run()
+    b.selectbox(key="w_s_prior").set_value("none (raw pixels)").run()
+    b.switch_page("pages/distill.py").run()
+    assert b.warning and "needs a prior" in b.warning[0].value
+
+
+def test_own_folder_keeps_class_and_k_and_every_control_works(folder3):
+    at = _open(s_class=2)
+    at = _choose_folder(at, folder3)
+    assert at.selectbox(key="w_s_class").value == 2
+    assert "three" in at.selectbox(key="w_s_class").format_func(2)  # sorted names
+    assert at.slider(key="w_s_k").value == 10 and at.slider(key="w_s_k").max == 48
+    expander = next(e for e in at.expander if "skipped" in e.label)
+    assert "corrupt.png" in "".join(m.value for m in expander.markdown)
+    at.button(key="btn_run").click().run()
+    assert _metric(at, "CLVQ steps") == "5"
+    at.button(key="btn_pause").click().run()
+    at.button(key="btn_step").click().run()
+    at.toggle(key="w_s_overlay").set_value(True).run()
+    at.selectbox(key="w_s_class").set_value(0).run()
+    assert not at.exception and not at.error
+    for page in ("pages/decoded.py", "pages/wasserstein.py", "pages/explore.py"):
+        at.switch_page(page).run()
+        assert not at.exception and not at.error, page
+        assert at.selectbox(key="w_s_class").value == 0
+    at.session_state["s_class"] = "1"  # what a browser once sent back: a string
+    at.run()
+    assert not at.exception and at.selectbox(key="w_s_class").value == 1
+    at.selectbox(key="w_s_source").set_value("mnist").run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="w_s_class").value == 1 and at.slider(key="w_s_k").max == 100
+
+
+def test_a_corrected_folder_path_is_kept(folder3):
+    at = _open()
+    at.selectbox(key="w_s_source").set_value("folder…").run()
+    at.text_input(key="w_s_folder").set_value(str(folder3) + "-typo").run()
+    assert at.error and "neither an embedded dataset" in at.error[0].value
+    at.text_input(key="w_s_folder").set_value(str(folder3)).run()
+    assert not at.exception and not at.error
+    assert at.text_input(key="w_s_folder").value == str(folder3)
+    assert at.selectbox(key="w_s_class").format_func(0).startswith("0: one")
+
+
+def test_k_100_on_explore_then_decoded():
+    at = _open(s_k=100)
+    assert at.slider(key="w_s_k").value == 100
+    at.switch_page("pages/decoded.py").run()
+    assert not at.exception
+    assert at.slider(key="dec_k").value == 100
+
+
+def test_a_class_with_one_image_gets_a_message(folder_tiny):
+    at = _choose_folder(_open(), folder_tiny)  # class 0, 'lonely' (sorts first)
+    assert any("K lowered from 10 to 1" in i.value for i in at.info)
+    at.selectbox(key="w_s_class").set_value(0).run()
+    assert not at.exception
+    assert "single training image" in _captions(at)
+    assert any("too few for a map" in i.value for i in at.info)
+    for page in ("pages/decoded.py", "pages/wasserstein.py"):
+        at.switch_page(page).run()
+        assert not at.exception, page
+    at.switch_page("pages/distill.py").run()
+    assert not at.exception
+    assert at.number_input(key="w_s_dist_ipc").value == 1
+    assert any("lowered from 10 to 1" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_pause_is_disabled_once_paused_and_overlay_is_drawn():
+    import json
+
+    at = _open(s_overlay=True)
+    at.button(key="btn_run").click().run()
+    assert at.button(key="btn_pause").disabled is False
+    at.button(key="btn_pause").click().run()
+    assert at.button(key="btn_pause").disabled is True
+    assert at.button(key="btn_resume").disabled is False
+    spec = json.loads(_charts(at)[0].proto.spec)
+    overlay = next(t for t in spec["data"] if t["name"].startswith("D4M"))
+    assert overlay["marker"]["symbol"] == "circle-open"
+    assert overlay["marker"]["color"] not in ("rgba(0,0,0,0)", "transparent")
+
+
+def test_device_setting_reaches_the_live_run():
+    import torch
+
+    # AppTest keeps the sidebar of the first run only (st.navigation): each check opens
+    at = _open(s_device="cpu")
+    assert any("Computing on **cpu**" in c.value for c in at.sidebar.caption)
+    at.button(key="btn_run").click().run()
+    assert at.session_state["explore_live"].device == "cpu"
+    if not torch.cuda.is_available():
+        at = _open(s_device="cuda")
+        assert any("CUDA is not available" in w.value for w in at.sidebar.warning)
+        assert any("Computing on **cpu**" in c.value for c in at.sidebar.caption)
+        at.button(key="btn_run").click().run()
+        assert not at.exception and at.session_state["explore_live"].device == "cpu"
+
+
+def test_own_folder_distils_with_hard_labels_and_says_why_not_soft(folder3, tmp_path, monkeypatch):
+    import zipfile
+
+    monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
+    at = _choose_folder(_open(s_dist_ipc=2), folder3)
+    at.switch_page("pages/distill.py").run()
+    assert not at.exception
+    assert any("No teacher for this dataset's classes" in w.value for w in at.warning)
+    assert at.button(key="dist_go").disabled
+    at.radio(key="w_s_dist_labels").set_value("hard").run()
+    at.button(key="dist_go").click().run()
+    assert not at.exception and not at.error
+    with zipfile.ZipFile(at.session_state["dist_result"]["zip"]) as z:
+        classes = {
+            n.split("/")[1] for n in z.namelist() if n.startswith("images/") and n.count("/") > 1
+        }
+    assert classes == {"one", "three", "seven"}
+
+
+def test_wasserstein_and_distill_report_the_same_w2(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
+    at = _open("pages/wasserstein.py", s_k=3, s_dist_ipc=3)
+    at.button(key="w2_compute").click().run()
+    w2 = at.dataframe[0].value.iloc[0]["W2 DDOQ (weighted)"]
+    at.button(key="w2_curve_btn").click().run()
+    assert "class '0'" in _charts(at)[1].proto.spec
+    at.switch_page("pages/distill.py").run()
+    at.radio(key="w_s_dist_labels").set_value("hard").run()
+    at.button(key="dist_go").click().run()
+    per_class = at.session_state["dist_result"]["metrics"]["w2_per_class"]
+    assert per_class[0]["w2_weighted"] == pytest.approx(w2, rel=1e-4)

@@ -213,18 +213,18 @@ def test_pages_in_a_real_browser(page, app_url, tmp_path):
     page.get_by_role("heading", name="Train a student").wait_for()
     _wait_idle(page)
     for label, value in (("Images per class", "1"), ("Epochs", "1")):
-        box = page.get_by_label(label)
+        box = page.get_by_role("spinbutton", name=label, exact=True)
         box.fill(value)
         box.press("Enter")
         _wait_idle(page)
-    assert page.get_by_label("Images per class").input_value() == "1"
+    assert page.get_by_role("spinbutton", name="Images per class").input_value() == "1"
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Finished runs (this session)").wait_for()
     page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=120_000)
     _wait_idle(page)
     page.screenshot(path=str(shots / "train.png"), full_page=True)
 
-    page.get_by_role("link", name="Teach: quantization vs barycenter").click()
+    page.get_by_role("link", name="Teach (2-D toy)").click()
     page.get_by_role("heading", name="Teach: quantization vs barycenter").wait_for()
     page.get_by_role("button", name="Run").click()
     page.locator('[data-testid="stMetric"]', has_text="W2, uniform 1/K").wait_for()
@@ -234,3 +234,195 @@ def test_pages_in_a_real_browser(page, app_url, tmp_path):
     page.screenshot(path=str(shots / "teach.png"), full_page=True)
     for name in ("explore", "decoded", "wasserstein", "train", "distill", "teach"):
         assert (shots / f"{name}.png").stat().st_size > 10_000
+
+
+# -- Issue 10: real use off the MNIST happy path ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_folder(tmp_path_factory) -> Path:
+    """3 classes x 40 PNG digits from the embedded MNIST, plus one corrupt file."""
+    import numpy as np
+    from PIL import Image
+
+    from ddoq.data import load_dataset
+
+    root = tmp_path_factory.mktemp("own-folder")
+    mnist = load_dataset("mnist")
+    for digit, name in ((1, "one"), (3, "three"), (7, "seven")):
+        (root / name).mkdir()
+        for i, im in enumerate(mnist.images(mnist.class_indices(digit)[:40])):
+            Image.fromarray((im[0].numpy() * 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    (root / "one" / "corrupt.png").write_bytes(b"not a png")
+    return root
+
+
+def _no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]'
+    ).first.inner_text()
+
+
+def _pick(page, label: str, option: str) -> None:
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+    _wait_idle(page)
+
+
+def _choose_folder(page, app_url: str, folder: Path) -> None:
+    page.goto(app_url)
+    page.get_by_role("heading", name="Explore a class").wait_for()
+    _wait_idle(page)
+    _pick(page, "Dataset", "folder…")
+    box = page.get_by_label("Folder (root/<class>/<image>)")
+    box.fill(str(folder))
+    box.press("Enter")
+    _wait_idle(page)
+    _no_exception(page)
+
+
+def _distil_hard(page, tmp_path: Path, name: str) -> set[str]:
+    """Distil with hard labels and IPC 1 on the Distill page; the class folders of the zip."""
+    page.get_by_role("link", name="Distill and export").click()
+    page.get_by_role("heading", name="Distill and export").wait_for()
+    _wait_idle(page)
+    box = page.get_by_role("spinbutton", name="Images per class", exact=True)
+    box.fill("1")
+    box.press("Enter")
+    _wait_idle(page)
+    page.locator('[data-testid="stRadio"]', has_text="Labels").get_by_text(
+        "hard", exact=True
+    ).click()
+    _wait_idle(page)
+    page.get_by_role("button", name="Distil every class").click()
+    download = page.get_by_role("button", name="Download the distilled set (zip)")
+    download.wait_for(timeout=180_000)
+    _wait_idle(page)
+    with page.expect_download() as info:
+        download.click()
+    archive = tmp_path / f"{name}.zip"
+    info.value.save_as(archive)
+    with zipfile.ZipFile(archive) as z:
+        return {
+            n.split("/")[1] for n in z.namelist() if n.startswith("images/") and n.count("/") > 1
+        }
+
+
+def test_own_folder_on_every_page(page, app_url, own_folder, tmp_path):
+    _choose_folder(page, app_url, own_folder)
+    assert page.get_by_text("Computing on").is_visible()  # the device, in the sidebar
+    page.get_by_text("file(s) of the folder were skipped").click()
+    page.get_by_text("corrupt.png").first.wait_for()
+    page.get_by_role("button", name="Run").click()
+    page.locator('[data-testid="stMetric"]', has_text="CLVQ steps").wait_for()
+    page.get_by_role("button", name="Pause").click()
+    _wait_idle(page)
+    _no_exception(page)
+    assert page.get_by_text("Computing on").is_visible()
+
+    page.get_by_role("link", name="Decoded images").click()
+    page.get_by_role("button", name="Decode").click()
+    page.get_by_text("nearest real").first.wait_for()
+    _no_exception(page)
+    page.get_by_role("link", name="Wasserstein").click()
+    page.get_by_role("button", name="Compute W2").click()
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    _no_exception(page)
+
+    page.get_by_role("link", name="Train a student").click()
+    page.get_by_text(f"Dataset {own_folder}").first.wait_for()
+    _wait_idle(page)
+    for label, value in (("Images per class", "1"), ("Epochs", "1")):
+        box = page.get_by_role("spinbutton", name=label, exact=True)
+        box.fill(value)
+        box.press("Enter")
+        _wait_idle(page)
+    page.locator('[data-testid="stRadio"]', has_text="Labels").get_by_text(
+        "hard", exact=True
+    ).click()
+    _wait_idle(page)
+    page.get_by_role("button", name="Start training").click()
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=180_000)
+    _no_exception(page)
+
+    assert _distil_hard(page, tmp_path, "own") == {"one", "three", "seven"}
+    _no_exception(page)
+
+
+def test_two_sessions_distil_their_own_datasets(chromium, app_url, own_folder, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=LAUNCH_ARGS)
+        pages = []
+        for _ in range(2):
+            ctx = browser.new_context(
+                viewport={"width": 1400, "height": 1000}, accept_downloads=True
+            )
+            pg = ctx.new_page()
+            pg.set_default_timeout(120_000)
+            pages.append(pg)
+        a, b = pages
+        _choose_folder(a, app_url, own_folder)
+        b.goto(app_url)
+        b.get_by_role("heading", name="Explore a class").wait_for()
+        _wait_idle(b)
+        _pick(b, "Dataset", "digits")
+        assert _distil_hard(b, tmp_path, "b") == {str(i) for i in range(10)}
+        assert _distil_hard(a, tmp_path, "a") == {"one", "three", "seven"}
+        browser.close()
+
+
+def test_k_100_then_decoded_and_a_one_image_class(page, app_url, tmp_path):
+    page.goto(app_url)
+    page.get_by_role("heading", name="Explore a class").wait_for()
+    _wait_idle(page)
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    slider.press("End")
+    _wait_idle(page)
+    thumb = page.locator('[data-testid="stSliderThumbValue"]').first
+    assert thumb.inner_text() == "100"
+    page.get_by_role("link", name="Decoded images").click()
+    page.get_by_role("heading", name="Decoded images").wait_for()
+    _wait_idle(page)
+    _no_exception(page)
+    assert page.locator('[data-testid="stSliderThumbValue"]').first.inner_text() == "100"
+
+    import numpy as np
+    from PIL import Image
+
+    tiny = tmp_path / "tiny"
+    for name, n in (("a-lonely", 2), ("b", 12), ("c", 12)):
+        (tiny / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((28, 28), 40 * i % 255, np.uint8)).save(
+                tiny / name / f"{i}.png"
+            )
+    _choose_folder(page, app_url, tiny)
+    page.get_by_text("K lowered from 100 to").wait_for()  # 1 or 2: the split decides
+    page.get_by_text("too few for a map").wait_for()
+    for link in ("Decoded images", "Wasserstein", "Distill and export"):
+        page.get_by_role("link", name=link).click()
+        page.get_by_role("heading", name=link.split(" and")[0]).first.wait_for()
+        _wait_idle(page)
+        _no_exception(page)
+
+
+def test_overlay_is_drawn(page, app_url):
+    page.goto(app_url)
+    page.get_by_role("heading", name="Explore a class").wait_for()
+    _wait_idle(page)
+    page.get_by_text("Overlay the uniform barycenter").click()
+    _wait_idle(page)
+    page.get_by_role("button", name="Step").click()
+    page.locator('[data-testid="stMetric"]', has_text="CLVQ steps").wait_for()
+    _wait_idle(page)
+    # the overlay's markers are drawn: open circles stroked in a visible colour
+    strokes = page.evaluate(
+        """() => [...document.querySelectorAll('.js-plotly-plot .scatterlayer .trace')]
+            .filter(t => t.querySelector('.point'))
+            .map(t => getComputedStyle(t.querySelector('.point')).stroke
+                      || t.querySelector('.point').style.stroke)"""
+    )
+    assert any(s and "229, 62, 62" in s for s in strokes), strokes

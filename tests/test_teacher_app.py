@@ -46,7 +46,11 @@ def isolated(tmp_path, monkeypatch):
 
 def _page(page: str, dataset: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["s_dataset"] = dataset
+    if dataset in ("mnist", "digits"):
+        at.session_state["s_source"] = dataset
+    else:  # what the Explore page stores when a folder is typed in
+        at.session_state["s_source"] = "folder…"
+        at.session_state["s_folder"] = dataset
     at.run()
     at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]

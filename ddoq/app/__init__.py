@@ -1,0 +1,1 @@
+"""View-model code of the Streamlit app (no Streamlit imports): see `ddoq.app.state`."""

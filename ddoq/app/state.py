@@ -1,0 +1,282 @@
+"""One browser session's choices, and the limits the data puts on them (no Streamlit here).
+
+The app keeps every choice a person makes (dataset, prior, class, K, IPC, device and the
+rest) in one mapping per browser session (Streamlit's ``st.session_state``; a plain dict
+in tests) under the names in `DEFAULTS`. `Choices` is the view-model over that mapping:
+every page reads the dataset, prior, class, K and device from it, so a choice made on one
+page is the one every other page uses, and a new session starts from `DEFAULTS`.
+
+Limits that depend on the data (K up to the class size, IPC up to the smallest class)
+come from a `DataInfo`, computed once per (dataset, image size, channels) by
+`data_info`, and `Choices.fit_to` lowers a value that is out of range and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "DEFAULTS",
+    "DEVICES",
+    "FOLDER",
+    "K_CAP",
+    "PIXELS",
+    "PRIORS",
+    "Choices",
+    "DataInfo",
+    "data_info",
+    "describe_skipped",
+]
+
+PIXELS = "none (raw pixels)"
+PRIORS = ("embedded", PIXELS)
+FOLDER = "folder…"
+DEVICES = ("auto", "cpu", "cuda")
+K_CAP = 100  # the largest K (and IPC) any page offers
+
+# Every setting of every page, with its default. The names are never widget keys: a
+# widget has its own key (``w_<name>`` by default) and copies its value here on change,
+# because Streamlit forgets a widget's state when its page is not shown.
+DEFAULTS: dict[str, object] = {
+    "s_source": "mnist",  # "mnist", "digits" or FOLDER
+    "s_folder": "",  # the folder typed in when s_source is FOLDER
+    "s_prior": "embedded",
+    "s_device": "auto",
+    "s_class": 0,
+    "s_k": 10,
+    "s_view": "PCA",
+    "s_umap": os.environ.get("DDOQ_APP_UMAP", "1") != "0",
+    "s_batch": 32,
+    "s_steps": 5,
+    "s_max_steps": 300,
+    "s_overlay": False,
+    "s_w2_scope": "this class",
+    "s_dec_mode": "vae",
+    "s_train_methods": ["ddoq", "d4m", "random"],
+    "s_train_ipc": 10,
+    "s_train_student": "convnet",
+    "s_train_epochs": 20,
+    "s_train_labels": "soft",
+    "s_train_weights": True,
+    "s_alpha_t": 0.5,
+    "s_dist_method": "ddoq",
+    "s_dist_ipc": 10,
+    "s_dist_alpha": 0.5,
+    "s_dist_seed": 0,
+    "s_dist_decode": "vae",
+    "s_dist_strength": 0.7,
+    "s_dist_steps": 25,
+    "s_dist_labels": "soft",
+    "s_dec_strength": 0.7,
+    "s_dec_steps": 25,
+    "s_teach_dist": "gaussian mixture",
+    "s_teach_k": 8,
+    "s_teach_rule": "1/count per centroid",
+    "s_teach_gamma": 0.05,
+    "s_teach_batch": 16,
+    "s_teach_overlay": True,
+}
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the pages need to know about a dataset to bound their controls.
+
+    Attributes:
+        dataset: the dataset name or folder.
+        classes: readable class names, in label order.
+        counts: training images per class.
+        skipped: ``(path, reason)`` of the files of a folder that were left out.
+    """
+
+    dataset: str
+    classes: tuple[str, ...]
+    counts: tuple[int, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def k_max(self, class_index: int) -> int:
+        """The largest K for class `class_index`: its size, at most `K_CAP`."""
+        return max(1, min(K_CAP, int(self.counts[int(class_index)])))
+
+    @property
+    def ipc_max(self) -> int:
+        """The largest images-per-class that every class allows (its smallest size)."""
+        return max(1, min(K_CAP, min(self.counts)))
+
+    @property
+    def smallest(self) -> tuple[str, int]:
+        """(name, size) of the smallest class."""
+        i = int(np.argmin(self.counts))
+        return self.classes[i], int(self.counts[i])
+
+
+def data_info(dataset) -> DataInfo:
+    """The `DataInfo` of a loaded `ddoq.data` dataset (class names, sizes, skipped files)."""
+    counts = np.asarray(dataset.class_counts(), dtype=np.int64)
+    skipped = tuple((str(s.path), str(s.reason)) for s in getattr(dataset, "skipped", ()) or ())
+    return DataInfo(
+        dataset=str(getattr(dataset, "root", "")) or "",
+        classes=tuple(str(c) for c in dataset.classes),
+        counts=tuple(int(c) for c in counts),
+        skipped=skipped,
+    )
+
+
+def _as_int(value: object, default: int) -> int:
+    """`value` as an int (widgets may hand back numbers as strings or floats)."""
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        try:
+            return int(str(value).split(":", 1)[0])
+        except ValueError:
+            return default
+
+
+class Choices:
+    """The view-model of one session's choices, over its settings mapping `store`.
+
+    Args:
+        store: ``st.session_state`` in the app, any mutable mapping elsewhere.
+    """
+
+    def __init__(self, store: MutableMapping) -> None:
+        self.store = store
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def init(self) -> None:
+        """Fill in missing settings with their defaults, and this session's id."""
+        for key, value in DEFAULTS.items():
+            if key not in self.store:
+                self.store[key] = list(value) if isinstance(value, list) else value
+        if "session_id" not in self.store:
+            self.store["session_id"] = uuid.uuid4().hex[:12]
+
+    def set(self, name: str, value: object) -> None:
+        """Change the setting `name` and the widgets bound to it (see `bind`)."""
+        self.store[name] = value
+        for wkey, bound in dict(self.store.get("_bound", {})).items():
+            if bound == name and wkey in self.store:
+                self.store[wkey] = value
+
+    def bind(self, widget_key: str, name: str) -> None:
+        """Bind widget `widget_key` to setting `name`: it shows the setting.
+
+        Call before drawing the widget. The widget's value is set from the setting on
+        every run (the widget writes its changes back first, in its callback): Streamlit
+        resets a widget whose options or limits changed, and this keeps the choice.
+        """
+        bound = self.store.get("_bound")
+        if bound is None:
+            bound = self.store["_bound"] = {}
+        bound[widget_key] = name
+        self.store[widget_key] = self.store[name]
+
+    # -- the choices every page shares --------------------------------------------------
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset in use: an embedded name, the folder typed in, or None (none yet)."""
+        if self.store["s_source"] == FOLDER:
+            folder = str(self.store.get("s_folder") or "").strip()
+            return folder or None
+        return str(self.store["s_source"])
+
+    def choose_dataset(self, name: str) -> None:
+        """Use the embedded dataset `name`, or the folder `name` when it is not embedded."""
+        from ddoq.data import EMBEDDED_DATASETS
+
+        if name in EMBEDDED_DATASETS:
+            self.set("s_source", name)
+        else:
+            self.set("s_source", FOLDER)
+            self.set("s_folder", str(name))
+
+    @property
+    def prior(self) -> str:
+        """The prior's name, or `PIXELS` for none."""
+        return str(self.store["s_prior"])
+
+    @property
+    def needs_prior_missing(self) -> bool:
+        """Whether no prior is chosen (raw pixels)."""
+        return self.prior == PIXELS
+
+    @property
+    def class_index(self) -> int:
+        """The chosen class (an int, whatever the widget handed back)."""
+        return _as_int(self.store["s_class"], 0)
+
+    @property
+    def k(self) -> int:
+        """The chosen K."""
+        return _as_int(self.store["s_k"], 10)
+
+    @property
+    def device_choice(self) -> str:
+        """The device setting as chosen: ``auto``, ``cpu`` or ``cuda``."""
+        return str(self.store.get("s_device", "auto"))
+
+    def device(self) -> tuple[str, str | None]:
+        """(device in use, note): ``auto`` resolves to CUDA when available, else the CPU.
+
+        A device that is not available falls back to the CPU with a note saying so.
+        """
+        from ddoq.quantize import resolve_device
+
+        try:
+            return str(resolve_device(self.device_choice)), None
+        except ValueError as err:
+            return "cpu", f"{err}; computing on the CPU."
+
+    def fit_to(self, info: DataInfo, *, k: bool = True, ipc: bool = True) -> list[str]:
+        """Bring class, K and the IPCs within what `info` allows; one note per change.
+
+        The class falls back to the first one when out of range; K (when `k`) is lowered
+        to the class size (at most `K_CAP`); the IPC of Train and Distill (when `ipc`) to
+        the smallest class. Pages fit what they show, so the note appears where it matters.
+        """
+        notes: list[str] = []
+        n = len(info.classes)
+        c = self.class_index
+        if not 0 <= c < n:
+            c = 0
+        if c != self.store["s_class"]:
+            self.set("s_class", c)
+        kmax = info.k_max(c)
+        if not k:
+            pass
+        elif self.k > kmax:
+            notes.append(
+                f"K lowered from {self.k} to {kmax}: class {info.classes[c]!r} has "
+                f"{info.counts[c]} training image{'s' if info.counts[c] != 1 else ''}"
+                + (f" (the app offers K up to {K_CAP})" if info.counts[c] > K_CAP else "")
+                + "."
+            )
+            self.set("s_k", kmax)
+        elif self.k < 1:
+            self.set("s_k", 1)
+        name, size = info.smallest
+        for key in ("s_dist_ipc", "s_train_ipc") if ipc else ():
+            ipc = _as_int(self.store.get(key, 1), 1)
+            if ipc > info.ipc_max:
+                notes.append(
+                    f"Images per class lowered from {ipc} to {info.ipc_max}: the smallest "
+                    f"class, {name!r}, has {size} training image{'s' if size != 1 else ''}."
+                )
+                self.set(key, info.ipc_max)
+        return list(dict.fromkeys(notes))
+
+
+def describe_skipped(skipped: Sequence[tuple[str, str]], limit: int = 50) -> list[str]:
+    """Markdown lines naming the skipped files (at most `limit`, then a count)."""
+    lines = [f"- `{path}`: {reason}" for path, reason in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"- … and {len(skipped) - limit} more")
+    return lines
