@@ -420,7 +420,7 @@ def _train(args: argparse.Namespace) -> str | None:
     from safetensors.torch import save_file
 
     from ddoq import distributed, export
-    from ddoq.data import write_json
+    from ddoq._io import write_json
     from ddoq.distill import package_versions
     from ddoq.labels import load_teacher
     from ddoq.train import fit_distilled

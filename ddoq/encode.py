@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
 
-from ddoq.data import atomic_write, cache_dir
+from ddoq._io import cache_dir, save_tensors
 
 __all__ = [
     "ENCODE_BATCH",
@@ -37,7 +36,6 @@ __all__ = [
     "encode_chunk",
     "encode_class",
     "encode_dataset",
-    "save_atomic",
 ]
 
 _FORMAT = "ddoq-latents-1"
@@ -93,14 +91,6 @@ def _read(path: Path, expected: dict[str, str]) -> torch.Tensor | None:
     return latents
 
 
-def save_atomic(
-    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
-) -> None:
-    """Write a safetensors file under a temporary name, then rename it into place."""
-    payload = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write(path, lambda f: f.write(payload))
-
-
 @dataclass(frozen=True)
 class CacheEntry:
     """Where and under which key the latents of one class are cached (small, picklable).
@@ -131,7 +121,7 @@ class CacheEntry:
         """Store the latents of the whole class (atomically)."""
         if tuple(latents.shape) != self.shape:
             raise ValueError(f"expected latents of shape {self.shape}, got {tuple(latents.shape)}")
-        save_atomic(self.path, {"latents": latents.to("cpu", torch.float32)}, self.metadata)
+        save_tensors(self.path, {"latents": latents.to("cpu", torch.float32)}, self.metadata)
 
 
 def cache_entry(

@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ddoq._io import replace_dir
+
 __all__ = ["DistilledSet", "FORMAT", "load", "write", "write_set"]
 
 FORMAT = "ddoq-distilled-1"
@@ -140,14 +142,7 @@ def write_set(
             "soft_label_temperature": float(temperature) if teacher_logits is not None else None,
         }
         (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

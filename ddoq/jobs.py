@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ddoq.data import write_json
+from ddoq._io import write_json
 from ddoq.train import TrainConfig
 
 __all__ = ["MethodRecord", "TrainJob", "TrainSpec", "list_runs"]

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddoq._io import replace_dir
+
 __all__ = [
     "EMBEDDED_TEACHER_DIR",
     "Teacher",
@@ -350,12 +352,9 @@ def train_teacher(
             "versions": {"torch": torch.__version__},
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an asset must be readable
-        for f in tmp.iterdir():
+        for f in tmp.iterdir():  # an asset must be readable by everyone
             os.chmod(f, 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)  # the old teacher stays whole until the swap
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
