@@ -28,9 +28,18 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from ddoq.data import load_dataset
+from ddoq.encode import encode_dataset
+from ddoq.labels import load_teacher, teacher_logits
+from ddoq.priors import load_prior
+from ddoq.quantize import quantize_classes, temper_weights
+from ddoq.transport import voronoi_masses, wasserstein2
 
 __all__ = [
     "DECODES",
@@ -195,8 +204,6 @@ def _mean(values: list) -> float | None:
 
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages a result depends on."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for name in ("ddoq", "torch", "torchvision", "diffusers", "numpy", "pot", "safetensors"):
         try:
@@ -269,8 +276,6 @@ class ClassPart:
 
 def load_train(config: DistillConfig, prior):
     """The training split `config` distils, at the prior's size; checks `config.ipc` fits."""
-    from ddoq.data import load_dataset
-
     train = load_dataset(
         config.dataset,
         "train",
@@ -293,9 +298,6 @@ def prepare(config: DistillConfig, *, prior=None, teacher=None, with_teacher: bo
 
     The teacher is None when `config.teacher` is empty or `with_teacher` is False.
     """
-    from ddoq.labels import load_teacher
-    from ddoq.priors import load_prior
-
     if prior is None:
         prior = load_prior(config.prior, config.device)
     train = load_train(config, prior)
@@ -331,9 +333,6 @@ def select_points(
     ``full``) and `class_indices[i]` its train-split indices, in the same order. Each class
     gets its own seed (`quantize_seed`), so the result does not depend on the grouping.
     """
-    from ddoq.quantize import quantize_classes
-    from ddoq.transport import voronoi_masses
-
     out = []
     if config.method in ("ddoq", "d4m"):
         estimators = quantize_classes(
@@ -362,8 +361,6 @@ def select_points(
 
 def measure_w2(selection: Selection, latents: torch.Tensor | None) -> Selection:
     """Fill in the class's latent W2 distance to its points, with and without the weights."""
-    from ddoq.transport import wasserstein2
-
     if selection.points is not None and latents is not None:
         flat, centers = latents.flatten(1).numpy(), selection.points.flatten(1).numpy()
         selection.w2_weighted = wasserstein2(flat, centers, selection.masses)
@@ -375,8 +372,6 @@ def render_class(
     config: DistillConfig, prior, train, selection: Selection, teacher=None
 ) -> ClassPart:
     """The decode and label stages of one class: its images (decoded or real) and logits."""
-    from ddoq.labels import teacher_logits
-
     c = selection.label
     seeds = [image_seed(config.seed, c, k) for k in range(len(selection.masses))]
     if config.method in ("ddoq", "d4m"):
@@ -415,11 +410,6 @@ def run_local(
     Classes go `group` at a time (one batched quantization per group, latents of one group
     in memory); `save(part)` receives each finished class, in class order.
     """
-    from tqdm.auto import tqdm
-
-    from ddoq.encode import encode_dataset
-    from ddoq.labels import teacher_logits
-
     timings = {} if timings is None else timings
     desc = f"distill ({config.method}, {config.decode})"
     bar = tqdm(total=len(classes), desc=desc, disable=not progress, unit="class")
@@ -464,8 +454,6 @@ def assemble(
     prior N_c / N; then scaled to mean 1 over the whole set. `images`, when given, replaces
     the parts' own images (a lazy sequence over class files, see `ddoq.runs`).
     """
-    from ddoq.quantize import temper_weights
-
     parts = sorted(parts, key=lambda p: p.label)
     if [p.label for p in parts] != list(range(train.num_classes)):
         raise ValueError("assemble needs exactly one part per class")

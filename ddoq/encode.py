@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
+from tqdm.auto import tqdm
 
 from ddoq._io import cache_dir, save_tensors
 
@@ -174,8 +175,6 @@ def encode_class(
         float32 CPU tensor ``N_c x *latent_shape``, in ``dataset.class_indices(class_index)`` order
         (posterior modes, deterministic).
     """
-    from tqdm.auto import tqdm
-
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     indices = _class_indices(dataset, class_index)

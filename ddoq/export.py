@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from ddoq._io import replace_dir
@@ -79,8 +81,6 @@ def write_set(
         ValueError: `out` exists and is not empty while `overwrite` is False, or the
             arrays disagree in length.
     """
-    from safetensors.torch import save_file
-
     out = Path(out).expanduser()
     n = len(images)
     for name, arr in (("labels", labels), ("weights", weights), ("masses", masses)):
@@ -213,9 +213,6 @@ def load(path: str | os.PathLike) -> DistilledSet:
     Raises:
         ValueError: the folder does not exist or is not a ddoq export.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     root = Path(path).expanduser()
     manifest_file, meta_file = root / "manifest.json", root / "metadata.jsonl"
     if not root.is_dir():

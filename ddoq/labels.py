@@ -32,9 +32,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision.models as tvm
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ddoq._io import replace_dir
+from ddoq.data import load_dataset
+from ddoq.students import ConvNet
+from ddoq.train import TrainConfig, fit
 
 __all__ = [
     "EMBEDDED_TEACHER_DIR",
@@ -171,10 +176,6 @@ def load_teacher(
     Raises:
         ValueError: unknown name, missing folder or weights.
     """
-    from safetensors.torch import load_file
-
-    from ddoq.students import ConvNet
-
     folder = EMBEDDED_TEACHER_DIR if str(spec) == "embedded" else Path(spec).expanduser()
     if folder.is_dir():
         cfg_file, weights_file = folder / "config.json", folder / "model.safetensors"
@@ -211,8 +212,6 @@ def load_teacher(
 def _load_torchvision(
     name: str, device: str | torch.device, weights: str | os.PathLike | None, class_names
 ) -> Teacher:
-    import torchvision.models as tvm
-
     if name not in tvm.list_models(module=tvm):
         raise ValueError(
             f"teacher {name!r} is neither 'embedded', an existing teacher folder, nor a "
@@ -233,8 +232,6 @@ def _load_torchvision(
         if not path.is_file():
             raise ValueError(f"teacher weights file {str(path)!r} does not exist")
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -294,11 +291,6 @@ def train_teacher(
     The folder holds ``model.safetensors`` and ``config.json`` (architecture, class names,
     this configuration, test accuracy, data fingerprint, the command that rebuilds it).
     """
-    from safetensors.torch import save_file
-
-    from ddoq.data import load_dataset
-    from ddoq.train import TrainConfig, fit
-
     train = load_dataset(
         config.dataset,
         "train",

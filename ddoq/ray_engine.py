@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from ddoq._io import load_record, save_record, save_tensors
 from ddoq.distill import (
@@ -158,8 +161,6 @@ class _Encoder:
 
 def _join_shards(folder: Path, n: int) -> torch.Tensor:
     """The latents of one class from its chunk files, in class order."""
-    from safetensors.torch import load_file
-
     files = sorted(folder.glob("chunk-*.safetensors"))
     latents = torch.cat([load_file(f)["latents"] for f in files])
     if len(latents) != n:
@@ -176,8 +177,6 @@ def _quantize_group(
     points: str,
 ) -> list[int]:
     """Ray task: latents of a group of classes -> points, masses and W2, on disk."""
-    import shutil
-
     latents: list[torch.Tensor | None] = []
     for c, entry in zip(labels, entries):
         if entry is None:  # method "full": no latents
@@ -259,7 +258,6 @@ def quantize_stage(
     `indices[c]` its train-split indices. Each class's points land in ``points/``.
     """
     import ray
-    from tqdm.auto import tqdm
 
     n_groups = min(len(classes), 4 * workers)
     group = classes_per_task or min(_MAX_GROUP, math.ceil(len(classes) / max(n_groups, 1)))
@@ -306,8 +304,6 @@ def run_ray(
     when `config.device` is CUDA, else one per CPU of the cluster. `classes_per_task`
     defaults to about four tasks per worker, at most 32 classes each.
     """
-    from tqdm.auto import tqdm
-
     started = connect(address, workers)
     import ray
 

@@ -106,6 +106,7 @@ def distill_to_folder(
     if engine == "local":
         run_local(config, prior, teacher, train, todo, save, timings=timings, progress=progress)
     elif todo:
+
         def finished(label: int) -> None:
             store.mark_done(label)
             if on_class is not None:

@@ -30,18 +30,16 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ddoq import distributed
+from ddoq.export import DistilledSet
 from ddoq.students import build_student
-
-if TYPE_CHECKING:
-    from ddoq.export import DistilledSet
 
 __all__ = [
     "AUGMENTATIONS",
@@ -304,8 +302,6 @@ def fit(
     (every process resumes from it), shows progress and evaluates (the others return
     ``test_accuracy=None``). ``config.device="cuda"`` means ``cuda:LOCAL_RANK`` there.
     """
-    from tqdm.auto import tqdm
-
     config.check()
     world, rank = distributed.world_size(), distributed.rank()
     main = rank == 0

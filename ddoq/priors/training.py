@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ddoq._io import replace_dir
+from ddoq.data import load_dataset
 from ddoq.priors.base import PRIOR_JSON
 
 __all__ = ["PriorTrainingConfig", "PriorTrainingReport", "train_prior"]
@@ -103,8 +104,6 @@ def _images(
     config: PriorTrainingConfig, split: str
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
     """Images (N x C x S x S in [0, 1]), labels, class names and fingerprint of one split."""
-    from ddoq.data import load_dataset
-
     ds = load_dataset(
         config.dataset,
         split=split,
