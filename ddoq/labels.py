@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision.models as tvm
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -212,6 +211,8 @@ def load_teacher(
 def _load_torchvision(
     name: str, device: str | torch.device, weights: str | os.PathLike | None, class_names
 ) -> Teacher:
+    import torchvision.models as tvm  # 2 s to import; only torchvision teachers need it
+
     if name not in tvm.list_models(module=tvm):
         raise ValueError(
             f"teacher {name!r} is neither 'embedded', an existing teacher folder, nor a "
