@@ -7,7 +7,9 @@ train -> export) writes through here, and this module imports nothing of ddoq.
   beside it and rename it into place, so a crash never leaves half a file behind.
 - `staged_dir` / `replace_dir` build a folder under a temporary name and swap it in, so an
   interrupted export, prior or teacher never leaves half a folder behind.
-- `save_record` / `load_record` store tensors with literal metadata in one safetensors file.
+- `save_record` / `load_record` store tensors with literal metadata in one safetensors file;
+  `save_state` / `load_state` store a nested state (a training checkpoint: model, optimizer,
+  scheduler, generator) as safetensors tensors plus a JSON skeleton. Nothing is unpickled.
 - `array_digest` is the content key of the caches under `cache_dir`.
 """
 
@@ -36,8 +38,10 @@ __all__ = [
     "atomic_write",
     "cache_dir",
     "load_record",
+    "load_state",
     "replace_dir",
     "save_record",
+    "save_state",
     "save_tensors",
     "staged_dir",
     "write_json",
@@ -178,6 +182,81 @@ def load_record(
         meta = {k: ast.literal_eval(v) for k, v in (f.metadata() or {}).items()}
         tensors = {k: f.get_tensor(k) for k in f.keys() if k not in skip}  # noqa: SIM118
     return tensors, meta
+
+
+_STATE_FORMAT = "ddoq-state-1"
+_TENSOR, _TUPLE, _PAIRS = "__tensor__", "__tuple__", "__pairs__"
+
+
+def _pack(obj: Any, tensors: dict[str, torch.Tensor], at: str) -> Any:
+    """JSON skeleton of `obj`; its tensors go into `tensors` under their path `at`."""
+    if isinstance(obj, torch.Tensor):
+        tensors[at] = obj.detach().cpu().clone()  # clone: safetensors refuses shared storage
+        return {_TENSOR: at}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _pack(v, tensors, f"{at}.{k}") for k, v in obj.items()}
+        return {_PAIRS: [[k, _pack(v, tensors, f"{at}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, tuple | list):
+        items = [_pack(v, tensors, f"{at}.{i}") for i, v in enumerate(obj)]
+        return {_TUPLE: items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} (at {at!r}) in a state file")
+
+
+def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if _TENSOR in obj:
+        return tensors[obj[_TENSOR]]
+    if _TUPLE in obj:
+        return tuple(_unpack(v, tensors) for v in obj[_TUPLE])
+    if _PAIRS in obj:
+        return {k: _unpack(v, tensors) for k, v in obj[_PAIRS]}
+    return {k: _unpack(v, tensors) for k, v in obj.items()}
+
+
+def save_state(path: str | os.PathLike, state: dict) -> None:
+    """Store a nested state atomically: its tensors as safetensors, the rest as JSON.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.safetensors`` file.
+    state : dict
+        Nested dicts (any hashable JSON keys, e.g. an optimizer's integer ones), lists,
+        tuples, tensors, numbers, strings, booleans and None, as in a ``state_dict()``.
+
+    Raises
+    ------
+    TypeError
+        `state` holds another kind of object (it would need pickling).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _pack(state, tensors, "state")
+    save_tensors(path, tensors, {"format": _STATE_FORMAT, "state": json.dumps(skeleton)})
+
+
+def load_state(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """Read a state written by `save_state`, its tensors on `device`.
+
+    Raises
+    ------
+    ValueError
+        `path` is not a state file of `save_state` (for instance a pickle).
+    """
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"{path} is not a ddoq state file (safetensors): {err}") from err
+    if meta.get("format") != _STATE_FORMAT:
+        raise ValueError(f"{path} is not a ddoq state file (format {meta.get('format')!r})")
+    return _unpack(json.loads(meta["state"]), tensors)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
