@@ -72,24 +72,40 @@ DECODES = ("vae", "img2img")
 class DistillConfig:
     """Everything that determines a distilled set (stored in its manifest as is).
 
-    Attributes:
-        dataset: ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.load_dataset`).
-        ipc: images per class K (ignored by ``full``).
-        method: one of `METHODS`.
-        alpha: tempering exponent of the ``ddoq`` weights (1 raw masses, 0 uniform).
-        decode: ``"vae"`` or ``"img2img"`` (``ddoq`` and ``d4m`` only).
-        prior: ``"embedded"``, a prior folder or hub id (`ddoq.priors.load_prior`).
-        strength, steps, guidance: img2img noise level, DDIM steps, classifier-free scale
-            (None: the prior's default).
-        solver, quantize_iter, quantize_batch: CLVQ settings (``"clvq"`` or ``"lloyd"``,
-            passes over the data, mini-batch size).
-        teacher: teacher for the soft labels (`ddoq.labels.load_teacher`), None for none.
-        teacher_weights: weights file of a torchvision teacher.
-        temperature: soft-label temperature T recorded with the set.
-        seed: master seed (clustering, random picks, img2img noise).
-        limit_per_class: use only this many training images per class.
-        device: torch device.
-        cache_dir: latent cache root (None: `ddoq.encode.default_cache_dir()`).
+    Attributes
+    ----------
+    dataset
+        ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.load_dataset`).
+    ipc
+        images per class K (ignored by ``full``).
+    method
+        one of `METHODS`.
+    alpha
+        tempering exponent of the ``ddoq`` weights (1 raw masses, 0 uniform).
+    decode
+        ``"vae"`` or ``"img2img"`` (``ddoq`` and ``d4m`` only).
+    prior
+        ``"embedded"``, a prior folder or hub id (`ddoq.priors.load_prior`).
+    strength, steps, guidance
+        img2img noise level, DDIM steps, classifier-free scale
+        (None: the prior's default).
+    solver, quantize_iter, quantize_batch
+        CLVQ settings (``"clvq"`` or ``"lloyd"``,
+        passes over the data, mini-batch size).
+    teacher
+        teacher for the soft labels (`ddoq.labels.load_teacher`), None for none.
+    teacher_weights
+        weights file of a torchvision teacher.
+    temperature
+        soft-label temperature T recorded with the set.
+    seed
+        master seed (clustering, random picks, img2img noise).
+    limit_per_class
+        use only this many training images per class.
+    device
+        torch device.
+    cache_dir
+        latent cache root (None: `ddoq.encode.default_cache_dir()`).
     """
 
     dataset: str = "mnist"

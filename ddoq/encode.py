@@ -162,16 +162,25 @@ def encode_class(
 ) -> torch.Tensor:
     """Latents of every image of one class, from the cache when possible.
 
-    Args:
-        dataset: a `ddoq.data` dataset (``classes``, ``class_indices``, ``images``,
-            ``fingerprint``), at the prior's image size and channels.
-        prior: a `ddoq.priors.GenerativePrior`.
-        class_index: the class, in [0, len(dataset.classes)).
-        cache_dir: cache root (default `default_cache_dir()`); ``False`` disables caching.
-        batch_size: images loaded and encoded together.
-        progress: show a tqdm bar.
+    Parameters
+    ----------
+    dataset
+        a `ddoq.data` dataset (``classes``, ``class_indices``, ``images``,
+        ``fingerprint``), at the prior's image size and channels.
+    prior
+        a `ddoq.priors.GenerativePrior`.
+    class_index
+        the class, in [0, len(dataset.classes)).
+    cache_dir
+        cache root (default `default_cache_dir()`); ``False`` disables caching.
+    batch_size
+        images loaded and encoded together.
+    progress
+        show a tqdm bar.
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         float32 CPU tensor ``N_c x *latent_shape``, in ``dataset.class_indices(class_index)`` order
         (posterior modes, deterministic).
     """

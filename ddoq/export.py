@@ -77,9 +77,11 @@ def write_set(
     `images` is a tensor or any sequence of ``C x H x W`` images read in order (a resumable
     run streams them class by class from its class files, never holding them all).
 
-    Raises:
-        ValueError: `out` exists and is not empty while `overwrite` is False, or the
-            arrays disagree in length.
+    Raises
+    ------
+    ValueError
+        `out` exists and is not empty while `overwrite` is False, or the
+        arrays disagree in length.
     """
     out = Path(out).expanduser()
     n = len(images)
@@ -210,8 +212,10 @@ class DistilledSet(Dataset):
 def load(path: str | os.PathLike) -> DistilledSet:
     """Read an export folder written by `write` / `ddoq distill`.
 
-    Raises:
-        ValueError: the folder does not exist or is not a ddoq export.
+    Raises
+    ------
+    ValueError
+        the folder does not exist or is not a ddoq export.
     """
     root = Path(path).expanduser()
     manifest_file, meta_file = root / "manifest.json", root / "metadata.jsonl"

@@ -86,10 +86,14 @@ def read_part(path: str | os.PathLike, images: bool = True) -> ClassPart:
 class RunStore:
     """The run folder of one `distill_to_folder` call (see the module docstring).
 
-    Attributes:
-        root: the run folder (``.OUT.distill-run`` beside OUT).
-        done: labels of the classes finished so far.
-        resumed: how many classes were already finished when the store was opened.
+    Attributes
+    ----------
+    root
+        the run folder (``.OUT.distill-run`` beside OUT).
+    done
+        labels of the classes finished so far.
+    resumed
+        how many classes were already finished when the store was opened.
     """
 
     def __init__(self, out: Path, identity: dict, num_classes: int) -> None:
@@ -105,9 +109,11 @@ class RunStore:
     ) -> RunStore:
         """Open (resume) or create the run folder of `out`.
 
-        Raises:
-            ValueError: the folder holds an unfinished run with other settings, data or
-                prior (and `restart` is False).
+        Raises
+        ------
+        ValueError
+            the folder holds an unfinished run with other settings, data or
+            prior (and `restart` is False).
         """
         settings = {k: v for k, v in asdict(config).items() if k not in _FREE_SETTINGS}
         identity = {

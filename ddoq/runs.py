@@ -57,26 +57,41 @@ def distill_to_folder(
 ) -> DistillResult:
     """Distil `config` into the export folder `out`, resuming an interrupted run.
 
-    Args:
-        config: what to distil.
-        out: the export folder (absent or empty unless `overwrite`).
-        engine: ``"local"`` (this process) or ``"ray"`` (`ddoq.ray_engine`).
-        ray_address: Ray cluster to connect to; None starts a local one (``ray`` only).
-        workers: Ray actors/tasks run at once (default: the cluster's CPUs, or GPUs).
-        overwrite: replace an existing `out`.
-        restart: discard an unfinished run of `out` instead of resuming it.
-        prior, teacher: already loaded ones (must match `config`).
-        progress: show progress bars.
-        on_class: ``on_class("class", done, total)`` after each finished class.
+    Parameters
+    ----------
+    config
+        what to distil.
+    out
+        the export folder (absent or empty unless `overwrite`).
+    engine
+        ``"local"`` (this process) or ``"ray"`` (`ddoq.ray_engine`).
+    ray_address
+        Ray cluster to connect to; None starts a local one (``ray`` only).
+    workers
+        Ray actors/tasks run at once (default: the cluster's CPUs, or GPUs).
+    overwrite
+        replace an existing `out`.
+    restart
+        discard an unfinished run of `out` instead of resuming it.
+    prior, teacher
+        already loaded ones (must match `config`).
+    progress
+        show progress bars.
+    on_class
+        ``on_class("class", done, total)`` after each finished class.
 
-    Returns:
+    Returns
+    -------
+    DistillResult
         The distilled set as written, without its pixels (``images`` is None: they were
         streamed class by class into `out`; `ddoq.export.load` reads them back).
         ``info["resumed_classes"]`` says how many classes came from an earlier run.
 
-    Raises:
-        ValueError: bad settings, an existing `out`, or an unfinished run with other
-            settings.
+    Raises
+    ------
+    ValueError
+        bad settings, an existing `out`, or an unfinished run with other
+        settings.
     """
     config.check()
     if engine not in ENGINES:

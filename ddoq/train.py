@@ -72,23 +72,39 @@ _PICKLE_CHECKPOINT = "checkpoint.pt"
 class TrainConfig:
     """Everything that determines a student training run (stored in the manifest as is).
 
-    Attributes:
-        student: network name (see `ddoq.students.STUDENTS`).
-        width: ConvNet width (128 classic).
-        epochs: passes over the distilled set (`auto_epochs` picks it in `ddoq train`).
-        batch_size: images per step.
-        lr: AdamW peak learning rate (cosine decay to 0 over all steps).
-        weight_decay: AdamW weight decay.
-        labels: ``"soft"`` (teacher, KL at temperature T) or ``"hard"`` (cross-entropy).
-        temperature: distillation temperature T.
-        protocol: soft labels ``"precomputed"`` once per image, or ``"live"`` per view.
-        augment: ``"auto"`` (``"digits"`` up to 32 px, else ``"large"``), ``"digits"``,
-            ``"large"`` or ``"none"``.
-        use_weights: apply the set's per-image weights (False: every weight 1).
-        seed: initialisation, shuffling and augmentation seed.
-        device: torch device.
-        eval_batch_size: images per evaluation step.
-        checkpoint_every: epochs between checkpoints (1: every epoch).
+    Attributes
+    ----------
+    student
+        network name (see `ddoq.students.STUDENTS`).
+    width
+        ConvNet width (128 classic).
+    epochs
+        passes over the distilled set (`auto_epochs` picks it in `ddoq train`).
+    batch_size
+        images per step.
+    lr
+        AdamW peak learning rate (cosine decay to 0 over all steps).
+    weight_decay
+        AdamW weight decay.
+    labels
+        ``"soft"`` (teacher, KL at temperature T) or ``"hard"`` (cross-entropy).
+    temperature
+        distillation temperature T.
+    protocol
+        soft labels ``"precomputed"`` once per image, or ``"live"`` per view.
+    augment
+        ``"auto"`` (``"digits"`` up to 32 px, else ``"large"``), ``"digits"``,
+        ``"large"`` or ``"none"``.
+    use_weights
+        apply the set's per-image weights (False: every weight 1).
+    seed
+        initialisation, shuffling and augmentation seed.
+    device
+        torch device.
+    eval_batch_size
+        images per evaluation step.
+    checkpoint_every
+        epochs between checkpoints (1: every epoch).
     """
 
     student: str = "convnet"
@@ -185,14 +201,19 @@ def weighted_loss(
 ) -> torch.Tensor:
     """(1/B) sum_k w_k * loss_k for one batch.
 
-    Args:
-        logits: student logits ``B x C``.
-        targets: teacher probabilities at `temperature` ``B x C`` (soft: loss_k =
-            T^2 KL(p_k || softmax(logits_k / T))), or class indices ``B`` (hard: loss_k =
-            cross-entropy, `temperature` unused).
-        weights: per-sample weights ``B`` (a weight of 0 removes the sample's gradient).
-        batch_size: the B the sum is divided by (default ``len(logits)``); the global batch
-            size when `logits` are one process's share of a batch.
+    Parameters
+    ----------
+    logits
+        student logits ``B x C``.
+    targets
+        teacher probabilities at `temperature` ``B x C`` (soft: loss_k =
+        T^2 KL(p_k || softmax(logits_k / T))), or class indices ``B`` (hard: loss_k =
+        cross-entropy, `temperature` unused).
+    weights
+        per-sample weights ``B`` (a weight of 0 removes the sample's gradient).
+    batch_size
+        the B the sum is divided by (default ``len(logits)``); the global batch
+        size when `logits` are one process's share of a batch.
     """
     if targets.dim() == 1:
         per_sample = F.cross_entropy(logits, targets, reduction="none")
@@ -278,23 +299,35 @@ def fit(
 ) -> TrainResult:
     """Train a student on a (weighted, labelled) distilled set; evaluate it on `test`.
 
-    Args:
-        config: the run's settings.
-        images: ``N x C x H x W`` in [0, 1].
-        labels: ``N`` class indices (hard labels; also the fallback of soft labels).
-        weights: ``N`` per-image weights (normalised to mean 1 here); None: uniform.
-        teacher_probs: ``N x num_classes`` precomputed soft labels at ``config.temperature``;
-            computed once from `teacher` if None with soft labels.
-        teacher: callable ``images -> logits``; needed by ``protocol="live"``.
-        num_classes: classifier outputs (default: max label + 1, or the soft label width).
-        test: held-out ``(images, labels)`` for top-1 accuracy (None: not evaluated).
-        run_dir: folder for ``checkpoint.safetensors`` (tensors in safetensors, the rest
-            as JSON: nothing is unpickled); an existing checkpoint is resumed.
-        progress: show a tqdm bar over epochs.
-        on_epoch: ``on_epoch(epoch, metrics)`` after each epoch (1-based), on rank 0, with
-            ``metrics["loss"]`` (the epoch's mean weighted loss) and, when `test` is given,
-            ``metrics["test_accuracy"]``. Returning True stops training there (the
-            checkpoint is written first, so a later call resumes from that epoch).
+    Parameters
+    ----------
+    config
+        the run's settings.
+    images
+        ``N x C x H x W`` in [0, 1].
+    labels
+        ``N`` class indices (hard labels; also the fallback of soft labels).
+    weights
+        ``N`` per-image weights (normalised to mean 1 here); None: uniform.
+    teacher_probs
+        ``N x num_classes`` precomputed soft labels at ``config.temperature``;
+        computed once from `teacher` if None with soft labels.
+    teacher
+        callable ``images -> logits``; needed by ``protocol="live"``.
+    num_classes
+        classifier outputs (default: max label + 1, or the soft label width).
+    test
+        held-out ``(images, labels)`` for top-1 accuracy (None: not evaluated).
+    run_dir
+        folder for ``checkpoint.safetensors`` (tensors in safetensors, the rest
+        as JSON: nothing is unpickled); an existing checkpoint is resumed.
+    progress
+        show a tqdm bar over epochs.
+    on_epoch
+        ``on_epoch(epoch, metrics)`` after each epoch (1-based), on rank 0, with
+        ``metrics["loss"]`` (the epoch's mean weighted loss) and, when `test` is given,
+        ``metrics["test_accuracy"]``. Returning True stops training there (the
+        checkpoint is written first, so a later call resumes from that epoch).
 
     In a process group of W > 1 processes every process must call `fit` with the same
     arguments; the student is wrapped in `DistributedDataParallel` and each process trains
