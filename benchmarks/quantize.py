@@ -250,8 +250,7 @@ def main() -> None:
         + " GFLOP/s. Median over seeds 0, 1, 2 of wall time and of distortion, relative to "
         "scikit-learn KMeans(n_init=1) and KMeans(n_init=10) on the same data; bound = "
         "passes x 2 N K d / GEMM rate, where passes counts every full assignment pass's "
-        "worth of matrix products, k-means++ seeding included.\n\n"
-        + markdown_table(HEADER, rows)
+        "worth of matrix products, k-means++ seeding included.\n\n" + markdown_table(HEADER, rows)
     )
     print(body)
     if not args.quick:

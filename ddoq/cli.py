@@ -7,15 +7,33 @@ Errors a user can cause are reported as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import asdict
+from pathlib import Path
 
-from ddoq import __version__
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 
-if TYPE_CHECKING:  # annotations only: the sub-commands import what they use when run
-    from ddoq.export import DistilledSet
-    from ddoq.train import TrainConfig
+from ddoq import __version__, distributed, export
+from ddoq._io import write_json
+from ddoq.data import EMBEDDED_DATASETS, load_dataset
+from ddoq.distill import DECODES, METHODS, DistillConfig, package_versions
+from ddoq.labels import (
+    TeacherConfig,
+    resolve_teacher,
+    teacher_logits,
+    train_teacher,
+)
+from ddoq.priors.training import PriorTrainingConfig, train_prior
+from ddoq.quantize import temper_weights
+from ddoq.runs import distill_to_folder
+from ddoq.students import STUDENTS, build_student
+from ddoq.train import AUGMENTATIONS, TrainConfig, auto_epochs, evaluate, fit_distilled
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +81,6 @@ def _add_train_prior(subparsers) -> None:
 
 def _cmd_train_prior(args: argparse.Namespace) -> int:
     """Train the embedded prior and print what was measured."""
-    from ddoq.priors.training import PriorTrainingConfig, train_prior
-
     for name in ("vae_epochs", "dit_steps", "threads", "limit_per_class"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -91,8 +107,6 @@ def _threads(args: argparse.Namespace) -> None:
     if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        import torch
-
         torch.set_num_threads(args.threads)
 
 
@@ -107,8 +121,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_distill(subparsers) -> None:
-    from ddoq.distill import DECODES, METHODS, DistillConfig
-
     d = DistillConfig()
     p = subparsers.add_parser(
         "distill",
@@ -201,12 +213,6 @@ def _add_distill(subparsers) -> None:
 
 def _cmd_distill(args: argparse.Namespace) -> int:
     """Distill, then export."""
-    from pathlib import Path
-
-    from ddoq.distill import DistillConfig
-    from ddoq.labels import resolve_teacher
-    from ddoq.runs import distill_to_folder
-
     _threads(args)
     out = Path(args.out)  # distill_to_folder refuses a non-empty one before any work
     if args.engine != "ray" and (args.ray_address or args.workers is not None):
@@ -266,9 +272,6 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _add_train(subparsers) -> None:
-    from ddoq.students import STUDENTS
-    from ddoq.train import AUGMENTATIONS, TrainConfig
-
     d = TrainConfig()
     p = subparsers.add_parser(
         "train",
@@ -350,7 +353,7 @@ def _class_names(dataset: str) -> list[str]:
     return [str(c) for c in load_dataset(dataset, "train").classes]
 
 
-def _set_teacher(args: argparse.Namespace, ds: DistilledSet, device: str):
+def _set_teacher(args: argparse.Namespace, ds: export.DistilledSet, device: str):
     """The teacher of `ddoq train` / `ddoq export` for the set `ds`, matched to its classes.
 
     ``--teacher`` if given, else the teacher the set records (when it can still be loaded),
@@ -379,10 +382,6 @@ def _set_teacher(args: argparse.Namespace, ds: DistilledSet, device: str):
 
 def _test_split(manifest: dict, dataset: str | None):
     """(images, labels) of the held-out split matching a distilled set's manifest."""
-    import torch
-
-    from ddoq.data import load_dataset
-
     info = manifest.get("dataset", {})
     name = dataset or info.get("name") or manifest.get("config", {}).get("dataset")
     if not name:
@@ -399,10 +398,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     One process, N processes started here (``--nproc N``), or one of torchrun's workers
     (``WORLD_SIZE`` > 1 in the environment): rank 0 prints, the others stay silent.
     """
-    import os
-
-    from ddoq import distributed, export
-
     if args.nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
     if distributed.env_world_size() > 1:  # one of torchrun's (or --nproc's) workers
@@ -418,8 +413,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 return 2  # rank 0 reports it, once
             raise
     elif args.nproc > 1:
-        import torch
-
         _threads(args)
         _train_config(args, export.load(args.distilled))  # bad input: one line, no workers
         gpus = torch.cuda.device_count() if torch.device(args.device).type == "cuda" else None
@@ -438,16 +431,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _train_worker(args: argparse.Namespace) -> str | None:
     """`_train` inside the process group of torchrun's environment (see `ddoq.distributed`)."""
-    from ddoq import distributed
-
     with distributed.process_group(args.device):
         return _train(args)
 
 
-def _train_config(args: argparse.Namespace, ds: DistilledSet) -> TrainConfig:
+def _train_config(args: argparse.Namespace, ds: export.DistilledSet) -> TrainConfig:
     """The checked `TrainConfig` of `ddoq train`'s arguments for the distilled set `ds`."""
-    from ddoq.train import TrainConfig, auto_epochs
-
     return TrainConfig(
         student=args.student,
         width=args.width,
@@ -467,17 +456,6 @@ def _train_config(args: argparse.Namespace, ds: DistilledSet) -> TrainConfig:
 
 def _train(args: argparse.Namespace) -> str | None:
     """Train (this process's part), write the run on rank 0; return rank 0's summary line."""
-    import time
-    from dataclasses import asdict
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from ddoq import distributed, export
-    from ddoq.data import write_json
-    from ddoq.distill import package_versions
-    from ddoq.train import fit_distilled
-
     _threads(args)
     start = time.perf_counter()
     main = distributed.is_main()
@@ -566,17 +544,6 @@ def _add_evaluate(subparsers) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Print the top-1 accuracy of a run's student or of a teacher."""
-    import json
-    from pathlib import Path
-
-    import torch
-    from safetensors.torch import load_file
-
-    from ddoq.data import load_dataset
-    from ddoq.labels import resolve_teacher
-    from ddoq.students import build_student
-    from ddoq.train import evaluate
-
     _threads(args)
     if (args.run is None) == (args.teacher is None):
         raise ValueError("give either a run folder or --teacher (exactly one)")
@@ -645,15 +612,6 @@ def _add_export(subparsers) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """Re-export a distilled set with new weights and/or labels."""
-    from pathlib import Path
-
-    import numpy as np
-    import torch
-
-    from ddoq import export
-    from ddoq.labels import teacher_logits
-    from ddoq.quantize import temper_weights
-
     _threads(args)
     src = export.load(args.source)
     if Path(args.out).resolve() == src.root.resolve():
@@ -710,8 +668,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_train_teacher(subparsers) -> None:
-    from ddoq.labels import TeacherConfig
-
     d = TeacherConfig()
     p = subparsers.add_parser(
         "train-teacher",
@@ -768,9 +724,6 @@ def _add_train_teacher(subparsers) -> None:
 
 def _cmd_train_teacher(args: argparse.Namespace) -> int:
     """Train a teacher and print its held-out accuracy."""
-    from ddoq.data import EMBEDDED_DATASETS
-    from ddoq.labels import TeacherConfig, train_teacher
-
     _threads(args)
     d = TeacherConfig()
     lr = args.lr if args.lr is not None else (d.lr if args.arch == "convnet" else None)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ddoq.distill import image_seed
+from ddoq.encode import encode_class
 from ddoq.quantize import CLVQ
 from ddoq.transport import wasserstein2
 
@@ -66,8 +68,6 @@ def load_class_points(dataset, class_index: int, prior=None, **encode_kwargs) ->
         images = dataset.images(indices).to(torch.float32)
         shape = tuple(images.shape[1:])
         return ClassPoints(images.reshape(len(indices), -1).numpy(), shape, indices, "pixel", name)
-    from ddoq.encode import encode_class
-
     latents = encode_class(dataset, prior, int(class_index), **encode_kwargs)
     shape = tuple(latents.shape[1:])
     flat = latents.reshape(latents.shape[0], -1).numpy().astype(np.float32)
@@ -199,8 +199,6 @@ def decode_centroids(
     with classifier-free `guidance`, decode. Image k of class c uses the seed
     `ddoq.distill.image_seed(seed, c, k)`, as the distillation does, so it regenerates.
     """
-    from ddoq.distill import image_seed
-
     if mode not in ("vae", "img2img"):
         raise ValueError(f"mode must be 'vae' or 'img2img', got {mode!r}")
     z = torch.as_tensor(np.asarray(centers, dtype=np.float32)).reshape(

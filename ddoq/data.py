@@ -33,10 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
+
+from ddoq._io import array_digest, atomic_write, cache_dir
 
 __all__ = [
     "DEFAULT_FOLDER_IMAGE_SIZE",
@@ -62,13 +63,9 @@ __all__ = [
     "SkippedFile",
     "Split",
     "TensorImageDataset",
-    "array_digest",
-    "atomic_write",
     "available_datasets",
-    "cache_dir",
     "load_dataset",
     "stratified_split",
-    "write_json",
 ]
 
 #: Share of every class that goes to the test split when no split folders exist.
@@ -273,15 +270,6 @@ def load_dataset(
 def available_datasets() -> list[str]:
     """Names of the embedded datasets `load_dataset` accepts (folders come on top)."""
     return list(EMBEDDED_DATASETS)
-
-
-def cache_dir() -> Path:
-    """Directory of ddoq's on-disk caches: ``$DDOQ_CACHE_DIR``, else ``~/.cache/ddoq``.
-
-    The directory is not created here; writers create it when they need it.
-    """
-    env = os.environ.get("DDOQ_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddoq"
 
 
 def stratified_split(
@@ -1268,39 +1256,6 @@ def _hash_order(
     return np.array(sorted(indices.tolist(), key=rank), dtype=np.int64)
 
 
-def array_digest(array: np.ndarray) -> str:
-    """Hex digest of an array's dtype, shape and bytes (a content key for caches)."""
-    array = np.ascontiguousarray(array)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{array.dtype.str}{array.shape}".encode())
-    h.update(array.tobytes())
-    return h.hexdigest()
-
-
 def _digest(payload: Mapping[str, Any]) -> str:
     text = json.dumps({"v": _FINGERPRINT_VERSION, **payload}, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
-    """Write a file through `write(fileobj)` to a temporary name, then `os.replace` it.
-
-    Every file ddoq writes goes through here, so a crash never leaves half a file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; ddoq's files are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | os.PathLike, payload: dict) -> None:
-    """Write `payload` as indented JSON, atomically (`atomic_write`)."""
-    text = json.dumps(payload, indent=2, default=str) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))

@@ -29,9 +29,18 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from ddoq.data import load_dataset
+from ddoq.encode import encode_dataset
+from ddoq.labels import match_teacher, resolve_teacher, teacher_logits
+from ddoq.priors import load_prior
+from ddoq.quantize import quantize_classes, temper_weights
+from ddoq.transport import distortion, voronoi_masses, wasserstein2
 
 __all__ = [
     "DECODES",
@@ -64,26 +73,42 @@ DECODES = ("vae", "img2img")
 class DistillConfig:
     """Everything that determines a distilled set (stored in its manifest as is).
 
-    Attributes:
-        dataset: ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.load_dataset`).
-        ipc: images per class K (ignored by ``full``).
-        method: one of `METHODS`.
-        alpha: tempering exponent of the ``ddoq`` weights (1 raw masses, 0 uniform).
-        decode: ``"vae"`` or ``"img2img"`` (``ddoq`` and ``d4m`` only).
-        prior: ``"embedded"``, a prior folder or hub id (`ddoq.priors.load_prior`).
-        strength, steps, guidance: img2img noise level, DDIM steps, classifier-free scale
-            (None: the prior's default).
-        solver, quantize_iter, quantize_batch: CLVQ settings (``"clvq"`` or ``"lloyd"``,
-            passes over the data, mini-batch size).
-        teacher: teacher for the soft labels: ``"auto"`` (the one trained for the dataset,
-            or another whose class names match), ``"embedded"``, a teacher folder or a
-            torchvision name (`ddoq.labels.resolve_teacher`), None for none (hard labels).
-        teacher_weights: weights file of a torchvision teacher.
-        temperature: soft-label temperature T recorded with the set.
-        seed: master seed (clustering, random picks, img2img noise).
-        limit_per_class: use only this many training images per class.
-        device: torch device.
-        cache_dir: latent cache root (None: `ddoq.encode.default_cache_dir()`).
+    Attributes
+    ----------
+    dataset
+        ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.load_dataset`).
+    ipc
+        images per class K (ignored by ``full``).
+    method
+        one of `METHODS`.
+    alpha
+        tempering exponent of the ``ddoq`` weights (1 raw masses, 0 uniform).
+    decode
+        ``"vae"`` or ``"img2img"`` (``ddoq`` and ``d4m`` only).
+    prior
+        ``"embedded"``, a prior folder or hub id (`ddoq.priors.load_prior`).
+    strength, steps, guidance
+        img2img noise level, DDIM steps, classifier-free scale
+        (None: the prior's default).
+    solver, quantize_iter, quantize_batch
+        CLVQ settings (``"clvq"`` or ``"lloyd"``,
+        passes over the data, mini-batch size).
+    teacher
+        teacher for the soft labels: ``"auto"`` (the one trained for the dataset, or
+        another whose class names match), ``"embedded"``, a teacher folder or a
+        torchvision name (`ddoq.labels.resolve_teacher`), None for none (hard labels).
+    teacher_weights
+        weights file of a torchvision teacher.
+    temperature
+        soft-label temperature T recorded with the set.
+    seed
+        master seed (clustering, random picks, img2img noise).
+    limit_per_class
+        use only this many training images per class.
+    device
+        torch device.
+    cache_dir
+        latent cache root (None: `ddoq.encode.default_cache_dir()`).
     """
 
     dataset: str = "mnist"
@@ -198,8 +223,6 @@ def _mean(values: list) -> float | None:
 
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages a result depends on."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for name in ("ddoq", "torch", "torchvision", "diffusers", "numpy", "pot", "safetensors"):
         try:
@@ -274,8 +297,6 @@ class ClassPart:
 
 def load_train(config: DistillConfig, prior):
     """The training split `config` distils, at the prior's size; checks `config.ipc` fits."""
-    from ddoq.data import load_dataset
-
     train = load_dataset(
         config.dataset,
         "train",
@@ -301,9 +322,6 @@ def prepare(config: DistillConfig, *, prior=None, teacher=None, with_teacher: bo
     matched to them with `ddoq.labels.match_teacher`), so a teacher for other classes stops
     the run here, before any encoding.
     """
-    from ddoq.labels import match_teacher, resolve_teacher
-    from ddoq.priors import load_prior
-
     if prior is None:
         prior = load_prior(config.prior, config.device)
     train = load_train(config, prior)
@@ -348,9 +366,6 @@ def select_points(
     ``full``) and `class_indices[i]` its train-split indices, in the same order. Each class
     gets its own seed (`quantize_seed`), so the result does not depend on the grouping.
     """
-    from ddoq.quantize import quantize_classes
-    from ddoq.transport import voronoi_masses
-
     out = []
     if config.method in ("ddoq", "d4m"):
         estimators = quantize_classes(
@@ -385,8 +400,6 @@ def measure_w2(selection: Selection, latents: torch.Tensor | None) -> Selection:
     of the exact distortion (paper Prop. 1): the quantizer's own final pass when it ran,
     else one assignment pass. The uniform W2 has no closed form: POT's exact solver.
     """
-    from ddoq.transport import distortion, wasserstein2
-
     if selection.points is not None and latents is not None:
         flat, centers = latents.flatten(1).numpy(), selection.points.flatten(1).numpy()
         if selection.distortion is None:
@@ -400,8 +413,6 @@ def render_class(
     config: DistillConfig, prior, train, selection: Selection, teacher=None
 ) -> ClassPart:
     """The decode and label stages of one class: its images (decoded or real) and logits."""
-    from ddoq.labels import teacher_logits
-
     c = selection.label
     seeds = [image_seed(config.seed, c, k) for k in range(len(selection.masses))]
     if config.method in ("ddoq", "d4m"):
@@ -440,11 +451,6 @@ def run_local(
     Classes go `group` at a time (one batched quantization per group, latents of one group
     in memory); `save(part)` receives each finished class, in class order.
     """
-    from tqdm.auto import tqdm
-
-    from ddoq.encode import encode_dataset
-    from ddoq.labels import teacher_logits
-
     timings = {} if timings is None else timings
     desc = f"distill ({config.method}, {config.decode})"
     bar = tqdm(total=len(classes), desc=desc, disable=not progress, unit="class")
@@ -489,8 +495,6 @@ def assemble(
     prior N_c / N; then scaled to mean 1 over the whole set. `images`, when given, replaces
     the parts' own images (a lazy sequence over class files, see `ddoq.runs`).
     """
-    from ddoq.quantize import temper_weights
-
     parts = sorted(parts, key=lambda p: p.label)
     if [p.label for p in parts] != list(range(train.num_classes)):
         raise ValueError("assemble needs exactly one part per class")

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
+from tqdm.auto import tqdm
 
-from ddoq.data import atomic_write, cache_dir
+from ddoq._io import cache_dir, save_tensors
 
 __all__ = [
     "ENCODE_BATCH",
@@ -37,7 +37,6 @@ __all__ = [
     "encode_chunk",
     "encode_class",
     "encode_dataset",
-    "save_atomic",
 ]
 
 _FORMAT = "ddoq-latents-1"
@@ -93,14 +92,6 @@ def _read(path: Path, expected: dict[str, str]) -> torch.Tensor | None:
     return latents
 
 
-def save_atomic(
-    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
-) -> None:
-    """Write a safetensors file under a temporary name, then rename it into place."""
-    payload = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write(path, lambda f: f.write(payload))
-
-
 @dataclass(frozen=True)
 class CacheEntry:
     """Where and under which key the latents of one class are cached (small, picklable).
@@ -131,7 +122,7 @@ class CacheEntry:
         """Store the latents of the whole class (atomically)."""
         if tuple(latents.shape) != self.shape:
             raise ValueError(f"expected latents of shape {self.shape}, got {tuple(latents.shape)}")
-        save_atomic(self.path, {"latents": latents.to("cpu", torch.float32)}, self.metadata)
+        save_tensors(self.path, {"latents": latents.to("cpu", torch.float32)}, self.metadata)
 
 
 def cache_entry(
@@ -171,21 +162,28 @@ def encode_class(
 ) -> torch.Tensor:
     """Latents of every image of one class, from the cache when possible.
 
-    Args:
-        dataset: a `ddoq.data` dataset (``classes``, ``class_indices``, ``images``,
-            ``fingerprint``), at the prior's image size and channels.
-        prior: a `ddoq.priors.GenerativePrior`.
-        class_index: the class, in [0, len(dataset.classes)).
-        cache_dir: cache root (default `default_cache_dir()`); ``False`` disables caching.
-        batch_size: images loaded and encoded together.
-        progress: show a tqdm bar.
+    Parameters
+    ----------
+    dataset
+        a `ddoq.data` dataset (``classes``, ``class_indices``, ``images``,
+        ``fingerprint``), at the prior's image size and channels.
+    prior
+        a `ddoq.priors.GenerativePrior`.
+    class_index
+        the class, in [0, len(dataset.classes)).
+    cache_dir
+        cache root (default `default_cache_dir()`); ``False`` disables caching.
+    batch_size
+        images loaded and encoded together.
+    progress
+        show a tqdm bar.
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         float32 CPU tensor ``N_c x *latent_shape``, in ``dataset.class_indices(class_index)`` order
         (posterior modes, deterministic).
     """
-    from tqdm.auto import tqdm
-
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     indices = _class_indices(dataset, class_index)

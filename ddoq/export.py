@@ -34,7 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
+
+from ddoq._io import replace_dir
 
 __all__ = ["DistilledSet", "FORMAT", "load", "write", "write_set"]
 
@@ -73,12 +77,12 @@ def write_set(
     `images` is a tensor or any sequence of ``C x H x W`` images read in order (a resumable
     run streams them class by class from its class files, never holding them all).
 
-    Raises:
-        ValueError: `out` exists and is not empty while `overwrite` is False, or the
-            arrays disagree in length.
+    Raises
+    ------
+    ValueError
+        `out` exists and is not empty while `overwrite` is False, or the
+        arrays disagree in length.
     """
-    from safetensors.torch import save_file
-
     out = Path(out).expanduser()
     n = len(images)
     for name, arr in (("labels", labels), ("weights", weights), ("masses", masses)):
@@ -140,14 +144,7 @@ def write_set(
             "soft_label_temperature": float(temperature) if teacher_logits is not None else None,
         }
         (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -215,13 +212,12 @@ class DistilledSet(Dataset):
 def load(path: str | os.PathLike) -> DistilledSet:
     """Read an export folder written by `write` / `ddoq distill`.
 
-    Raises:
-        ValueError: the folder does not exist or is not a ddoq export, or one of its
-            images is missing or unreadable (the message names the file).
+    Raises
+    ------
+    ValueError
+        the folder does not exist or is not a ddoq export, or one of its images is
+        missing or unreadable (the message names the file).
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     root = Path(path).expanduser()
     manifest_file, meta_file = root / "manifest.json", root / "metadata.jsonl"
     if not root.is_dir():

@@ -6,10 +6,10 @@ polls the job's public state (status, progress, per-epoch losses and accuracies)
 
 For each method (``ddoq``, ``d4m``, ``random``, ``full``) the job distils the set
 (`ddoq.distill.distill`), writes it (`ddoq.export.write`) to ``RUN/<method>/distilled``,
-trains a student one epoch at a time (`ddoq.train.fit_distilled` with ``stop_after``,
-resuming from its checkpoint in ``RUN/<method>/student``, so stopping loses at most one
-epoch), evaluates it on the held-out split after every epoch, and writes
-``RUN/<method>/manifest.json``.
+trains a student with one `ddoq.train.fit_distilled` call whose ``on_epoch`` callback
+records the loss and the held-out accuracy of every epoch and stops the run when asked
+(the checkpoint in ``RUN/<method>/student`` is written first, so stopping loses nothing),
+and writes ``RUN/<method>/manifest.json``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,13 @@ from pathlib import Path
 
 import torch
 
-from ddoq.data import write_json
-from ddoq.train import TrainConfig
+from ddoq import export
+from ddoq._io import write_json
+from ddoq.data import load_dataset
+from ddoq.distill import DistillConfig, distill
+from ddoq.labels import match_teacher, resolve_teacher, train_teacher
+from ddoq.priors import load_prior
+from ddoq.train import TrainConfig, fit_distilled
 
 __all__ = ["MethodRecord", "TeacherJob", "TrainJob", "TrainSpec", "list_runs"]
 
@@ -91,9 +96,6 @@ class TrainJob:
 
     def _teacher(self, teacher):
         """The soft-label teacher, matched to the dataset's classes (one-line error if none)."""
-        from ddoq.data import load_dataset
-        from ddoq.labels import match_teacher, resolve_teacher
-
         classes = [str(c) for c in load_dataset(self.spec.dataset, "train").classes]
         if teacher is not None:
             return match_teacher(teacher, classes, dataset=self.spec.dataset)
@@ -129,12 +131,6 @@ class TrainJob:
             self._trace = traceback.format_exc()
 
     def _work(self) -> None:
-        from ddoq import export
-        from ddoq.data import load_dataset
-        from ddoq.distill import DistillConfig, distill
-        from ddoq.priors import load_prior
-        from ddoq.train import evaluate, fit_distilled
-
         spec, cfg = self.spec, self.spec.train
         self.status = "loading the prior"
         prior = self.prior or load_prior(spec.prior, spec.device)
@@ -167,26 +163,29 @@ class TrainJob:
             result = distill(dconf, prior=prior, teacher=teacher, progress=False)
             ds = export.load(export.write(result, run / "distilled", overwrite=True))
             start = time.perf_counter()
-            model = None
-            for epoch in range(1, cfg.epochs + 1):
-                if self._stop.is_set():
-                    break
-                rec.status = self.status = f"training {method}: epoch {epoch}/{cfg.epochs}"
-                out = fit_distilled(
+
+            def on_epoch(epoch: int, metrics: dict[str, float], rec=rec, method=method) -> bool:
+                nonlocal done
+                rec.epochs.append(epoch)
+                rec.loss.append(float(metrics["loss"]))
+                rec.accuracy.append(float(metrics["test_accuracy"]))
+                done += 1
+                self.progress = done / total
+                now = min(epoch + 1, cfg.epochs)
+                rec.status = self.status = f"training {method}: epoch {now}/{cfg.epochs}"
+                return self._stop.is_set()
+
+            if not self._stop.is_set():
+                rec.status = self.status = f"training {method}: epoch 1/{cfg.epochs}"
+                fit_distilled(
                     cfg,
                     ds,
                     teacher=teacher,
+                    test=(test_x, test_y),
                     run_dir=run / "student",
-                    stop_after=epoch,
                     progress=False,
+                    on_epoch=on_epoch,
                 )
-                model = out.model
-                acc = evaluate(model, test_x, test_y, batch_size=cfg.eval_batch_size)
-                rec.epochs.append(epoch)
-                rec.loss.append(float(out.losses[-1]))
-                rec.accuracy.append(float(acc))
-                done += 1
-                self.progress = done / total
             rec.status = "stopped" if self._stop.is_set() else "done"
             write_json(
                 run / "manifest.json",
@@ -245,8 +244,6 @@ class TeacherJob:
         self.status = f"training the teacher: epoch {epoch}/{epochs}"
 
     def _run(self) -> None:
-        from ddoq.labels import train_teacher
-
         torch.set_num_threads(1)
         try:
             self.status = "loading the dataset"

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -43,7 +44,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
+
+from ddoq._io import cache_dir, replace_dir
+from ddoq.data import load_dataset
+from ddoq.students import ConvNet
+from ddoq.train import AUGMENTATIONS, TrainConfig, augment, evaluate, fit
 
 __all__ = [
     "EMBEDDED_TEACHER_DIR",
@@ -226,8 +234,6 @@ def _fingerprint(files: list[Path], extra: object) -> str:
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` or torch (``.pth``/``.pt``) file."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("state_dict", state) if isinstance(state, dict) else state
@@ -282,10 +288,6 @@ def load_teacher(
     Raises:
         ValueError: unknown name, missing folder or weights.
     """
-    from safetensors.torch import load_file
-
-    from ddoq.students import ConvNet
-
     if str(spec) == AUTO:
         raise ValueError("teacher 'auto' depends on the dataset: use resolve_teacher")
     folder = EMBEDDED_TEACHER_DIR if str(spec) == "embedded" else Path(spec).expanduser()
@@ -334,7 +336,7 @@ def load_teacher(
 def _load_torchvision(
     name: str, device: str | torch.device, weights: str | os.PathLike | None, class_names
 ) -> Teacher:
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # 2 s to import; only torchvision teachers need it
 
     if name not in _torchvision_names():
         raise ValueError(
@@ -482,15 +484,11 @@ def match_teacher(
 
 def teachers_root() -> Path:
     """Where teachers trained for datasets are kept: ``<cache dir>/teachers``."""
-    from ddoq.data import cache_dir
-
     return cache_dir() / "teachers"
 
 
 def _dataset_key(dataset: str | os.PathLike) -> tuple[str, str]:
     """``(name, fingerprint)`` of a dataset's train split at its default options."""
-    from ddoq.data import load_dataset
-
     train = load_dataset(dataset if isinstance(dataset, str) else Path(dataset), "train")
     return str(train.name), str(train.fingerprint)
 
@@ -641,8 +639,6 @@ class TeacherConfig:
 
     def check(self) -> TeacherConfig:
         """Raise ValueError on an impossible setting; return self."""
-        from ddoq.train import AUGMENTATIONS
-
         for name in ("epochs", "width", "batch_size", "image_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -709,8 +705,6 @@ def train_teacher(
     Raises:
         ValueError: a bad setting or a dataset that does not load.
     """
-    from ddoq.data import load_dataset
-
     config.check()
     if config.lr is None:
         config = replace(config, lr=3e-3 if config.arch == "convnet" else 1e-4)
@@ -779,8 +773,6 @@ def _command(config: TeacherConfig) -> str:
 
 def _write_teacher(out: Path, state: dict[str, torch.Tensor], meta: dict) -> None:
     """Write a teacher folder (model.safetensors + config.json) atomically to `out`."""
-    from safetensors.torch import save_file
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -789,13 +781,7 @@ def _write_teacher(out: Path, state: dict[str, torch.Tensor], meta: dict) -> Non
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an asset must be readable
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)  # the old teacher stays whole until the swap
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -809,13 +795,7 @@ def _train_convnet(
     callback: Progress | None,
     bar: bool,
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """The ConvNet teacher via `ddoq.train.fit`, one epoch at a time when reporting.
-
-    Epoch by epoch it resumes from fit's checkpoint (model, optimiser, schedule and random
-    state), so the weights are those of one uninterrupted run.
-    """
-    from ddoq.train import TrainConfig, fit
-
+    """The ConvNet teacher via one `ddoq.train.fit` call (progress through `on_epoch`)."""
     run = TrainConfig(
         student="convnet",
         width=config.width,
@@ -829,25 +809,24 @@ def _train_convnet(
         device=config.device,
     )
     x_train, y_train = data
-    if callback is None:
-        result = fit(run, x_train, y_train, num_classes=num_classes, test=test, progress=bar)
-    else:
+    on_epoch = None
+    if callback is not None:
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="ddoq-teacher-") as ckpt:
-            for epoch in range(1, config.epochs + 1):
-                result = fit(
-                    run,
-                    x_train,
-                    y_train,
-                    num_classes=num_classes,
-                    test=test,
-                    run_dir=ckpt,
-                    stop_after=epoch,
-                    progress=False,
-                )
-                if epoch < config.epochs:
-                    info = {"loss": result.losses[-1], "seconds": time.perf_counter() - start}
-                    callback(epoch, config.epochs, info)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if epoch < config.epochs:  # the last call, with the accuracy, is the caller's
+                info = {"loss": metrics["loss"], "seconds": time.perf_counter() - start}
+                callback(epoch, config.epochs, info)
+
+    result = fit(
+        run,
+        x_train,
+        y_train,
+        num_classes=num_classes,
+        test=test,
+        progress=bar if callback is None else False,
+        on_epoch=on_epoch,
+    )
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     return state, float(result.test_accuracy)
 
@@ -861,12 +840,6 @@ def _finetune(
     bar: bool,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """A torchvision classifier from `config.weights`, new head, fine-tuned with AdamW."""
-    import math
-
-    from tqdm.auto import tqdm
-
-    from ddoq.train import augment, evaluate
-
     x_train, y_train = data
     torch.manual_seed(config.seed)
     if config.weights is not None:

@@ -23,14 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ddoq.data import array_digest, cache_dir
+from ddoq._io import array_digest, atomic_write, cache_dir
 
 __all__ = [
     "METHODS",
@@ -129,16 +128,8 @@ def _read(path: Path, fingerprint: str, params: dict[str, Any], n: int) -> dict 
 
 
 def _write(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Store a projection cache file: `arrays` and the JSON `meta` in one ``.npz``."""
+    atomic_write(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays))
 
 
 def _pca_from_arrays(mean: np.ndarray, components: np.ndarray, ratio: np.ndarray) -> Any:

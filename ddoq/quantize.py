@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.exceptions import NotFittedError
 
 ArrayLike = np.ndarray | torch.Tensor
 StepRule = str | float | Callable[[int], float]
@@ -243,20 +245,36 @@ def temper_weights(masses: ArrayLike, alpha: float) -> np.ndarray:
 
 def _as_points(data: ArrayLike, name: str = "X") -> np.ndarray | torch.Tensor:
     """Validate (N, d) or (N, *feature_shape) numeric data; return it as given (not copied)."""
-    if not isinstance(data, np.ndarray | torch.Tensor):
+    if sparse.issparse(data):
+        raise TypeError(
+            f"{name} is a scipy sparse matrix, and sparse input is not supported: CLVQ works "
+            "on dense arrays; convert it with X.toarray() first"
+        )
+    if not isinstance(data, np.ndarray | torch.Tensor) or data.dtype == object:
         try:
             data = np.asarray(data, dtype=np.float32)
         except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"{name} must be a numeric array or tensor, got {type(data).__name__}"
+            error = TypeError if isinstance(err, TypeError) else ValueError
+            raise error(
+                f"{name} must be a numeric array or tensor, got {type(data).__name__} ({err})"
             ) from err
+    if data.dtype.is_complex if isinstance(data, torch.Tensor) else data.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} holds complex numbers")
     if data.ndim < 2:
         raise ValueError(
             f"{name} must have shape (N, d) or (N, C, H, W), got shape {tuple(data.shape)}; "
-            "reshape a single sample with X[None] or a 1-D feature with X[:, None]"
+            "Reshape your data: a single sample with X[None], a 1-D feature with X[:, None]"
         )
-    if data.shape[0] == 0 or math.prod(data.shape[1:]) == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(data.shape)}); give at least one point")
+    if data.shape[0] == 0:
+        raise ValueError(
+            f"{name} is empty: 0 sample(s) (shape={tuple(data.shape)}) while a minimum of 1 is "
+            "required; give at least one point"
+        )
+    if math.prod(data.shape[1:]) == 0:
+        raise ValueError(
+            f"{name} is empty: 0 feature(s) (shape={tuple(data.shape)}) while a minimum of 1 is "
+            "required; give at least one feature"
+        )
     finite = (
         torch.isfinite(data).all() if isinstance(data, torch.Tensor) else np.isfinite(data).all()
     )
@@ -745,6 +763,8 @@ class CLVQ(ClusterMixin, BaseEstimator):
     counts_ : ndarray (K,), points won by each centroid during the steps
     n_steps_ : int, CLVQ mini-batch steps (or Lloyd iterations) taken
     n_polish_ : int, Lloyd polish iterations after the CLVQ steps (0 for Lloyd)
+    n_iter_ : int, passes over the data by `fit` (CLVQ: `max_iter` epochs; Lloyd: iterations)
+    n_features_in_ : int, d, the number of features of one (flattened) sample
     n_samples_seen_ : int
     history_ : History, per-step record for convergence plots
     feature_shape_ : tuple, the shape of one input sample (for `get_centers`)
@@ -936,18 +956,23 @@ class CLVQ(ClusterMixin, BaseEstimator):
         if hasattr(self, "_state"):
             return self._state.centers[0]
         if not hasattr(self, "cluster_centers_"):
-            raise ValueError("this CLVQ is not fitted yet; call fit(X) or partial_fit(batch) first")
+            raise NotFittedError(
+                "this CLVQ is not fitted yet; call fit(X) or partial_fit(batch) first"
+            )
         return torch.as_tensor(self.cluster_centers_, device=resolve_device(self.device))
 
     def _check_features(self, X: ArrayLike) -> None:
         if not hasattr(self, "feature_shape_"):
-            raise ValueError("this CLVQ is not fitted yet; call fit(X) or partial_fit(batch) first")
+            raise NotFittedError(
+                "this CLVQ is not fitted yet; call fit(X) or partial_fit(batch) first"
+            )
         d_expected = math.prod(self.feature_shape_)
         d_given = math.prod(X.shape[1:])
         if d_given != d_expected:
             raise ValueError(
-                f"X has {d_given} features per sample (shape {tuple(X.shape)}) but this CLVQ "
-                f"was fitted on {d_expected} (sample shape {self.feature_shape_})"
+                f"X has {d_given} features, but CLVQ is expecting {d_expected} features as "
+                f"input ({d_given} features per sample in X of shape {tuple(X.shape)}; "
+                f"fitted on sample shape {self.feature_shape_})"
             )
 
     def _publish_state(self, state: _State) -> None:
@@ -958,6 +983,7 @@ class CLVQ(ClusterMixin, BaseEstimator):
         self.running_distortion_ = float(state.running[0])
         self.n_samples_seen_ = int(state.n_seen[0])
         self.n_steps_ = int(state.n_steps[0])
+        self.n_features_in_ = int(state.centers.shape[-1])
 
     def _publish_exact(self, labels: torch.Tensor, sq: torch.Tensor) -> None:
         n = labels.shape[0]
@@ -1011,6 +1037,7 @@ def _fit_batched(estimators: Sequence[CLVQ], data: Sequence[ArrayLike]) -> None:
             est.running_distortion_ = None
         est.n_polish_ = 0 if n_polish is None else int(n_polish[c])
         est.history_ = histories[c]
+        est.n_iter_ = est.n_steps_ if n_iter is not None else first.max_iter  # passes over X
         est._publish_exact(labels[c, : lengths[c]], sq[c, : lengths[c]])
 
 

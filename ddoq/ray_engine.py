@@ -17,7 +17,7 @@ retries and the data movement; nothing here is a scheduler of its own.
    chosen points to ``RUN/points/class-00003.safetensors``.
 3. **decode + label** (Ray Data batch inference): one row per class, mapped by a pool of
    `_Renderer` actors holding the prior and the teacher; each writes the finished class
-   into the run store (`ddoq.runs.write_part`).
+   into the run store (`ddoq.run_store.write_part`).
 
 The driver only sees row metadata (labels, counts) and marks each class done in the run
 manifest as its row comes back, so an interrupted run resumes from there. A killed worker
@@ -31,9 +31,11 @@ installed on every node.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +44,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
+from ddoq._io import load_record, save_record, save_tensors
 from ddoq.distill import (
     DistillConfig,
     Selection,
@@ -51,7 +56,8 @@ from ddoq.distill import (
     render_class,
     select_points,
 )
-from ddoq.encode import ENCODE_BATCH, cache_entry, encode_chunk, save_atomic
+from ddoq.encode import ENCODE_BATCH, cache_entry, encode_chunk
+from ddoq.run_store import write_part
 
 __all__ = ["connect", "quantize_stage", "run_ray"]
 
@@ -97,15 +103,27 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
-def _kill_if_asked(kill_once: dict[str, str] | None, stage: str) -> None:
+#: Fault injection for the tests: ``{"quantize": MARKER, "decode": MARKER}`` as JSON makes
+#: the first worker that runs that stage kill its own process, once; Ray must retry its work.
+KILL_ONCE_ENV = "DDOQ_TEST_KILL_ONCE"
+
+
+def _worker_env() -> dict:
+    """Ray options that hand the driver's `KILL_ONCE_ENV` (if set) to the workers."""
+    value = os.environ.get(KILL_ONCE_ENV)
+    return {"runtime_env": {"env_vars": {KILL_ONCE_ENV: value}}} if value else {}
+
+
+def _kill_if_asked(stage: str) -> None:
     """Fault injection (tests): the first worker to get here for `stage` kills its process.
 
-    `kill_once` maps a stage to a marker file; creating it atomically picks one worker.
+    `KILL_ONCE_ENV` maps a stage to a marker file; creating it atomically picks one worker.
     """
-    if not kill_once or stage not in kill_once:
+    marker = json.loads(os.environ.get(KILL_ONCE_ENV) or "{}").get(stage)
+    if marker is None:
         return
     try:
-        fd = os.open(kill_once[stage], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
     os.close(fd)
@@ -136,15 +154,13 @@ class _Encoder:
             indices = self.train.class_indices(int(c))[int(start) : int(stop)]
             latents = encode_chunk(self.train, self.prior, indices)
             path = self.shards / f"class-{int(c):05d}" / f"chunk-{int(start):09d}.safetensors"
-            save_atomic(path, {"latents": latents}, {"start": str(start), "stop": str(stop)})
+            save_tensors(path, {"latents": latents}, {"start": str(start), "stop": str(stop)})
             counts.append(len(indices))
         return {"label": np.asarray(batch["label"]), "count": np.asarray(counts)}
 
 
 def _join_shards(folder: Path, n: int) -> torch.Tensor:
     """The latents of one class from its chunk files, in class order."""
-    from safetensors.torch import load_file
-
     files = sorted(folder.glob("chunk-*.safetensors"))
     latents = torch.cat([load_file(f)["latents"] for f in files])
     if len(latents) != n:
@@ -159,11 +175,8 @@ def _quantize_group(
     indices: list[np.ndarray],
     shards: str | None,
     points: str,
-    kill_once: dict[str, str] | None,
 ) -> list[int]:
     """Ray task: latents of a group of classes -> points, masses and W2, on disk."""
-    import shutil
-
     latents: list[torch.Tensor | None] = []
     for c, entry in zip(labels, entries):
         if entry is None:  # method "full": no latents
@@ -179,7 +192,7 @@ def _quantize_group(
             shutil.rmtree(folder, ignore_errors=True)
         latents.append(x)
     selections = select_points(config, labels, latents, indices)
-    _kill_if_asked(kill_once, "quantize")
+    _kill_if_asked("quantize")
     for selection, x in zip(selections, latents):
         measure_w2(selection, x)
         _write_selection(Path(points) / f"class-{selection.label:05d}.safetensors", selection)
@@ -187,8 +200,6 @@ def _quantize_group(
 
 
 def _write_selection(path: Path, selection: Selection) -> None:
-    from ddoq.runs import save_record
-
     tensors = {
         "masses": torch.as_tensor(selection.masses, dtype=torch.float64),
         "points": None if selection.points is None else selection.points.float(),
@@ -199,8 +210,6 @@ def _write_selection(path: Path, selection: Selection) -> None:
 
 
 def _read_selection(path: Path) -> Selection:
-    from ddoq.runs import load_record
-
     t, meta = load_record(path)
     source = t.get("source")
     return Selection(
@@ -214,22 +223,17 @@ def _read_selection(path: Path) -> Selection:
 class _Renderer:
     """Ray Data actor: decodes and labels one class from its points; writes the class file."""
 
-    def __init__(
-        self, config: DistillConfig, fingerprint: str, kill_once: dict[str, str] | None
-    ) -> None:
+    def __init__(self, config: DistillConfig, fingerprint: str) -> None:
         self.config = config
         self.prior, self.train, self.teacher = _load(config, fingerprint, teacher=True)
-        self.kill_once = kill_once
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ddoq.runs import write_part
-
         for c, points, part_file in zip(batch["label"], batch["points"], batch["part"]):
             selection = _read_selection(Path(str(points)))
             if selection.label != int(c):
                 raise RuntimeError(f"{points} holds class {selection.label}, not {c}")
             part = render_class(self.config, self.prior, self.train, selection, self.teacher)
-            _kill_if_asked(self.kill_once, "decode")
+            _kill_if_asked("decode")
             write_part(str(part_file), part)
         return {"label": np.asarray(batch["label"])}
 
@@ -246,7 +250,6 @@ def quantize_stage(
     classes_per_task: int | None = None,
     resources: dict | None = None,
     progress: bool = False,
-    kill_once: dict[str, str] | None = None,
 ) -> None:
     """Stage 2 on a connected cluster: one Ray task per group of classes, `workers` at once.
 
@@ -255,7 +258,6 @@ def quantize_stage(
     `indices[c]` its train-split indices. Each class's points land in ``points/``.
     """
     import ray
-    from tqdm.auto import tqdm
 
     n_groups = min(len(classes), 4 * workers)
     group = classes_per_task or min(_MAX_GROUP, math.ceil(len(classes) / max(n_groups, 1)))
@@ -275,7 +277,6 @@ def quantize_stage(
                     [indices[c] for c in labels],
                     None if shards is None else str(shards),
                     str(points),
-                    kill_once,
                 )
             )
         for ref in pending:
@@ -295,7 +296,6 @@ def run_ray(
     classes_per_task: int | None = None,
     timings: dict[str, float] | None = None,
     progress: bool = False,
-    kill_once: dict[str, str] | None = None,
 ) -> None:
     """Distil `classes` on Ray, writing each finished class into `store` (a `RunStore`).
 
@@ -304,8 +304,6 @@ def run_ray(
     when `config.device` is CUDA, else one per CPU of the cluster. `classes_per_task`
     defaults to about four tasks per worker, at most 32 classes each.
     """
-    from tqdm.auto import tqdm
-
     started = connect(address, workers)
     import ray
 
@@ -322,7 +320,7 @@ def run_ray(
         use_gpu = str(config.device).startswith("cuda")
         if use_gpu and cluster.get("GPU", 0) < 1:
             raise ValueError("--device cuda, but the Ray cluster has no GPU")
-        per_worker = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+        per_worker = ({"num_gpus": 1} if use_gpu else {"num_cpus": 1}) | _worker_env()
         workers = int(workers or max(1, int(cluster.get("GPU" if use_gpu else "CPU", 1))))
         # Inside a worker, "cuda" is the one GPU Ray gave it (CUDA_VISIBLE_DEVICES).
         worker_config = replace(config, device="cuda" if use_gpu else "cpu")
@@ -371,7 +369,6 @@ def run_ray(
             classes_per_task=classes_per_task,
             resources=per_worker,
             progress=progress,
-            kill_once=kill_once,
         )
         clock("quantize", t)
 
@@ -390,7 +387,6 @@ def run_ray(
             fn_constructor_kwargs={
                 "config": worker_config,
                 "fingerprint": train.fingerprint,
-                "kill_once": kill_once,
             },
             batch_size=1,
             compute=pool,

@@ -2,39 +2,27 @@
 
 data -> encode -> quantize -> decode -> label -> **export** (class by class, resumable)
 
-`distill_to_folder(config, OUT)` is what `ddoq distill --out OUT` runs. While it works,
-each finished class is stored in a hidden run folder beside the export::
+`distill_to_folder(config, OUT)` is what `ddoq distill --out OUT` runs. It opens the run
+folder beside OUT (`ddoq.run_store.RunStore`), lets the chosen engine compute the classes
+not finished yet (`ddoq.distill.run_local` in this process, or `ddoq.ray_engine.run_ray` on
+a Ray cluster), each finished class being stored as it comes, then writes the export
+atomically (`ddoq.export`) and removes the run folder.
 
-    .OUT.distill-run/run.json                    the run manifest: configuration, dataset
-                                                 and prior fingerprints, and the classes
-                                                 finished so far ("classes_done")
-    .OUT.distill-run/classes/class-00003.safetensors   one finished class (images, masses,
-                                                 seeds, latents, logits, W2 figures)
-    .OUT.distill-run/...                         engine scratch (Ray: latent shards, points)
+Running the same command again finds the run folder, checks that it was started with the
+same settings, data and prior, and computes only the classes not yet done; a finished class
+is never recomputed or rewritten.
 
-A class file is written under a temporary name and renamed into place before the manifest
-lists the class, so a run killed at any moment leaves only whole classes behind. Running
-the same command again finds the run folder, checks that it was started with the same
-settings, data and prior, and computes only the classes not yet done; a finished class is
-never recomputed or rewritten. The export is then written atomically (`ddoq.export`) and
-the run folder removed.
+The engines import the store, never the reverse: this module is where the engine is chosen.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import os
-import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from ddoq.data import write_json
+from ddoq import export
 from ddoq.distill import (
     ClassPart,
     DistillConfig,
@@ -45,238 +33,12 @@ from ddoq.distill import (
     run_local,
     with_total,
 )
-from ddoq.encode import save_atomic
+from ddoq.ray_engine import run_ray
+from ddoq.run_store import RunStore
 
-__all__ = ["ENGINES", "RunStore", "distill_to_folder", "read_part", "write_part"]
+__all__ = ["ENGINES", "distill_to_folder"]
 
 ENGINES = ("local", "ray")
-_FORMAT = "ddoq-distill-run-1"
-# Settings that do not change the result: a run may be resumed with other values.
-_FREE_SETTINGS = ("device", "cache_dir")
-
-
-def save_record(
-    path: str | os.PathLike, tensors: dict[str, torch.Tensor | None], metadata: dict
-) -> None:
-    """Store the tensors that are not None and `metadata` (Python literals) atomically."""
-    kept = {k: v for k, v in tensors.items() if v is not None}
-    # numpy scalars as Python ones: repr(np.float64(1.5)) is no literal
-    plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in metadata.items()}
-    save_atomic(path, kept, {k: repr(v) for k, v in plain.items()})
-
-
-def load_record(
-    path: str | os.PathLike, skip: tuple[str, ...] = ()
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors (but those in `skip`) and metadata stored by `save_record`."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: ast.literal_eval(v) for k, v in f.metadata().items()}
-        tensors = {k: f.get_tensor(k) for k in f.keys() if k not in skip}  # noqa: SIM118
-    return tensors, meta
-
-
-def _int64(values) -> torch.Tensor | None:
-    return None if values is None else torch.as_tensor(np.asarray(values), dtype=torch.int64)
-
-
-def write_part(path: str | os.PathLike, part: ClassPart) -> None:
-    """Store one finished class as a safetensors file (atomically)."""
-    tensors = {
-        "images": part.images.float(),
-        "masses": torch.as_tensor(part.masses, dtype=torch.float64),
-        "seeds": _int64(part.seeds),
-        "latents": None if part.latents is None else part.latents.float(),
-        "logits": None if part.logits is None else part.logits.float(),
-        "source": _int64(part.source),
-    }
-    metadata = {
-        "format": _FORMAT,
-        "label": part.label,
-        "n_points": part.n_points,
-        "w2_weighted": part.w2_weighted,
-        "w2_uniform": part.w2_uniform,
-    }
-    save_record(path, tensors, metadata)
-
-
-def read_part(path: str | os.PathLike, images: bool = True) -> ClassPart:
-    """Read a class file written by `write_part` (with ``images=False``, all but the pixels:
-    `ClassPart.images` is then None)."""
-    t, meta = load_record(path, skip=() if images else ("images",))
-    return ClassPart(
-        label=meta["label"],
-        images=t.get("images"),
-        masses=t["masses"].numpy(),
-        seeds=t["seeds"].tolist(),
-        n_points=meta["n_points"],
-        w2_weighted=meta["w2_weighted"],
-        w2_uniform=meta["w2_uniform"],
-        latents=t.get("latents"),
-        source=t["source"].numpy() if "source" in t else None,
-        logits=t.get("logits"),
-    )
-
-
-class RunStore:
-    """The run folder of one `distill_to_folder` call (see the module docstring).
-
-    Attributes:
-        root: the run folder (``.OUT.distill-run`` beside OUT).
-        done: labels of the classes finished so far.
-        resumed: how many classes were already finished when the store was opened.
-    """
-
-    def __init__(self, out: Path, identity: dict, num_classes: int) -> None:
-        self.root = out.parent / f".{out.name}.distill-run"
-        self.identity = identity
-        self.num_classes = num_classes
-        self.done: set[int] = set()
-        self.resumed = 0
-
-    @classmethod
-    def open(
-        cls,
-        out: Path,
-        config: DistillConfig,
-        train,
-        prior,
-        *,
-        restart: bool = False,
-        teacher=None,
-    ) -> RunStore:
-        """Open (resume) or create the run folder of `out`.
-
-        `teacher` (the one labelling the run, or None) is part of the run's identity: with
-        ``teacher="auto"`` a teacher trained since would otherwise label the rest.
-
-        Raises:
-            ValueError: the folder holds an unfinished run with other settings, data or
-                prior (and `restart` is False).
-        """
-        settings = {k: v for k, v in asdict(config).items() if k not in _FREE_SETTINGS}
-        identity = {
-            "settings": settings,
-            "dataset_fingerprint": train.fingerprint,
-            "prior_fingerprint": prior.fingerprint,
-            "teacher_fingerprint": None if teacher is None else teacher.fingerprint,
-        }
-        store = cls(out, identity, train.num_classes)
-        manifest = store.root / "run.json"
-        if restart and store.root.exists():
-            shutil.rmtree(store.root)
-        if manifest.is_file():
-            old = json.loads(manifest.read_text())
-            mine = {k: old.get(k) for k in identity}
-            if mine != identity:
-                raise ValueError(
-                    f"{store.root} holds an unfinished run of {out} with other settings "
-                    f"({_difference(old, identity)}); run the same command again to resume "
-                    "it, or pass --restart (restart=True) to discard it"
-                )
-            # a class counts as done only if its file is there too
-            store.done = {c for c in old.get("classes_done", []) if store.part_path(c).is_file()}
-            store.resumed = len(store.done)
-        else:
-            store.root.mkdir(parents=True, exist_ok=True)
-        store._write_manifest()
-        return store
-
-    def part_path(self, label: int) -> Path:
-        """Where the finished class `label` is stored."""
-        return self.root / "classes" / f"class-{int(label):05d}.safetensors"
-
-    def scratch(self, name: str) -> Path:
-        """A folder for an engine's intermediate files, removed with the run folder."""
-        path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def todo(self) -> list[int]:
-        """Classes not finished yet, in class order."""
-        return [c for c in range(self.num_classes) if c not in self.done]
-
-    def save(self, part: ClassPart) -> None:
-        """Store a finished class, then record it in the run manifest."""
-        write_part(self.part_path(part.label), part)
-        self.mark_done(part.label)
-
-    def mark_done(self, label: int) -> None:
-        """Record a class whose file is already written (by a worker) as finished."""
-        if not self.part_path(label).is_file():
-            raise RuntimeError(f"class {label} is done but {self.part_path(label)} is missing")
-        self.done.add(int(label))
-        self._write_manifest()
-
-    def parts(self, images: bool = True) -> list[ClassPart]:
-        """Every finished class, in class order (without pixels if `images` is False)."""
-        return [read_part(self.part_path(c), images) for c in sorted(self.done)]
-
-    def images(self) -> ClassImages:
-        """The images of every finished class, in set order, read one class at a time."""
-        return ClassImages([self.part_path(c) for c in sorted(self.done)])
-
-    def remove(self) -> None:
-        """Delete the run folder (after the export is written)."""
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def _write_manifest(self) -> None:
-        payload = {
-            "format": _FORMAT,
-            **self.identity,
-            "num_classes": self.num_classes,
-            "classes_done": sorted(self.done),
-        }
-        write_json(self.root / "run.json", payload)
-
-
-class ClassImages(Sequence):
-    """A sequence of images over class files, holding one class in memory at a time.
-
-    The export writer reads images in order, so a set far larger than memory streams
-    from the run folder to its PNG files.
-    """
-
-    def __init__(self, files: list[Path]) -> None:
-        from safetensors import safe_open
-
-        self.files = files
-        counts = []
-        for f in files:
-            with safe_open(str(f), framework="pt") as handle:
-                counts.append(handle.get_slice("images").get_shape()[0])
-        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
-        self._loaded: tuple[int, torch.Tensor] | None = None
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        i %= len(self)
-        part = int(np.searchsorted(self.starts, i, side="right")) - 1
-        if self._loaded is None or self._loaded[0] != part:
-            from safetensors import safe_open
-
-            with safe_open(str(self.files[part]), framework="pt") as f:
-                self._loaded = (part, f.get_tensor("images"))
-        return self._loaded[1][i - self.starts[part]]
-
-
-def _difference(old: dict, new: dict) -> str:
-    """The settings that differ between two run identities, for an error message."""
-    a, b = old.get("settings") or {}, new["settings"]
-    changed = [f"{k}: {a.get(k)!r} -> {b[k]!r}" for k in b if a.get(k) != b[k]]
-    for key, name in (
-        ("dataset_fingerprint", "dataset"),
-        ("prior_fingerprint", "prior"),
-        ("teacher_fingerprint", "teacher"),
-    ):
-        if old.get(key) != new[key]:
-            changed.append(f"{name} changed")
-    return "; ".join(changed) or "another format"
 
 
 def distill_to_folder(
@@ -292,36 +54,45 @@ def distill_to_folder(
     teacher=None,
     progress: bool = True,
     on_class: Callable[[str, int, int], None] | None = None,
-    _kill_once: dict[str, str] | None = None,
 ) -> DistillResult:
     """Distil `config` into the export folder `out`, resuming an interrupted run.
 
-    Args:
-        config: what to distil.
-        out: the export folder (absent or empty unless `overwrite`).
-        engine: ``"local"`` (this process) or ``"ray"`` (`ddoq.ray_engine`).
-        ray_address: Ray cluster to connect to; None starts a local one (``ray`` only).
-        workers: Ray actors/tasks run at once (default: the cluster's CPUs, or GPUs).
-        overwrite: replace an existing `out`.
-        restart: discard an unfinished run of `out` instead of resuming it.
-        prior, teacher: already loaded ones (must match `config`).
-        progress: show progress bars.
-        on_class: ``on_class("class", done, total)`` after each finished class.
-        _kill_once: fault injection for the tests (``ray`` only): ``{stage: marker_file}``
-            makes the first worker that runs ``stage`` ("quantize" or "decode") kill its own
-            process, once; Ray must retry its work.
+    Parameters
+    ----------
+    config
+        what to distil.
+    out
+        the export folder (absent or empty unless `overwrite`).
+    engine
+        ``"local"`` (this process) or ``"ray"`` (`ddoq.ray_engine`).
+    ray_address
+        Ray cluster to connect to; None starts a local one (``ray`` only).
+    workers
+        Ray actors/tasks run at once (default: the cluster's CPUs, or GPUs).
+    overwrite
+        replace an existing `out`.
+    restart
+        discard an unfinished run of `out` instead of resuming it.
+    prior, teacher
+        already loaded ones (must match `config`).
+    progress
+        show progress bars.
+    on_class
+        ``on_class("class", done, total)`` after each finished class.
 
-    Returns:
+    Returns
+    -------
+    DistillResult
         The distilled set as written, without its pixels (``images`` is None: they were
         streamed class by class into `out`; `ddoq.export.load` reads them back).
         ``info["resumed_classes"]`` says how many classes came from an earlier run.
 
-    Raises:
-        ValueError: bad settings, an existing `out`, or an unfinished run with other
-            settings.
+    Raises
+    ------
+    ValueError
+        bad settings, an existing `out`, or an unfinished run with other
+        settings.
     """
-    from ddoq import export
-
     config.check()
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -350,7 +121,6 @@ def distill_to_folder(
     if engine == "local":
         run_local(config, prior, teacher, train, todo, save, timings=timings, progress=progress)
     elif todo:
-        from ddoq.ray_engine import run_ray
 
         def finished(label: int) -> None:
             store.mark_done(label)
@@ -368,7 +138,6 @@ def distill_to_folder(
             workers=workers,
             timings=timings,
             progress=progress,
-            kill_once=_kill_once,
         )
     missing = store.todo()
     if missing:

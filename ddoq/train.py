@@ -28,20 +28,20 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ddoq import distributed
+from ddoq._io import load_state, save_state
+from ddoq.export import DistilledSet
 from ddoq.students import build_student
-
-if TYPE_CHECKING:
-    from ddoq.export import DistilledSet
 
 __all__ = [
     "AUGMENTATIONS",
@@ -63,30 +63,48 @@ AUGMENTATIONS = {
     "digits": ((0.7, 1.0), (0.9, 1 / 0.9), False),
     "none": None,
 }
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
+#: what older versions wrote (a pickle): refused, never unpickled
+_PICKLE_CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
 class TrainConfig:
     """Everything that determines a student training run (stored in the manifest as is).
 
-    Attributes:
-        student: network name (see `ddoq.students.STUDENTS`).
-        width: ConvNet width (128 classic).
-        epochs: passes over the distilled set (`auto_epochs` picks it in `ddoq train`).
-        batch_size: images per step.
-        lr: AdamW peak learning rate (cosine decay to 0 over all steps).
-        weight_decay: AdamW weight decay.
-        labels: ``"soft"`` (teacher, KL at temperature T) or ``"hard"`` (cross-entropy).
-        temperature: distillation temperature T.
-        protocol: soft labels ``"precomputed"`` once per image, or ``"live"`` per view.
-        augment: ``"auto"`` (``"digits"`` up to 32 px, else ``"large"``), ``"digits"``,
-            ``"large"`` or ``"none"``.
-        use_weights: apply the set's per-image weights (False: every weight 1).
-        seed: initialisation, shuffling and augmentation seed.
-        device: torch device.
-        eval_batch_size: images per evaluation step.
-        checkpoint_every: epochs between checkpoints (1: every epoch).
+    Attributes
+    ----------
+    student
+        network name (see `ddoq.students.STUDENTS`).
+    width
+        ConvNet width (128 classic).
+    epochs
+        passes over the distilled set (`auto_epochs` picks it in `ddoq train`).
+    batch_size
+        images per step.
+    lr
+        AdamW peak learning rate (cosine decay to 0 over all steps).
+    weight_decay
+        AdamW weight decay.
+    labels
+        ``"soft"`` (teacher, KL at temperature T) or ``"hard"`` (cross-entropy).
+    temperature
+        distillation temperature T.
+    protocol
+        soft labels ``"precomputed"`` once per image, or ``"live"`` per view.
+    augment
+        ``"auto"`` (``"digits"`` up to 32 px, else ``"large"``), ``"digits"``,
+        ``"large"`` or ``"none"``.
+    use_weights
+        apply the set's per-image weights (False: every weight 1).
+    seed
+        initialisation, shuffling and augmentation seed.
+    device
+        torch device.
+    eval_batch_size
+        images per evaluation step.
+    checkpoint_every
+        epochs between checkpoints (1: every epoch).
     """
 
     student: str = "convnet"
@@ -183,14 +201,19 @@ def weighted_loss(
 ) -> torch.Tensor:
     """(1/B) sum_k w_k * loss_k for one batch.
 
-    Args:
-        logits: student logits ``B x C``.
-        targets: teacher probabilities at `temperature` ``B x C`` (soft: loss_k =
-            T^2 KL(p_k || softmax(logits_k / T))), or class indices ``B`` (hard: loss_k =
-            cross-entropy, `temperature` unused).
-        weights: per-sample weights ``B`` (a weight of 0 removes the sample's gradient).
-        batch_size: the B the sum is divided by (default ``len(logits)``); the global batch
-            size when `logits` are one process's share of a batch.
+    Parameters
+    ----------
+    logits
+        student logits ``B x C``.
+    targets
+        teacher probabilities at `temperature` ``B x C`` (soft: loss_k =
+        T^2 KL(p_k || softmax(logits_k / T))), or class indices ``B`` (hard: loss_k =
+        cross-entropy, `temperature` unused).
+    weights
+        per-sample weights ``B`` (a weight of 0 removes the sample's gradient).
+    batch_size
+        the B the sum is divided by (default ``len(logits)``); the global batch
+        size when `logits` are one process's share of a batch.
     """
     if targets.dim() == 1:
         per_sample = F.cross_entropy(logits, targets, reduction="none")
@@ -260,12 +283,6 @@ def evaluate(
     return correct / len(images)
 
 
-def _save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def fit(
     config: TrainConfig,
     images: torch.Tensor,
@@ -277,24 +294,40 @@ def fit(
     num_classes: int | None = None,
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
     run_dir: str | os.PathLike | None = None,
-    stop_after: int | None = None,
     progress: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
 ) -> TrainResult:
     """Train a student on a (weighted, labelled) distilled set; evaluate it on `test`.
 
-    Args:
-        config: the run's settings.
-        images: ``N x C x H x W`` in [0, 1].
-        labels: ``N`` class indices (hard labels; also the fallback of soft labels).
-        weights: ``N`` per-image weights (normalised to mean 1 here); None: uniform.
-        teacher_probs: ``N x num_classes`` precomputed soft labels at ``config.temperature``;
-            computed once from `teacher` if None with soft labels.
-        teacher: callable ``images -> logits``; needed by ``protocol="live"``.
-        num_classes: classifier outputs (default: max label + 1, or the soft label width).
-        test: held-out ``(images, labels)`` for top-1 accuracy (None: not evaluated).
-        run_dir: folder for ``checkpoint.pt``; an existing checkpoint is resumed.
-        stop_after: stop once this many epochs are done (simulates an interruption).
-        progress: show a tqdm bar over epochs.
+    Parameters
+    ----------
+    config
+        the run's settings.
+    images
+        ``N x C x H x W`` in [0, 1].
+    labels
+        ``N`` class indices (hard labels; also the fallback of soft labels).
+    weights
+        ``N`` per-image weights (normalised to mean 1 here); None: uniform.
+    teacher_probs
+        ``N x num_classes`` precomputed soft labels at ``config.temperature``;
+        computed once from `teacher` if None with soft labels.
+    teacher
+        callable ``images -> logits``; needed by ``protocol="live"``.
+    num_classes
+        classifier outputs (default: max label + 1, or the soft label width).
+    test
+        held-out ``(images, labels)`` for top-1 accuracy (None: not evaluated).
+    run_dir
+        folder for ``checkpoint.safetensors`` (tensors in safetensors, the rest
+        as JSON: nothing is unpickled); an existing checkpoint is resumed.
+    progress
+        show a tqdm bar over epochs.
+    on_epoch
+        ``on_epoch(epoch, metrics)`` after each epoch (1-based), on rank 0, with
+        ``metrics["loss"]`` (the epoch's mean weighted loss) and, when `test` is given,
+        ``metrics["test_accuracy"]``. Returning True stops training there (the
+        checkpoint is written first, so a later call resumes from that epoch).
 
     In a process group of W > 1 processes every process must call `fit` with the same
     arguments; the student is wrapped in `DistributedDataParallel` and each process trains
@@ -304,8 +337,6 @@ def fit(
     (every process resumes from it), shows progress and evaluates (the others return
     ``test_accuracy=None``). ``config.device="cuda"`` means ``cuda:LOCAL_RANK`` there.
     """
-    from tqdm.auto import tqdm
-
     config.check()
     world, rank = distributed.world_size(), distributed.rank()
     main = rank == 0
@@ -347,8 +378,14 @@ def fit(
             Path(run_dir).mkdir(parents=True, exist_ok=True)
         ckpt_path = Path(run_dir) / CHECKPOINT
     distributed.barrier()  # every process sees the same checkpoint (or none)
+    if ckpt_path is not None and (ckpt_path.parent / _PICKLE_CHECKPOINT).is_file():
+        raise ValueError(
+            f"{ckpt_path.parent / _PICKLE_CHECKPOINT} is a pickle checkpoint of an older ddoq; "
+            "it is not loaded (unpickling a file runs its code). Delete it to start over, "
+            "or use a new run directory"
+        )
     if ckpt_path is not None and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = load_state(ckpt_path)  # on the CPU: the generator state must be there
         if state["config"] != asdict(config):
             raise ValueError(
                 f"{ckpt_path} was written with another configuration; use a new run "
@@ -365,7 +402,7 @@ def fit(
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     t0 = time.perf_counter()
-    last = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    last, accuracy = config.epochs, None
     bar = tqdm(
         range(start_epoch, last), desc="train", disable=not (progress and main), unit="epoch"
     )
@@ -401,7 +438,22 @@ def fit(
         losses.append(total / n)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         done = epoch + 1
-        if main and ckpt_path is not None and (done % config.checkpoint_every == 0 or done == last):
+        stop = False
+        if on_epoch is not None and main:
+            metrics = {"loss": losses[-1]}
+            if test is not None:
+                metrics["test_accuracy"] = accuracy = evaluate(
+                    model, test[0], test[1], batch_size=config.eval_batch_size, device=device
+                )
+            stop = bool(on_epoch(done, metrics))
+        if world > 1 and on_epoch is not None:  # every process stops where rank 0 stops
+            flag = torch.tensor([int(stop)], device=device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        if stop:
+            last = done
+        at_checkpoint = done % config.checkpoint_every == 0 or done == last
+        if main and ckpt_path is not None and at_checkpoint:
             state = {
                 "config": asdict(config),
                 "epoch": done,
@@ -411,11 +463,15 @@ def fit(
                 "generator": gen.get_state(),
                 "losses": losses,
             }
-            _save_atomic(state, ckpt_path)
+            save_state(ckpt_path, state)
+        if stop:
+            break
+    bar.close()
     distributed.barrier()  # the last checkpoint is on disk before any process returns
     seconds = time.perf_counter() - t0
-    accuracy = None
-    if test is not None and last == config.epochs and main:
+    if last < config.epochs or not main:
+        accuracy = None
+    elif test is not None and (on_epoch is None or start_epoch == last):
         accuracy = evaluate(
             model, test[0], test[1], batch_size=config.eval_batch_size, device=device
         )
@@ -429,8 +485,8 @@ def fit_distilled(
     teacher: nn.Module | None = None,
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
     run_dir: str | os.PathLike | None = None,
-    stop_after: int | None = None,
     progress: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
 ) -> TrainResult:
     """`fit` on a set read by `ddoq.export.load`: its images, labels, weights, soft labels.
 
@@ -449,8 +505,8 @@ def fit_distilled(
         num_classes=distilled.num_classes,
         test=test,
         run_dir=run_dir,
-        stop_after=stop_after,
         progress=progress,
+        on_epoch=on_epoch,
     )
 
 

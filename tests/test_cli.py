@@ -1,12 +1,13 @@
 """The command line end to end: the issue's done criterion, re-export, evaluation, errors."""
 
+import argparse
 import json
 
 import pytest
 
-from ddoq.cli import main
+from ddoq.cli import build_parser, main
 
-COMMANDS = ["distill", "train", "evaluate", "export", "train-teacher"]
+COMMANDS = ["train-prior", "distill", "train", "evaluate", "export", "train-teacher"]
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +65,25 @@ def test_export_re_tempers_weights(distilled, tmp_path):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_explains_every_option(command, capsys):
+    """Every option of the sub-command is in its --help, with a description."""
+    subparsers = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    assert sorted(subparsers.choices) == sorted(COMMANDS)  # no sub-command left out here
+    parser = subparsers.choices[command]
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
-    assert "--device" in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert options
+    for action in options:
+        assert action.help and action.help != argparse.SUPPRESS, action.option_strings
+        described = " ".join(parser._get_formatter()._expand_help(action).split())
+        assert len(described) >= 8, f"{action.option_strings}: {described!r} explains nothing"
+        for flag in action.option_strings:
+            assert flag in text, f"{command} --help does not show {flag}"
+        assert described in text, f"{command} --help lacks the description of {action.dest}"
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,9 @@ def _two_process_worker(path, root) -> dict:
         test = _test_split(ds) if distributed.is_main() else None
         straight = fit_distilled(config, ds, test=test, run_dir=root / "a", progress=False)
         # interrupted after half the epochs, then resumed
-        fit_distilled(config, ds, run_dir=root / "b", stop_after=config.epochs // 2, progress=False)
+        half = config.epochs // 2
+        stop = lambda epoch, metrics: epoch == half  # noqa: E731
+        fit_distilled(config, ds, run_dir=root / "b", progress=False, on_epoch=stop)
         resumed = fit_distilled(config, ds, run_dir=root / "b", progress=False)
         return {
             "grads": grads,
@@ -135,7 +137,7 @@ def test_two_processes_train_to_the_one_process_accuracy_band(distilled, two_pro
 def test_two_processes_resume_from_rank_0_checkpoint(two_processes):
     """Every process resumes from the checkpoint rank 0 alone wrote: same weights as straight."""
     root, rank0, rank1 = two_processes
-    assert sorted(p.name for p in root.rglob("*")) == ["a", "b", *["checkpoint.pt"] * 2]
+    assert sorted(p.name for p in root.rglob("*")) == ["a", "b", *["checkpoint.safetensors"] * 2]
     assert rank0["resumed_from"] == rank1["resumed_from"] == _train_config().epochs // 2
     for state in (rank0["resumed_state"], rank1["resumed_state"], rank1["state"]):
         for name, value in rank0["state"].items():
@@ -151,7 +153,7 @@ def test_cli_train_nproc_2_end_to_end(distilled, tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "test accuracy" in out[0] and "2 processes" in out[0]
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint.pt",
+        "checkpoint.safetensors",
         "manifest.json",
         "model.safetensors",
     ]

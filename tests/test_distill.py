@@ -122,3 +122,32 @@ def test_benchmark_quick_mode_runs_and_writes_nothing(tmp_path):
         assert name in out
     assert section() == before
     assert not (tmp_path / "benchmarks").exists()  # no run records in quick mode
+
+
+def test_default_alpha_weights_follow_the_closed_form_on_unbalanced_classes(tmp_path):
+    """alpha 0.5 (the default): w_k = sqrt(m_k) / sum_j sqrt(m_j) * N_c / N within class c,
+    then scaled to mean 1 over the set; on classes of 8, 16 and 32 images."""
+    from PIL import Image
+
+    mnist = load_dataset("mnist", "train", limit_per_class=40)
+    sizes = {0: 8, 1: 16, 2: 32}
+    for c, n in sizes.items():
+        (tmp_path / str(c)).mkdir()
+        for i, img in enumerate(mnist.images(mnist.class_indices(c)[:n])):
+            Image.fromarray((img[0].numpy() * 255).astype(np.uint8)).save(tmp_path / f"{c}/{i}.png")
+    config = DistillConfig(dataset=str(tmp_path), ipc=3, teacher="", decode="vae")
+    assert config.alpha == 0.5
+    r = distill(config, progress=False)
+    counts = np.array(r.info["dataset"]["class_counts"], dtype=np.float64)
+    assert len(set(counts.tolist())) == 3  # unbalanced after the train/test split too
+    masses = r.masses.double().numpy()
+    expected = np.concatenate(
+        [
+            np.sqrt(masses[r.labels == c]) / np.sqrt(masses[r.labels == c]).sum() * n / counts.sum()
+            for c, n in enumerate(counts)
+        ]
+    )
+    expected *= len(expected) / expected.sum()
+    assert np.allclose(r.weights.double().numpy(), expected, rtol=1e-5)
+    # not the identity (alpha 1) nor uniform within class (alpha 0): the test can tell them apart
+    assert not np.allclose(expected, masses * len(masses) / masses.sum(), rtol=1e-3)

@@ -1,5 +1,6 @@
 """Teachers and soft labels: the shipped teacher, temperature, adaptation, torchvision files."""
 
+import dataclasses
 import json
 
 import pytest
@@ -71,6 +72,18 @@ def test_train_teacher_is_reproducible_and_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temporary left
     t = load_teacher(tmp_path / "a")
     assert t.num_classes == 10 and t.image_size == 32
+    # overwrite: the new teacher replaces the old folder whole (no stray old file survives)
+    (tmp_path / "a" / "stale.txt").write_text("from the old teacher")
+    train_teacher(dataclasses.replace(cfg, seed=cfg.seed + 1), tmp_path / "a", progress=False)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() != wa
+    meta = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert meta["training"]["seed"] == cfg.seed + 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temporary left
+    assert load_teacher(tmp_path / "a").num_classes == 10
 
 
 def test_torchvision_teacher_from_a_local_weights_file(tmp_path):

@@ -14,7 +14,9 @@ import torch
 from ddoq import export
 from ddoq.cli import main
 from ddoq.distill import DistillConfig
-from ddoq.runs import RunStore, distill_to_folder, read_part
+from ddoq.ray_engine import KILL_ONCE_ENV
+from ddoq.run_store import RunStore, read_part
+from ddoq.runs import distill_to_folder
 
 # img2img with a few steps: exercises the per-image noise seeds as well as the decoder
 SETTINGS = dict(ipc=4, limit_per_class=40, decode="img2img", steps=4, seed=3)
@@ -70,11 +72,14 @@ def test_cli_ray_engine_equals_local_engine(ray_address, local_set, tmp_path, ca
     assert not (tmp_path / ".ray.distill-run").exists()  # the run folder is cleaned up
 
 
-def test_killed_workers_are_retried_and_give_the_same_set(ray_address, local_set, tmp_path):
+def test_killed_workers_are_retried_and_give_the_same_set(
+    ray_address, local_set, tmp_path, monkeypatch
+):
     """One quantize task's worker and one decode actor die mid-run; Ray redoes their work."""
     markers = {stage: str(tmp_path / f"killed-{stage}") for stage in ("quantize", "decode")}
+    monkeypatch.setenv(KILL_ONCE_ENV, json.dumps(markers))
     config = DistillConfig(cache_dir=str(tmp_path / "cache"), **SETTINGS)
-    distill_to_folder(config, tmp_path / "out", engine="ray", progress=False, _kill_once=markers)
+    distill_to_folder(config, tmp_path / "out", engine="ray", progress=False)
     for stage, marker in markers.items():
         assert Path(marker).exists(), f"no {stage} worker was killed"
     assert_same_set(local_set, export.load(tmp_path / "out"))

@@ -1,12 +1,22 @@
 """Weighted training: the loss by hand, zero weights, augmentation, resume = uninterrupted."""
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
-from ddoq.train import TrainConfig, augment, evaluate, fit, normalise_weights, weighted_loss
+from ddoq.train import (
+    CHECKPOINT,
+    TrainConfig,
+    augment,
+    evaluate,
+    fit,
+    normalise_weights,
+    weighted_loss,
+)
 
 
 def test_weighted_soft_loss_equals_hand_computation():
@@ -86,8 +96,12 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     w = torch.linspace(0.5, 1.5, len(x))
     cfg = _cfg(augment="digits")
     straight = fit(cfg, x, y, weights=w, run_dir=tmp_path / "a", progress=False)
-    part = fit(cfg, x, y, weights=w, run_dir=tmp_path / "b", stop_after=2, progress=False)
-    assert part.epochs_done == 2 and (tmp_path / "b" / "checkpoint.pt").is_file()
+    part = fit(cfg, x, y, weights=w, run_dir=tmp_path / "b", progress=False, on_epoch=_stop_at(2))
+    assert part.epochs_done == 2 and part.test_accuracy is None
+    # the checkpoint is safetensors (tensors) + JSON (the rest): readable without unpickling
+    with safe_open(str(tmp_path / "b" / CHECKPOINT), framework="pt") as f:
+        assert json.loads(f.metadata()["state"])["epoch"] == 2
+        assert any(k.startswith("state.optimizer.") for k in f.keys())  # noqa: SIM118
     resumed = fit(cfg, x, y, weights=w, run_dir=tmp_path / "b", progress=False)
     assert resumed.resumed_from_epoch == 2
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -95,9 +109,47 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert straight.losses == resumed.losses
 
 
+def _stop_at(epoch: int):
+    return lambda done, metrics: done == epoch
+
+
+def test_on_epoch_reports_every_epoch_from_one_call():
+    x, y = _toy()
+    seen = []
+    res = fit(
+        _cfg(epochs=3),
+        x,
+        y,
+        test=_toy(20, seed=1),
+        progress=False,
+        on_epoch=lambda epoch, metrics: seen.append((epoch, metrics)),
+    )
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert [m["loss"] for _, m in seen] == res.losses
+    assert seen[-1][1]["test_accuracy"] == res.test_accuracy
+
+
+def test_a_pickle_checkpoint_is_refused_not_loaded(tmp_path):
+    x, y = _toy()
+    marker = tmp_path / "unpickled"
+    # a pickle that would create `marker` if it were loaded
+    torch.save(_Trap(str(marker)), tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="pickle checkpoint .* not loaded"):
+        fit(_cfg(), x, y, run_dir=tmp_path, progress=False)
+    assert not marker.exists()
+
+
+class _Trap:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def test_resume_refuses_another_configuration(tmp_path):
     x, y = _toy()
-    fit(_cfg(), x, y, run_dir=tmp_path, stop_after=1, progress=False)
+    fit(_cfg(), x, y, run_dir=tmp_path, progress=False, on_epoch=_stop_at(1))
     with pytest.raises(ValueError, match="another configuration"):
         fit(_cfg(lr=0.5), x, y, run_dir=tmp_path, progress=False)
 

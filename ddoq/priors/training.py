@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ddoq._io import replace_dir
+from ddoq.data import load_dataset
 from ddoq.priors.base import PRIOR_JSON
 
 __all__ = ["PriorTrainingConfig", "PriorTrainingReport", "train_prior"]
@@ -102,8 +104,6 @@ def _images(
     config: PriorTrainingConfig, split: str
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
     """Images (N x C x S x S in [0, 1]), labels, class names and fingerprint of one split."""
-    from ddoq.data import load_dataset
-
     ds = load_dataset(
         config.dataset,
         split=split,
@@ -295,18 +295,6 @@ def train_transformer(
     return ema, sum(recent) / max(1, len(recent))
 
 
-def _replace_dir(tmp: Path, output: Path) -> None:
-    """Move the finished `tmp` folder to `output`, replacing an older prior there."""
-    if output.exists():
-        old = output.with_name(output.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, output)
-
-
 def check_output_dir(output: Path) -> None:
     """Refuse to overwrite a folder that is not empty and holds no ddoq prior."""
     if output.exists() and (
@@ -393,7 +381,7 @@ def train_prior(
         (tmp / PRIOR_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         for path in [tmp, *tmp.rglob("*")]:  # mkdtemp makes the folder private
             path.chmod(0o755 if path.is_dir() else 0o644)
-        _replace_dir(tmp, output)
+        replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
