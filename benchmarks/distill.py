@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from _report import machine_line, markdown_table, write_section
 
-from ddoq.data import load_dataset
-from ddoq.distill import DistillConfig, distill
+from ddoq.data.datasets import load_dataset
+from ddoq.distillation.stages import DistillConfig, distill
 from ddoq.labels import load_teacher
 from ddoq.priors import load_prior
 from ddoq.quantize import temper_weights
-from ddoq.train import TrainConfig, auto_epochs, fit
+from ddoq.train.loop import TrainConfig, auto_epochs, fit
 
 GRID_METHODS = ("random", "d4m", "ddoq-1", "ddoq-0.5")  # ddoq-<alpha>
 

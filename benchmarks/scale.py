@@ -2,9 +2,9 @@
 
 Part 1, quantization of a synthetic ImageNet-shaped latent set (1,000 classes x 1,300
 latents of shape 4x32x32, as Stable Diffusion's VAE gives for 256 px images) at K=50:
-- the local engine: groups of classes through `ddoq.distill.select_points` (batched CLVQ)
-  and `measure_w2`, in this process, torch with 2 threads (both cores);
-- the Ray engine's quantize stage (`ddoq.ray_engine.quantize_stage`: the same functions
+- the local engine: groups of classes through `ddoq.distillation.stages.select_points`
+  (batched CLVQ) and `measure_w2`, in this process, torch with 2 threads (both cores);
+- the Ray engine's quantize stage (`ddoq.distillation.ray_engine.quantize_stage`: the same functions
   in Ray tasks, points written to disk) with 2 workers of 1 thread each, on a local
   cluster started beforehand (its start-up time is reported on its own);
 - on the first `--speedup-classes` classes, the local engine with 1 thread and the Ray
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from _report import machine_line, markdown_table, write_section
 
-from ddoq.distill import DistillConfig, measure_w2, select_points
+from ddoq.distillation.stages import DistillConfig, measure_w2, select_points
 
 LATENT_SHAPE = (4, 32, 32)
 
@@ -80,7 +80,7 @@ def local_quantize(config: DistillConfig, classes: list[int], group: int = 32) -
 
 def ray_quantize(config: DistillConfig, classes: list[int], workers: int, scratch: Path) -> float:
     """Seconds for the Ray engine's quantize stage on a running cluster."""
-    from ddoq.ray_engine import quantize_stage
+    from ddoq.distillation.ray_engine import quantize_stage
 
     points = Path(tempfile.mkdtemp(dir=scratch))
     entries = {c: SyntheticLatents(c) for c in classes}
@@ -96,7 +96,7 @@ def ray_quantize(config: DistillConfig, classes: list[int], workers: int, scratc
 
 def embedded_stages(scratch: Path, quick: bool) -> list[dict]:
     """Per-stage timings of `distill_to_folder` on the embedded data, local and Ray."""
-    from ddoq.runs import distill_to_folder
+    from ddoq.distillation.folder import distill_to_folder
 
     limit = 40 if quick else None
     runs = []
@@ -136,7 +136,7 @@ def main() -> None:
     config = DistillConfig(ipc=50, method="ddoq")
     scratch = Path(tempfile.mkdtemp(prefix="ddoq-scale-"))
     try:
-        from ddoq.ray_engine import connect
+        from ddoq.distillation.ray_engine import connect
 
         t = time.perf_counter()
         connect(None, num_cpus=2)

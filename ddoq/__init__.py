@@ -15,15 +15,14 @@ The verbs a user needs first are re-exported here (as POT re-exports ``ot.emd2``
 They are resolved on first use (module ``__getattr__``, PEP 562): ``import ddoq`` itself
 loads neither torch, scikit-learn nor POT, so the command line starts fast.
 
-``ddoq.distill`` is the function; the module of the same name is reached with
-``from ddoq.distill import ...`` (importing the module never rebinds the name).
+``ddoq.distill`` is the function; the code of Algorithm 2 lives in the folder
+``ddoq/distillation/``, whose name differs on purpose, so no module ever shadows a public
+name (``tests/test_imports.py`` checks it).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -33,12 +32,12 @@ _API = {
     "CLVQ": "ddoq.quantize",
     "quantize_classes": "ddoq.quantize",
     "wasserstein2": "ddoq.transport",
-    "load_dataset": "ddoq.data",
+    "load_dataset": "ddoq.data.datasets",
     "load_prior": "ddoq.priors",
-    "DistillConfig": "ddoq.distill",
-    "distill": "ddoq.distill",
-    "TrainConfig": "ddoq.train",
-    "fit": "ddoq.train",
+    "DistillConfig": "ddoq.distillation.stages",
+    "distill": "ddoq.distillation.stages",
+    "TrainConfig": "ddoq.train.loop",
+    "fit": "ddoq.train.loop",
     "load": "ddoq.export",
 }
 
@@ -56,12 +55,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports lazily
-    from ddoq.data import load_dataset
-    from ddoq.distill import DistillConfig, distill
+    from ddoq.data.datasets import load_dataset
+    from ddoq.distillation.stages import DistillConfig, distill
     from ddoq.export import load
     from ddoq.priors import load_prior
     from ddoq.quantize import CLVQ, quantize_classes
-    from ddoq.train import TrainConfig, fit
+    from ddoq.train.loop import TrainConfig, fit
     from ddoq.transport import wasserstein2
 
 
@@ -77,19 +76,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_API))
-
-
-class _Package(types.ModuleType):
-    """The package module, whose public names are never overwritten by a submodule.
-
-    Importing ``ddoq.distill`` (the module) makes Python set the attribute ``distill`` of
-    the package to that module; the curated function of the same name must stay.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

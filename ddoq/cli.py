@@ -19,21 +19,22 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddoq import __version__, distributed, export
+from ddoq import __version__, export
 from ddoq._io import write_json
-from ddoq.data import EMBEDDED_DATASETS, load_dataset
-from ddoq.distill import DECODES, METHODS, DistillConfig, package_versions
+from ddoq.build.prior import PriorTrainingConfig, train_prior
+from ddoq.data.datasets import EMBEDDED_DATASETS, load_dataset
+from ddoq.distillation.folder import distill_to_folder
+from ddoq.distillation.stages import DECODES, METHODS, DistillConfig, package_versions
 from ddoq.labels import (
     TeacherConfig,
     resolve_teacher,
     teacher_logits,
     train_teacher,
 )
-from ddoq.priors.training import PriorTrainingConfig, train_prior
 from ddoq.quantize import temper_weights
-from ddoq.runs import distill_to_folder
-from ddoq.students import STUDENTS, build_student
-from ddoq.train import AUGMENTATIONS, TrainConfig, auto_epochs, evaluate, fit_distilled
+from ddoq.train import distributed
+from ddoq.train.loop import AUGMENTATIONS, TrainConfig, auto_epochs, evaluate, fit_distilled
+from ddoq.train.students import STUDENTS, build_student
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,7 +349,7 @@ def _add_train(subparsers) -> None:
 
 def _class_names(dataset: str) -> list[str]:
     """The class names of a dataset (its train split), in label order."""
-    from ddoq.data import load_dataset
+    from ddoq.data.datasets import load_dataset
 
     return [str(c) for c in load_dataset(dataset, "train").classes]
 
@@ -430,7 +431,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_worker(args: argparse.Namespace) -> str | None:
-    """`_train` inside the process group of torchrun's environment (see `ddoq.distributed`)."""
+    """`_train` inside the process group of torchrun's environment (`ddoq.train.distributed`)."""
     with distributed.process_group(args.device):
         return _train(args)
 

@@ -49,9 +49,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddoq._io import cache_dir, replace_dir
-from ddoq.data import load_dataset
-from ddoq.students import ConvNet
-from ddoq.train import AUGMENTATIONS, TrainConfig, augment, evaluate, fit
+from ddoq.data.datasets import load_dataset
+from ddoq.train.loop import AUGMENTATIONS, TrainConfig, augment, evaluate, fit
+from ddoq.train.students import ConvNet
 
 __all__ = [
     "EMBEDDED_TEACHER_DIR",
@@ -615,7 +615,7 @@ class TeacherConfig:
         width, depth: ConvNet size.
         epochs, batch_size, lr, weight_decay: AdamW with a cosine schedule (lr None: 3e-3
             for the ConvNet, 1e-4 when fine-tuning).
-        augment: random-crop augmentation (`ddoq.train.AUGMENTATIONS`, or ``"auto"``).
+        augment: random-crop augmentation (`ddoq.train.loop.AUGMENTATIONS`, or ``"auto"``).
         seed: everything is seeded by it.
         limit_per_class: train on at most this many images per class (None: all).
         device: torch device.
@@ -795,7 +795,7 @@ def _train_convnet(
     callback: Progress | None,
     bar: bool,
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """The ConvNet teacher via one `ddoq.train.fit` call (progress through `on_epoch`)."""
+    """The ConvNet teacher via one `ddoq.train.loop.fit` call (progress through `on_epoch`)."""
     run = TrainConfig(
         student="convnet",
         width=config.width,

@@ -24,6 +24,8 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from ddoq.app.compare import ClassPoints, load_class_points
+from ddoq.app.projection import default_cache_dir, project
 from ddoq.app.state import (
     DEVICES,
     FOLDER,
@@ -34,9 +36,7 @@ from ddoq.app.state import (
     data_info,
     describe_skipped,
 )
-from ddoq.compare import ClassPoints, load_class_points
-from ddoq.data import EMBEDDED_DATASETS, CorruptImageWarning, load_dataset
-from ddoq.projection import default_cache_dir, project
+from ddoq.data.datasets import EMBEDDED_DATASETS, CorruptImageWarning, load_dataset
 
 # The app's work is many small tensor operations (a live tick is a few ms of maths); on
 # shared 2-core machines a second torch thread made them several times slower under load

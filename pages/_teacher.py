@@ -3,7 +3,7 @@
 `teacher_panel(dataset_name)` is called near the top of the pages that make soft labels
 (Distill, Train). It shows the teacher `ddoq.labels.resolve_teacher` picks for the
 dataset's classes, or, when none fits, that one-line reason and a **Train a teacher for
-this dataset** button. The button starts a `ddoq.jobs.TeacherJob` (a background thread)
+this dataset** button. The button starts a `ddoq.app.jobs.TeacherJob` (a background thread)
 kept in this browser session's ``st.session_state`` (never in a ``st.cache_*`` function),
 shows its progress while it runs and the held-out accuracy when it ends; the teacher is
 written to the dataset's teacher folder in the cache, where ``"auto"`` finds it.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ddoq.data import EMBEDDED_DATASETS, load_dataset
-from ddoq.jobs import TeacherJob
+from ddoq.app.jobs import TeacherJob
+from ddoq.data.datasets import EMBEDDED_DATASETS, load_dataset
 from ddoq.labels import Teacher, TeacherConfig, resolve_teacher
 
 __all__ = ["teacher_panel"]

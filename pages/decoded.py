@@ -8,9 +8,9 @@ and shown with its weight and the real images nearest to it (the paper's Figure 
 import numpy as np
 import streamlit as st
 
-from ddoq.compare import decode_centroids, nearest_points
-from ddoq.distill import DistillConfig, quantize_seed
-from ddoq.figures import image_row, to_uint8
+from ddoq.app.compare import decode_centroids, nearest_points
+from ddoq.app.figures import image_row, to_uint8
+from ddoq.distillation.stages import DistillConfig, quantize_seed
 from ddoq.quantize import CLVQ
 from pages._common import (
     class_points,

@@ -2,13 +2,13 @@
 
 Pick a dataset, prior and class; the class is encoded (cached) and drawn at once with
 PCA while UMAP is computed in the background; Run/Pause/Resume/Step/Reset drive a
-`ddoq.live.LiveCLVQ`, a few mini-batch steps per timer tick.
+`ddoq.app.live.LiveCLVQ`, a few mini-batch steps per timer tick.
 """
 
 import streamlit as st
 
-from ddoq.figures import live_frame
-from ddoq.live import LiveCLVQ
+from ddoq.app.figures import live_frame
+from ddoq.app.live import LiveCLVQ
 from pages._common import (
     data_controls,
     k_slider,

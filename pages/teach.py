@@ -1,18 +1,18 @@
 """Teach: optimal quantization vs the uniform Wasserstein barycenter, on 2-D toy measures.
 
 A playground for the quantize stage: CLVQ animates on a 2-D measure (a built-in one, or
-one the person draws by clicking a lattice, `ddoq.playground.points_from_clicks`) with
+one the person draws by clicking a lattice, `ddoq.app.playground.points_from_clicks`) with
 its Voronoi cells, companion weights converging to the cell masses and the running distortion
 converging; the weighted grid's W2 beside the uniform one's; the distortion against K
-beside Zador's K^(-2/d) rate. All computation is in `ddoq.playground` and `ddoq.live`.
+beside Zador's K^(-2/d) rate. All computation is in `ddoq.app.playground` and `ddoq.app.live`.
 """
 
 import numpy as np
 import streamlit as st
 
-from ddoq.figures import click_canvas, distortion_vs_k, playground_frame
-from ddoq.live import LiveCLVQ
-from ddoq.playground import (
+from ddoq.app.figures import click_canvas, distortion_vs_k, playground_frame
+from ddoq.app.live import LiveCLVQ
+from ddoq.app.playground import (
     DISTRIBUTIONS,
     OWN_POINTS,
     distortion_curve,

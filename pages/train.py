@@ -1,6 +1,6 @@
 """Train a student: DDOQ vs D4M vs random on the distilled sets (stages distill -> train).
 
-Starts a `ddoq.jobs.TrainJob` in a background thread kept in this session, so it runs on
+Starts a `ddoq.app.jobs.TrainJob` in a background thread kept in this session, so it runs on
 across page switches and reruns; the page polls it for live loss and accuracy curves and
 can stop it. Finished runs (this session's run folder) are compared in a table.
 """
@@ -10,10 +10,10 @@ import time
 import pandas as pd
 import streamlit as st
 
-from ddoq.figures import train_curves
-from ddoq.jobs import TrainJob, TrainSpec, list_runs
-from ddoq.students import STUDENTS
-from ddoq.train import TrainConfig
+from ddoq.app.figures import train_curves
+from ddoq.app.jobs import TrainJob, TrainSpec, list_runs
+from ddoq.train.loop import TrainConfig
+from ddoq.train.students import STUDENTS
 from pages._common import (
     chosen_data,
     session_dir,

@@ -3,15 +3,15 @@
 W2 of the weighted quantization (DDOQ) vs the uniform barycenter (D4M) vs K random real
 images, for one class or all, as a table and a bar chart; W2 against K; and, when a prior
 is loaded, the pushforward check (the paper's Theorem 1): the same comparison in pixel
-space after decoding the centroids. All computation is in `ddoq.compare`.
+space after decoding the centroids. All computation is in `ddoq.app.compare`.
 """
 
 import pandas as pd
 import streamlit as st
 
-from ddoq.compare import compare_w2, pushforward_check, w2_against_k
-from ddoq.distill import DistillConfig, quantize_seed
-from ddoq.figures import w2_against_k_chart, w2_bars
+from ddoq.app.compare import compare_w2, pushforward_check, w2_against_k
+from ddoq.app.figures import w2_against_k_chart, w2_bars
+from ddoq.distillation.stages import DistillConfig, quantize_seed
 from pages._common import (
     class_points,
     data_controls,

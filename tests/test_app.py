@@ -125,7 +125,7 @@ def test_explore_umap_runs_in_the_background(monkeypatch):
 
 
 def test_explore_uses_a_cached_umap_embedding(cache_dir):
-    from ddoq.projection import _FORMAT, _params, _write, cache_path, data_fingerprint
+    from ddoq.app.projection import _FORMAT, _params, _write, cache_path, data_fingerprint
     from pages._common import class_points, umap_job
 
     at = _open(s_class=6)
@@ -335,7 +335,7 @@ def _folder(root: Path, sizes: dict[str, int], corrupt: bool = True) -> Path:
     """An ImageFolder of PNG digits from the embedded MNIST: class name -> images."""
     from PIL import Image
 
-    from ddoq.data import load_dataset
+    from ddoq.data.datasets import load_dataset
 
     mnist = load_dataset("mnist")
     for digit, (name, n) in zip((1, 3, 7, 0, 2), sizes.items(), strict=False):

@@ -137,8 +137,8 @@ def _step_data():
 
 def _one_step(device: str) -> tuple[dict[str, torch.Tensor], list[float], str | None]:
     """Gradient (left in .grad by fit's single step) and loss, on `device`."""
-    from ddoq import distributed
-    from ddoq.train import TrainConfig, fit
+    from ddoq.train import distributed
+    from ddoq.train.loop import TrainConfig, fit
 
     images, labels, weights = _step_data()
     config = TrainConfig(
@@ -150,7 +150,7 @@ def _one_step(device: str) -> tuple[dict[str, torch.Tensor], list[float], str | 
 
 
 def _nccl_worker() -> tuple[dict[str, torch.Tensor], list[float], str | None]:
-    from ddoq import distributed
+    from ddoq.train import distributed
 
     with distributed.process_group("cuda"):
         return _one_step("cuda")
@@ -177,7 +177,7 @@ def test_one_training_step_on_cuda_equals_cpu():
     "and nccl refuses two ranks on one GPU",
 )
 def test_ddp_with_nccl_equals_one_process():
-    from ddoq import distributed
+    from ddoq.train import distributed
 
     rank0, rank1 = distributed.launch(_nccl_worker, 2)
     assert rank0[2] == rank1[2] == "nccl"
@@ -193,8 +193,8 @@ def test_ddp_with_nccl_equals_one_process():
 
 def test_ray_quantize_stage_one_gpu_per_actor(tmp_path, rng):
     ray = pytest.importorskip("ray")
-    from ddoq.distill import DistillConfig
-    from ddoq.ray_engine import connect, quantize_stage
+    from ddoq.distillation.ray_engine import connect, quantize_stage
+    from ddoq.distillation.stages import DistillConfig
 
     class Latents:  # what the quantize stage reads of a cache entry
         def __init__(self, x: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""Tests of ddoq.data: embedded MNIST and digits, image folders, splits, fingerprints.
+"""Tests of ddoq.data.datasets: embedded MNIST and digits, image folders, splits, fingerprints.
 
 Every test that can write a cache points DDOQ_CACHE_DIR at a temporary folder.
 Folders are built with PIL in tmp_path; nothing is mocked.
@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-import ddoq.data as ddata
-from ddoq.data import (
+import ddoq.data.datasets as ddata
+from ddoq.data.datasets import (
     CorruptImageWarning,
     FolderDataset,
     ImageLoadError,

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from ddoq import distributed
 from ddoq.cli import main
-from ddoq.train import TrainConfig, fit, fit_distilled
+from ddoq.train import distributed
+from ddoq.train.loop import TrainConfig, fit, fit_distilled
 
 SUBSET = 37  # an odd batch: the 2 processes get 19 and 18 images
 
@@ -21,14 +21,14 @@ SUBSET = 37  # an odd batch: the 2 processes get 19 and 18 images
 def distilled(tmp_path_factory):
     """A real distilled set: DDOQ, IPC 10 on the embedded MNIST (100 weighted images)."""
     from ddoq import export
-    from ddoq.distill import DistillConfig, distill
+    from ddoq.distillation.stages import DistillConfig, distill
 
     result = distill(DistillConfig(ipc=10), progress=False)
     return export.write(result, tmp_path_factory.mktemp("ddp") / "ddoq10")
 
 
 def _test_split(ds):
-    from ddoq.data import load_dataset
+    from ddoq.data.datasets import load_dataset
 
     info = ds.manifest["dataset"]
     test = load_dataset(

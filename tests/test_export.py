@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from ddoq.distill import DistillConfig, distill
+from ddoq.distillation.stages import DistillConfig, distill
 from ddoq.export import load, write, write_set
 
 

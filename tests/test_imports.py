@@ -1,4 +1,10 @@
-"""The package's import graph: one-way, with `ddoq._io` as a leaf, and the curated API."""
+"""The package's import graph and folders: one-way, `ddoq._io` a leaf, and the curated API.
+
+The pipeline (data, priors, encode, quantize, transport, distillation, labels, train,
+export) is what a distillation runs; `ddoq.build` (rebuilding the shipped prior and
+teacher), `ddoq.app` (the app's view models) and `ddoq.cli` sit on top of it and no
+pipeline module imports them, nor Streamlit.
+"""
 
 from __future__ import annotations
 
@@ -93,6 +99,72 @@ def test_io_is_a_leaf():
     assert import_graph()["ddoq._io"] == set()
 
 
+#: the layers above the pipeline: nothing in the pipeline imports them
+TOP = ("ddoq.cli", "ddoq.app", "ddoq.build")
+
+
+def _on_top(name: str) -> bool:
+    return name == "ddoq" or any(name == t or name.startswith(t + ".") for t in TOP)
+
+
+def pipeline_modules() -> list[str]:
+    """The modules a distillation runs: all of ddoq but its top layers and `ddoq` itself."""
+    return [n for n in _modules() if not _on_top(n)]
+
+
+def _imports_from_above(graph: dict[str, set[str]], pipeline: list[str]) -> dict[str, set[str]]:
+    """Pipeline module -> the top-layer modules it imports (should be empty)."""
+    return {n: {m for m in graph[n] if _on_top(m) and m != "ddoq"} for n in pipeline}
+
+
+def _third_party(path: Path) -> set[str]:
+    """Top-level names of every non-ddoq package `path` imports (function-local ones too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"ddoq"}
+
+
+def test_the_layer_check_can_fail():
+    graph = {"ddoq.labels": {"ddoq.build.teacher"}, "ddoq.app.jobs": {"ddoq.labels"}}
+    assert _imports_from_above(graph, ["ddoq.labels"]) == {"ddoq.labels": {"ddoq.build.teacher"}}
+    assert "ddoq.app.jobs" not in pipeline_modules()
+    assert {"ddoq.data.datasets", "ddoq.distillation.stages"} <= set(pipeline_modules())
+
+
+def test_no_pipeline_module_imports_the_app_the_build_or_the_cli():
+    graph = import_graph()
+    bad = {n: m for n, m in _imports_from_above(graph, pipeline_modules()).items() if m}
+    assert not bad, f"pipeline modules importing a top layer: {bad}"
+
+
+def test_only_the_cli_and_the_app_import_build():
+    graph = import_graph()
+    users = {n for n, deps in graph.items() if any(d.startswith("ddoq.build") for d in deps)}
+    users = {n for n in users if not n.startswith("ddoq.build")}
+    assert users <= {"ddoq.cli", "ddoq.app.jobs"}
+    assert "ddoq.cli" in users  # `ddoq train-prior` / `ddoq train-teacher`
+
+
+def test_no_pipeline_module_imports_streamlit():
+    modules = _modules()
+    assert "streamlit" in _third_party(Path(__file__).parents[1] / "pages" / "explore.py")
+    bad = [n for n in pipeline_modules() if "streamlit" in _third_party(modules[n])]
+    assert not bad
+    # the app's view models are Streamlit-free too (the pages are the only Streamlit code)
+    assert not [n for n in modules if "streamlit" in _third_party(modules[n])]
+
+
+def test_the_run_store_imports_no_engine():
+    graph = import_graph()
+    engines = {"ddoq.distillation.ray_engine", "ddoq.distillation.folder"}
+    assert not graph["ddoq.distillation.store"] & engines
+    assert "ddoq.distillation.store" in graph["ddoq.distillation.ray_engine"]
+
+
 @pytest.mark.parametrize("name", ddoq.__all__)
 def test_every_public_name_resolves(name):
     obj = getattr(ddoq, name)
@@ -118,8 +190,11 @@ def test_the_api():
         ddoq.nope  # noqa: B018
 
 
-def test_importing_a_module_keeps_the_function_of_the_same_name():
-    import ddoq.distill  # noqa: F401 - the module of the same name as the function
+def test_no_module_shadows_a_public_name():
+    # `ddoq.distill` is a function; a module `ddoq/distill.py` or folder `ddoq/distill/` would
+    # rebind the package attribute on import. The code of Algorithm 2 is `ddoq/distillation/`.
+    clashes = {n for n in _modules() if set(n.split(".")[1:]) & set(ddoq.__all__)}
+    assert not clashes
+    importlib.import_module("ddoq.distillation.stages")
 
     assert callable(ddoq.distill) and not isinstance(ddoq.distill, type(ddoq))
-    assert ddoq.distill.__module__ == "ddoq.distill"

@@ -1,4 +1,4 @@
-"""ddoq.live, ddoq.playground, ddoq.compare, ddoq.figures: the engine behind the app's views.
+"""ddoq.app: live, playground, compare, figures: the engine behind the app's views.
 
 The live tick is tested here directly: AppTest does not fire `st.fragment` timers.
 """
@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from ddoq.compare import compare_w2, load_class_points, w2_against_k
-from ddoq.figures import live_frame, voronoi_map, weights_bars
-from ddoq.live import LiveCLVQ
-from ddoq.playground import (
+from ddoq.app.compare import compare_w2, load_class_points, w2_against_k
+from ddoq.app.figures import live_frame, voronoi_map, weights_bars
+from ddoq.app.live import LiveCLVQ
+from ddoq.app.playground import (
     DISTRIBUTIONS,
     distortion_curve,
     points_from_clicks,
@@ -19,7 +19,7 @@ from ddoq.playground import (
     voronoi_grid,
     w2_weighted_vs_uniform,
 )
-from ddoq.projection import project
+from ddoq.app.projection import project
 from ddoq.transport import distortion, voronoi_masses
 from tests.conftest import gaussian_mixture
 
@@ -146,7 +146,7 @@ def test_compare_w2(rng):
 
 def test_load_class_points_in_pixel_space(monkeypatch, tmp_path):
     monkeypatch.setenv("DDOQ_CACHE_DIR", str(tmp_path))
-    from ddoq.data import load_dataset
+    from ddoq.data.datasets import load_dataset
 
     ds = load_dataset("digits")
     pts = load_class_points(ds, 2)
@@ -158,8 +158,8 @@ def test_load_class_points_in_pixel_space(monkeypatch, tmp_path):
 
 
 def test_train_job_stops_between_epochs(tmp_path):
-    from ddoq.jobs import TrainJob, TrainSpec, list_runs
-    from ddoq.train import TrainConfig
+    from ddoq.app.jobs import TrainJob, TrainSpec, list_runs
+    from ddoq.train.loop import TrainConfig
 
     try:
         from ddoq.priors import load_prior
@@ -184,8 +184,8 @@ def test_train_job_stops_between_epochs(tmp_path):
 
 
 def test_nearest_points_and_image_helpers(rng):
-    from ddoq.compare import nearest_points
-    from ddoq.figures import image_row, to_uint8
+    from ddoq.app.compare import nearest_points
+    from ddoq.app.figures import image_row, to_uint8
 
     x = gaussian_mixture(rng, 50, 3, 2)
     near = nearest_points(x, x[[4, 7]], n=3)

@@ -1,10 +1,10 @@
-"""ddoq.projection: PCA against scikit-learn, the disk cache, centroid placement."""
+"""ddoq.app.projection: PCA against scikit-learn, the disk cache, centroid placement."""
 
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from ddoq.projection import (
+from ddoq.app.projection import (
     cache_path,
     cell_means_2d,
     data_fingerprint,

@@ -13,10 +13,10 @@ import torch
 
 from ddoq import export
 from ddoq.cli import main
-from ddoq.distill import DistillConfig
-from ddoq.ray_engine import KILL_ONCE_ENV
-from ddoq.run_store import RunStore, read_part
-from ddoq.runs import distill_to_folder
+from ddoq.distillation.folder import distill_to_folder
+from ddoq.distillation.ray_engine import KILL_ONCE_ENV
+from ddoq.distillation.stages import DistillConfig
+from ddoq.distillation.store import RunStore, read_part
 
 # img2img with a few steps: exercises the per-image noise seeds as well as the decoder
 SETTINGS = dict(ipc=4, limit_per_class=40, decode="img2img", steps=4, seed=3)
@@ -26,7 +26,7 @@ CLI_SETTINGS = ["--ipc", "4", "--limit-per-class", "40", "--decode", "img2img",
 
 @pytest.fixture(scope="module")
 def ray_address():
-    from ddoq.ray_engine import connect
+    from ddoq.distillation.ray_engine import connect
 
     started = connect(None, num_cpus=2)
     import ray
@@ -159,7 +159,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_run_store_records_only_written_classes(tmp_path):
     """A class listed as done whose file is gone is recomputed, never trusted."""
-    from ddoq.data import load_dataset
+    from ddoq.data.datasets import load_dataset
     from ddoq.priors import load_prior
 
     prior = load_prior("embedded")
@@ -179,7 +179,7 @@ def test_run_store_records_only_written_classes(tmp_path):
 
 def test_folder_run_streams_the_same_set_as_the_in_memory_run(tmp_path):
     """`distill_to_folder` (class files, images streamed) writes what `distill` computes."""
-    from ddoq.distill import distill
+    from ddoq.distillation.stages import distill
 
     config = DistillConfig(cache_dir=str(tmp_path / "cache"), **(SETTINGS | {"decode": "vae"}))
     in_memory = distill(config, progress=False)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ddoq.students import STUDENTS, ConvNet, build_student
+from ddoq.train.students import STUDENTS, ConvNet, build_student
 
 
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 1), (32, 3), (64, 3)])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from ddoq.train import (
+from ddoq.train.loop import (
     CHECKPOINT,
     TrainConfig,
     augment,
@@ -180,7 +180,7 @@ def test_bad_config_is_a_value_error():
 
 
 def test_auto_epochs_budget():
-    from ddoq.train import auto_epochs
+    from ddoq.train.loop import auto_epochs
 
     assert [auto_epochs(n) for n in (10, 100, 500, 4000)] == [300, 30, 14, 5]
     with pytest.raises(ValueError):

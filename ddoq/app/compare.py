@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddoq.distill import image_seed
+from ddoq.distillation.stages import image_seed
 from ddoq.encode import encode_class
 from ddoq.quantize import CLVQ
 from ddoq.transport import wasserstein2
@@ -197,7 +197,7 @@ def decode_centroids(
 
     mode "vae": the decoder alone; "img2img" (D4M): noise to `strength`, `steps` DDIM steps
     with classifier-free `guidance`, decode. Image k of class c uses the seed
-    `ddoq.distill.image_seed(seed, c, k)`, as the distillation does, so it regenerates.
+    `ddoq.distillation.stages.image_seed(seed, c, k)`, as the distillation does, so it regenerates.
     """
     if mode not in ("vae", "img2img"):
         raise ValueError(f"mode must be 'vae' or 'img2img', got {mode!r}")

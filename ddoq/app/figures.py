@@ -1,7 +1,7 @@
 """Plotly figures of the quantize stage (views only: they draw results, compute nothing new).
 
 Used by the Streamlit pages and usable from a notebook. Every function takes arrays
-(or the small result objects of `ddoq.live`, `ddoq.playground`, `ddoq.compare`) and
+(or the small result objects of `ddoq.app.live`, `ddoq.app.playground`, `ddoq.app.compare`) and
 returns a `plotly.graph_objects.Figure`.
 """
 
@@ -14,16 +14,16 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from ddoq.compare import W2Comparison
-from ddoq.live import LiveCLVQ, LiveHistory, LiveSnapshot
-from ddoq.playground import (
+from ddoq.app.compare import W2Comparison
+from ddoq.app.live import LiveCLVQ, LiveHistory, LiveSnapshot
+from ddoq.app.playground import (
     DistortionCurve,
     VoronoiGrid,
     W2Pair,
     voronoi_grid,
     w2_weighted_vs_uniform,
 )
-from ddoq.projection import Projection, place_centroids
+from ddoq.app.projection import Projection, place_centroids
 
 __all__ = [
     "PALETTE",
@@ -515,7 +515,7 @@ def playground_frame(
     """One tick of the 2-D playground: advance `live`, draw its Voronoi cells and weights.
 
     Also computes the exact W2 of the grid with its cell masses and with uniform weights
-    (`ddoq.playground.w2_weighted_vs_uniform`). The Teach page's timer calls this.
+    (`ddoq.app.playground.w2_weighted_vs_uniform`). The Teach page's timer calls this.
     """
     points = live.points
     snap = live.tick() if step else live.snapshot
@@ -555,7 +555,7 @@ _TRAIN_COLORS = {"ddoq": "#2b6cb0", "d4m": "#e53e3e", "random": "#718096", "full
 
 
 def train_curves(records: Sequence[object], metric: str = "accuracy") -> go.Figure:
-    """Per-epoch `metric` ("accuracy" or "loss") of each method's student (`ddoq.jobs`)."""
+    """Per-epoch `metric` ("accuracy" or "loss") of each method's student (`ddoq.app.jobs`)."""
     traces = [
         go.Scatter(
             x=r.epochs,

@@ -5,8 +5,8 @@ the worker thread runs on while the person switches pages or the page reruns, an
 polls the job's public state (status, progress, per-epoch losses and accuracies).
 
 For each method (``ddoq``, ``d4m``, ``random``, ``full``) the job distils the set
-(`ddoq.distill.distill`), writes it (`ddoq.export.write`) to ``RUN/<method>/distilled``,
-trains a student with one `ddoq.train.fit_distilled` call whose ``on_epoch`` callback
+(`ddoq.distillation.stages.distill`), writes it (`ddoq.export.write`) to ``RUN/<method>/distilled``,
+trains a student with one `ddoq.train.loop.fit_distilled` call whose ``on_epoch`` callback
 records the loss and the held-out accuracy of every epoch and stops the run when asked
 (the checkpoint in ``RUN/<method>/student`` is written first, so stopping loses nothing),
 and writes ``RUN/<method>/manifest.json``.
@@ -26,11 +26,11 @@ import torch
 
 from ddoq import export
 from ddoq._io import write_json
-from ddoq.data import load_dataset
-from ddoq.distill import DistillConfig, distill
+from ddoq.data.datasets import load_dataset
+from ddoq.distillation.stages import DistillConfig, distill
 from ddoq.labels import match_teacher, resolve_teacher, train_teacher
 from ddoq.priors import load_prior
-from ddoq.train import TrainConfig, fit_distilled
+from ddoq.train.loop import TrainConfig, fit_distilled
 
 __all__ = ["MethodRecord", "TeacherJob", "TrainJob", "TrainSpec", "list_runs"]
 

@@ -46,7 +46,7 @@ METHODS = ("pca", "umap")
 _FORMAT = "ddoq-projection-1"
 
 
-# The cache folder and the data key are ddoq.data's, shared with the latent cache.
+# The cache folder and the data key are ddoq._io's, shared with the latent cache.
 default_cache_dir = cache_dir
 data_fingerprint = array_digest
 

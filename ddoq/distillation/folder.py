@@ -3,10 +3,10 @@
 data -> encode -> quantize -> decode -> label -> **export** (class by class, resumable)
 
 `distill_to_folder(config, OUT)` is what `ddoq distill --out OUT` runs. It opens the run
-folder beside OUT (`ddoq.run_store.RunStore`), lets the chosen engine compute the classes
-not finished yet (`ddoq.distill.run_local` in this process, or `ddoq.ray_engine.run_ray` on
-a Ray cluster), each finished class being stored as it comes, then writes the export
-atomically (`ddoq.export`) and removes the run folder.
+folder beside OUT (`ddoq.distillation.store.RunStore`), lets the chosen engine compute the
+classes not finished yet (`ddoq.distillation.stages.run_local` in this process, or
+`ddoq.distillation.ray_engine.run_ray` on a Ray cluster), each finished class being stored
+as it comes, then writes the export atomically (`ddoq.export`) and removes the run folder.
 
 Running the same command again finds the run folder, checks that it was started with the
 same settings, data and prior, and computes only the classes not yet done; a finished class
@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ddoq import export
-from ddoq.distill import (
+from ddoq.distillation.ray_engine import run_ray
+from ddoq.distillation.stages import (
     ClassPart,
     DistillConfig,
     DistillResult,
@@ -33,8 +34,7 @@ from ddoq.distill import (
     run_local,
     with_total,
 )
-from ddoq.ray_engine import run_ray
-from ddoq.run_store import RunStore
+from ddoq.distillation.store import RunStore
 
 __all__ = ["ENGINES", "distill_to_folder"]
 
@@ -64,7 +64,7 @@ def distill_to_folder(
     out
         the export folder (absent or empty unless `overwrite`).
     engine
-        ``"local"`` (this process) or ``"ray"`` (`ddoq.ray_engine`).
+        ``"local"`` (this process) or ``"ray"`` (`ddoq.distillation.ray_engine`).
     ray_address
         Ray cluster to connect to; None starts a local one (``ray`` only).
     workers

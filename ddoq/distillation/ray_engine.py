@@ -2,8 +2,8 @@
 
 data -> encode -> quantize -> decode -> label -> export, each stage spread over workers
 
-`run_ray` runs the same stage functions as the local engine (`ddoq.distill`), so it gives
-the same images and weights; only where they run changes. Ray does the scheduling, the
+`run_ray` runs the same stage functions as the local engine (`ddoq.distillation.stages`), so it
+gives the same images and weights; only where they run changes. Ray does the scheduling, the
 retries and the data movement; nothing here is a scheduler of its own.
 
 1. **encode** (Ray Data batch inference): one row per chunk of 256 consecutive images of
@@ -13,11 +13,11 @@ retries and the data movement; nothing here is a scheduler of its own.
    ``RUN/shards/class-00003/chunk-000000256.safetensors``.
 2. **quantize** (Ray tasks): one task per group of classes joins each class's shards into
    the latent cache (`ddoq.encode.CacheEntry`), runs the batched CLVQ of the whole group
-   (`ddoq.distill.select_points`, per-class seeds) and the W2 figures, and writes the
+   (`ddoq.distillation.stages.select_points`, per-class seeds) and the W2 figures, and writes the
    chosen points to ``RUN/points/class-00003.safetensors``.
 3. **decode + label** (Ray Data batch inference): one row per class, mapped by a pool of
    `_Renderer` actors holding the prior and the teacher; each writes the finished class
-   into the run store (`ddoq.run_store.write_part`).
+   into the run store (`ddoq.distillation.store.write_part`).
 
 The driver only sees row metadata (labels, counts) and marks each class done in the run
 manifest as its row comes back, so an interrupted run resumes from there. A killed worker
@@ -48,7 +48,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ddoq._io import load_record, save_record, save_tensors
-from ddoq.distill import (
+from ddoq.distillation.stages import (
     DistillConfig,
     Selection,
     measure_w2,
@@ -56,8 +56,8 @@ from ddoq.distill import (
     render_class,
     select_points,
 )
+from ddoq.distillation.store import write_part
 from ddoq.encode import ENCODE_BATCH, cache_entry, encode_chunk
-from ddoq.run_store import write_part
 
 __all__ = ["connect", "quantize_stage", "run_ray"]
 

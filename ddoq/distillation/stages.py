@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddoq.data import load_dataset
+from ddoq.data.datasets import load_dataset
 from ddoq.encode import encode_dataset
 from ddoq.labels import match_teacher, resolve_teacher, teacher_logits
 from ddoq.priors import load_prior
@@ -76,7 +76,7 @@ class DistillConfig:
     Attributes
     ----------
     dataset
-        ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.load_dataset`).
+        ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.datasets.load_dataset`).
     ipc
         images per class K (ignored by ``full``).
     method
@@ -206,7 +206,7 @@ class DistillResult:
             "seeds": {
                 "master": self.config.seed,
                 "quantize": "seed * 1000 + class label",
-                "image": "ddoq.distill.image_seed(seed, label, k) (also per row of metadata)",
+                "image": "ddoq.distillation.stages.image_seed(seed, label, k) (per metadata row)",
             },
             "class_names": self.class_names,
             "versions": package_versions(),
@@ -261,8 +261,8 @@ def decode_latents(
 
 
 # ----------------------------------------------------------------------- per-class stages
-# Both engines (the local loop below and `ddoq.ray_engine`) run these same functions, class
-# by class or on a group of classes, so their results agree.
+# Both engines (the local loop below and `ddoq.distillation.ray_engine`) run these same
+# functions, class by class or on a group of classes, so their results agree.
 
 
 @dataclass
@@ -493,7 +493,7 @@ def assemble(
 
     Weights: within class c, ``temper_weights(masses, alpha)`` (sums to 1), times the class
     prior N_c / N; then scaled to mean 1 over the whole set. `images`, when given, replaces
-    the parts' own images (a lazy sequence over class files, see `ddoq.runs`).
+    the parts' own images (a lazy sequence over class files, see `ddoq.distillation.folder`).
     """
     parts = sorted(parts, key=lambda p: p.label)
     if [p.label for p in parts] != list(range(train.num_classes)):
@@ -579,7 +579,7 @@ def distill(
     be the ones `config.prior` and `config.teacher` name, which the manifest records.
     `on_class("class", done, total)` is called after each finished class, so a caller such
     as the app can show progress. For a resumable run written to a folder, or the Ray
-    engine, see `ddoq.runs.distill_to_folder`.
+    engine, see `ddoq.distillation.folder.distill_to_folder`.
     """
     config.check()
     timings: dict[str, float] = {}

@@ -2,8 +2,8 @@
 
 data -> encode -> quantize -> decode -> label -> **export** (class by class, resumable)
 
-While `ddoq.runs.distill_to_folder(config, OUT)` works, each finished class is stored in a
-hidden run folder beside the export::
+While `ddoq.distillation.folder.distill_to_folder(config, OUT)` works, each finished class is
+stored in a hidden run folder beside the export::
 
     .OUT.distill-run/run.json                    the run manifest: configuration, dataset
                                                  and prior fingerprints, and the classes
@@ -14,8 +14,8 @@ hidden run folder beside the export::
 
 A class file is written under a temporary name and renamed into place before the manifest
 lists the class, so a run killed at any moment leaves only whole classes behind. Both
-engines (`ddoq.distill.run_local`, `ddoq.ray_engine.run_ray`) write through this store; the
-store knows neither of them.
+engines (`ddoq.distillation.stages.run_local`, `ddoq.distillation.ray_engine.run_ray`) write
+through this store; the store knows neither of them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 
 from ddoq._io import load_record, save_record, write_json
-from ddoq.distill import ClassPart, DistillConfig
+from ddoq.distillation.stages import ClassPart, DistillConfig
 
 __all__ = ["ClassImages", "RunStore", "read_part", "write_part"]
 

@@ -2,7 +2,7 @@
 
 data -> encode -> quantize -> decode -> label -> **train** -> export
 
-`ddoq.train.fit` trains with `torch.nn.parallel.DistributedDataParallel` whenever a
+`ddoq.train.loop.fit` trains with `torch.nn.parallel.DistributedDataParallel` whenever a
 `torch.distributed` process group of two or more processes is initialised. This module
 sets that group up from the environment torchrun gives each worker (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), and `launch` starts N

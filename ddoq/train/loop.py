@@ -16,7 +16,7 @@ in one batched `affine_grid` call. Each epoch ends with an atomic checkpoint; `f
 from it, and a resumed run gives the same weights as an uninterrupted one (the shuffling
 and augmentation generator is checkpointed too).
 
-Inside a `torch.distributed` process group of W > 1 processes (`ddoq.distributed`:
+Inside a `torch.distributed` process group of W > 1 processes (`ddoq.train.distributed`:
 torchrun, or ``ddoq train --nproc W``) `fit` trains a `DistributedDataParallel` student:
 every process draws the same global batches and augmentations from the same seeded
 generator and takes its 1/W share of each batch, so the batch size, the loss and its
@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddoq import distributed
 from ddoq._io import load_state, save_state
 from ddoq.export import DistilledSet
-from ddoq.students import build_student
+from ddoq.train import distributed
+from ddoq.train.students import build_student
 
 __all__ = [
     "AUGMENTATIONS",
@@ -75,7 +75,7 @@ class TrainConfig:
     Attributes
     ----------
     student
-        network name (see `ddoq.students.STUDENTS`).
+        network name (see `ddoq.train.students.STUDENTS`).
     width
         ConvNet width (128 classic).
     epochs

@@ -1,0 +1,1 @@
+"""Stage 1, data: datasets, their fixed train/test split and their fingerprints."""
