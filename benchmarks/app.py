@@ -86,7 +86,7 @@ def _tick_times(repeats: int) -> list[list[object]]:
     from ddoq.app.live import LiveCLVQ
     from ddoq.app.playground import sample_distribution
     from ddoq.app.projection import project
-    from ddoq.data.datasets import load_dataset
+    from ddoq.data import load_dataset
 
     try:
         from ddoq.priors import load_prior

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from _report import machine_line, markdown_table, write_section
 
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.distillation.stages import DistillConfig, distill
 from ddoq.labels import load_teacher
 from ddoq.priors import load_prior

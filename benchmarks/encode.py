@@ -16,7 +16,7 @@ import tempfile
 import torch
 from _report import machine_line, markdown_table, median_time, write_section
 
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.encode import encode_dataset
 from ddoq.priors import load_prior
 

@@ -32,7 +32,7 @@ _API = {
     "CLVQ": "ddoq.quantize",
     "quantize_classes": "ddoq.quantize",
     "wasserstein2": "ddoq.transport",
-    "load_dataset": "ddoq.data.datasets",
+    "load_dataset": "ddoq.data",
     "load_prior": "ddoq.priors",
     "DistillConfig": "ddoq.distillation.stages",
     "distill": "ddoq.distillation.stages",
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports lazily
-    from ddoq.data.datasets import load_dataset
+    from ddoq.data import load_dataset
     from ddoq.distillation.stages import DistillConfig, distill
     from ddoq.export import load
     from ddoq.priors import load_prior

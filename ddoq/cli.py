@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from ddoq import __version__, export
 from ddoq._io import write_json
 from ddoq.build.prior import PriorTrainingConfig, train_prior
-from ddoq.data.datasets import EMBEDDED_DATASETS, load_dataset
+from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.distillation.folder import distill_to_folder
 from ddoq.distillation.stages import DECODES, METHODS, DistillConfig, package_versions
 from ddoq.labels import (
@@ -349,7 +349,7 @@ def _add_train(subparsers) -> None:
 
 def _class_names(dataset: str) -> list[str]:
     """The class names of a dataset (its train split), in label order."""
-    from ddoq.data.datasets import load_dataset
+    from ddoq.data import load_dataset
 
     return [str(c) for c in load_dataset(dataset, "train").classes]
 

@@ -52,7 +52,7 @@ def _dataset_fingerprint(dataset) -> str:
     if not fp:
         raise ValueError(
             f"dataset {type(dataset).__name__} has no `fingerprint`; load it with "
-            "ddoq.data.datasets.load_dataset or pass cache_dir=False to encode without caching"
+            "ddoq.data.load_dataset or pass cache_dir=False to encode without caching"
         )
     return str(fp)
 
@@ -165,7 +165,7 @@ def encode_class(
     Parameters
     ----------
     dataset
-        a `ddoq.data.datasets` dataset (``classes``, ``class_indices``, ``images``,
+        a `ddoq.data` dataset (``classes``, ``class_indices``, ``images``,
         ``fingerprint``), at the prior's image size and channels.
     prior
         a `ddoq.priors.GenerativePrior`.

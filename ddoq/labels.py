@@ -49,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddoq._io import cache_dir, replace_dir
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.train.loop import AUGMENTATIONS, TrainConfig, augment, evaluate, fit
 from ddoq.train.students import ConvNet
 

@@ -36,7 +36,8 @@ from ddoq.app.state import (
     data_info,
     describe_skipped,
 )
-from ddoq.data.datasets import EMBEDDED_DATASETS, CorruptImageWarning, load_dataset
+from ddoq.data import EMBEDDED_DATASETS, load_dataset
+from ddoq.data.images import CorruptImageWarning
 
 # The app's work is many small tensor operations (a live tick is a few ms of maths); on
 # shared 2-core machines a second torch thread made them several times slower under load

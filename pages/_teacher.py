@@ -14,7 +14,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ddoq.app.jobs import TeacherJob
-from ddoq.data.datasets import EMBEDDED_DATASETS, load_dataset
+from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.labels import Teacher, TeacherConfig, resolve_teacher
 
 __all__ = ["teacher_panel"]

@@ -335,7 +335,7 @@ def _folder(root: Path, sizes: dict[str, int], corrupt: bool = True) -> Path:
     """An ImageFolder of PNG digits from the embedded MNIST: class name -> images."""
     from PIL import Image
 
-    from ddoq.data.datasets import load_dataset
+    from ddoq.data import load_dataset
 
     mnist = load_dataset("mnist")
     for digit, (name, n) in zip((1, 3, 7, 0, 2), sizes.items(), strict=False):

@@ -245,7 +245,7 @@ def own_folder(tmp_path_factory) -> Path:
     import numpy as np
     from PIL import Image
 
-    from ddoq.data.datasets import load_dataset
+    from ddoq.data import load_dataset
 
     root = tmp_path_factory.mktemp("own-folder")
     mnist = load_dataset("mnist")

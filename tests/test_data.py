@@ -1,4 +1,4 @@
-"""Tests of ddoq.data.datasets: embedded MNIST and digits, image folders, splits, fingerprints.
+"""Tests of ddoq.data: embedded MNIST and digits, image folders, splits, fingerprints.
 
 Every test that can write a cache points DDOQ_CACHE_DIR at a temporary folder.
 Folders are built with PIL in tmp_path; nothing is mocked.
@@ -18,15 +18,13 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-import ddoq.data.datasets as ddata
-from ddoq.data.datasets import (
-    CorruptImageWarning,
-    FolderDataset,
-    ImageLoadError,
-    TensorImageDataset,
-    load_dataset,
-    stratified_split,
-)
+import ddoq.data.embedded as embedded
+import ddoq.data.folders as folders
+from ddoq.data import load_dataset
+from ddoq.data.datasets import TensorImageDataset
+from ddoq.data.folders import FolderDataset
+from ddoq.data.images import CorruptImageWarning, ImageLoadError
+from ddoq.data.split import stratified_split
 
 # --------------------------------------------------------------------------------------
 # Fixtures
@@ -204,7 +202,7 @@ def test_mnist_fingerprints_differ_by_split_and_options(mnist_train, mnist_test)
 
 
 def test_mnist_cache_file_is_written_and_reused(mnist_train, cache_env, monkeypatch, tmp_path):
-    cache_file = cache_env / ddata._MNIST_CACHE_NAME
+    cache_file = cache_env / embedded._MNIST_CACHE_NAME
     assert cache_file.is_file()
     stamp = cache_file.stat().st_mtime_ns
     load_dataset("mnist")
@@ -217,14 +215,14 @@ def test_mnist_cache_file_is_written_and_reused(mnist_train, cache_env, monkeypa
         pixels, labels = npz["pixels"].copy(), npz["labels"].copy()
     src = int(mnist_train.source_indices[0])
     pixels[src] = 255
-    np.savez_compressed(tmp_path / ddata._MNIST_CACHE_NAME, pixels=pixels, labels=labels)
+    np.savez_compressed(tmp_path / embedded._MNIST_CACHE_NAME, pixels=pixels, labels=labels)
     assert load_dataset("mnist")[0][0].min() == 1.0
 
     # A corrupt cache is parsed again and repaired.
-    (tmp_path / ddata._MNIST_CACHE_NAME).write_bytes(b"garbage")
+    (tmp_path / embedded._MNIST_CACHE_NAME).write_bytes(b"garbage")
     repaired = load_dataset("mnist")
     assert torch.equal(repaired.images([0, 1]), mnist_train.images([0, 1]))
-    with np.load(tmp_path / ddata._MNIST_CACHE_NAME) as npz:
+    with np.load(tmp_path / embedded._MNIST_CACHE_NAME) as npz:
         assert npz["pixels"].shape == (5000, 784) and npz["pixels"].dtype == np.uint8
 
 
@@ -508,7 +506,7 @@ def test_folder_fingerprint_stable_and_sensitive(tmp_path):
 
 def test_header_check_cache_is_used(tmp_path, monkeypatch):
     monkeypatch.setenv("DDOQ_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(ddata, "_VERIFY_CACHE_MIN_FILES", 1)
+    monkeypatch.setattr(folders, "_VERIFY_CACHE_MIN_FILES", 1)
     root = make_simple_folder(tmp_path / "data", {"a": 3, "b": 3})
     (root / "b" / "broken.png").write_bytes(b"nope")
     for _ in range(2):  # the second load reads the cache and still warns

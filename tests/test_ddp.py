@@ -28,7 +28,7 @@ def distilled(tmp_path_factory):
 
 
 def _test_split(ds):
-    from ddoq.data.datasets import load_dataset
+    from ddoq.data import load_dataset
 
     info = ds.manifest["dataset"]
     test = load_dataset(

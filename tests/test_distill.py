@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.distillation.stages import DistillConfig, decode_latents, distill, image_seed
 from ddoq.priors import load_prior
 from ddoq.quantize import temper_weights

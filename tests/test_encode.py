@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.encode import cache_path, default_cache_dir, encode_class, encode_dataset
 from ddoq.priors import EMBEDDED_PRIOR_DIR, load_prior
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.labels import (
     EMBEDDED_TEACHER_DIR,
     TeacherConfig,

@@ -146,7 +146,7 @@ def test_compare_w2(rng):
 
 def test_load_class_points_in_pixel_space(monkeypatch, tmp_path):
     monkeypatch.setenv("DDOQ_CACHE_DIR", str(tmp_path))
-    from ddoq.data.datasets import load_dataset
+    from ddoq.data import load_dataset
 
     ds = load_dataset("digits")
     pts = load_class_points(ds, 2)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.priors import EMBEDDED_PRIOR_DIR, EmbeddedPrior, load_prior
 
 

@@ -159,7 +159,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_run_store_records_only_written_classes(tmp_path):
     """A class listed as done whose file is gone is recomputed, never trusted."""
-    from ddoq.data.datasets import load_dataset
+    from ddoq.data import load_dataset
     from ddoq.priors import load_prior
 
     prior = load_prior("embedded")

@@ -13,7 +13,7 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.labels import teacher_dir_for
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ddoq import export
 from ddoq.cli import main
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.labels import (
     TeacherConfig,
     hard_labels,

@@ -26,7 +26,7 @@ import torch
 
 from ddoq import export
 from ddoq._io import write_json
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.distillation.stages import DistillConfig, distill
 from ddoq.labels import match_teacher, resolve_teacher, train_teacher
 from ddoq.priors import load_prior

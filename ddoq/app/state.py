@@ -190,7 +190,7 @@ class Choices:
 
     def choose_dataset(self, name: str) -> None:
         """Use the embedded dataset `name`, or the folder `name` when it is not embedded."""
-        from ddoq.data.datasets import EMBEDDED_DATASETS
+        from ddoq.data import EMBEDDED_DATASETS
 
         if name in EMBEDDED_DATASETS:
             self.set("s_source", name)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ddoq._io import replace_dir
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.priors.base import PRIOR_JSON
 
 __all__ = ["PriorTrainingConfig", "PriorTrainingReport", "train_prior"]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddoq.data.datasets import load_dataset
+from ddoq.data import load_dataset
 from ddoq.encode import encode_dataset
 from ddoq.labels import match_teacher, resolve_teacher, teacher_logits
 from ddoq.priors import load_prior
@@ -76,7 +76,7 @@ class DistillConfig:
     Attributes
     ----------
     dataset
-        ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.datasets.load_dataset`).
+        ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.load_dataset`).
     ipc
         images per class K (ignored by ``full``).
     method

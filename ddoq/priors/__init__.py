@@ -12,7 +12,7 @@
 
 Example::
 
-    from ddoq.data.datasets import load_dataset
+    from ddoq.data import load_dataset
     from ddoq.priors import load_prior
 
     prior = load_prior("embedded")

@@ -8,7 +8,7 @@ shipped in `ddoq/assets/prior/` in diffusers' `save_pretrained` layout. It is a
 image size, latent normalisation, training configuration, data fingerprint) differs.
 
 MNIST digits are 28 x 28; the prior works on 32 x 32 images as produced by
-``ddoq.data.datasets.load_dataset("mnist", image_size=32)``.
+``ddoq.data.load_dataset("mnist", image_size=32)``.
 """
 
 from __future__ import annotations
