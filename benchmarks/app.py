@@ -4,8 +4,8 @@
   warm caches (the prior loaded, the class encoded, the PCA map fitted: the state of a
   server a person has already used). The first, cold open is reported too.
 - Live tick: the function the page timers call, timed directly (AppTest fires no timers):
-  `ddoq.app.figures.live_frame` (Explore: a few CLVQ steps, exact assignment, centroid
-  placement, figures) and `ddoq.app.figures.playground_frame` (Teach: the same plus the Voronoi
+  `ddoq.app.frames.live_frame` (Explore: a few CLVQ steps, exact assignment, centroid
+  placement, figures) and `ddoq.app.frames.playground_frame` (Teach: the same plus the Voronoi
   grid and two exact W2). Streamlit's own cost of sending a figure is not included.
 
 - With ``--browser``: the live views in headless Chromium with a second session open
@@ -82,7 +82,7 @@ def _page_times(repeats: int) -> tuple[list[list[object]], str]:
 
 def _tick_times(repeats: int) -> list[list[object]]:
     from ddoq.app.compare import load_class_points
-    from ddoq.app.figures import live_frame, playground_frame
+    from ddoq.app.frames import live_frame, playground_frame
     from ddoq.app.live import LiveCLVQ
     from ddoq.app.playground import sample_distribution
     from ddoq.app.projection import project

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from _report import machine_line, markdown_table, write_section
 
 from ddoq.data import load_dataset
-from ddoq.distillation.stages import DistillConfig, distill
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.local import distill
 from ddoq.labels import load_teacher
 from ddoq.priors import load_prior
 from ddoq.quantize import temper_weights

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from _report import machine_line, markdown_table, write_section
 
-from ddoq.distillation.stages import DistillConfig, measure_w2, select_points
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.stages import measure_w2, select_points
 
 LATENT_SHAPE = (4, 32, 32)
 

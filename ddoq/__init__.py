@@ -34,8 +34,8 @@ _API = {
     "wasserstein2": "ddoq.transport",
     "load_dataset": "ddoq.data",
     "load_prior": "ddoq.priors",
-    "DistillConfig": "ddoq.distillation.stages",
-    "distill": "ddoq.distillation.stages",
+    "DistillConfig": "ddoq.distillation.config",
+    "distill": "ddoq.distillation.local",
     "TrainConfig": "ddoq.train.loop",
     "fit": "ddoq.train.loop",
     "load": "ddoq.export",
@@ -56,7 +56,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports lazily
     from ddoq.data import load_dataset
-    from ddoq.distillation.stages import DistillConfig, distill
+    from ddoq.distillation.config import DistillConfig
+    from ddoq.distillation.local import distill
     from ddoq.export import load
     from ddoq.priors import load_prior
     from ddoq.quantize import CLVQ, quantize_classes

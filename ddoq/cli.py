@@ -7,34 +7,26 @@ Errors a user can cause are reported as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from ddoq import __version__, export
-from ddoq._io import write_json
 from ddoq.build.prior import PriorTrainingConfig, train_prior
+from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
+from ddoq.distillation.config import DECODES, METHODS, DistillConfig
 from ddoq.distillation.folder import distill_to_folder
-from ddoq.distillation.stages import DECODES, METHODS, DistillConfig, package_versions
-from ddoq.labels import (
-    TeacherConfig,
-    resolve_teacher,
-    teacher_logits,
-    train_teacher,
-)
-from ddoq.quantize import temper_weights
+from ddoq.distillation.stages import image_weights
+from ddoq.labels import resolve_teacher, teacher_logits
 from ddoq.train import distributed
 from ddoq.train.loop import AUGMENTATIONS, TrainConfig, auto_epochs, evaluate, fit_distilled
-from ddoq.train.students import STUDENTS, build_student
+from ddoq.train.runs import held_out_split, load_student, read_run, write_run
+from ddoq.train.students import STUDENTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,18 +373,6 @@ def _set_teacher(args: argparse.Namespace, ds: export.DistilledSet, device: str)
     return teacher
 
 
-def _test_split(manifest: dict, dataset: str | None):
-    """(images, labels) of the held-out split matching a distilled set's manifest."""
-    info = manifest.get("dataset", {})
-    name = dataset or info.get("name") or manifest.get("config", {}).get("dataset")
-    if not name:
-        raise ValueError("the distilled set names no dataset; pass --dataset")
-    test = load_dataset(
-        name, "test", image_size=info.get("image_size"), channels=info.get("channels")
-    )
-    return test, (test.images(), torch.as_tensor(test.targets))
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train a student on a distilled set; write RUN/manifest.json.
 
@@ -476,7 +456,8 @@ def _train(args: argparse.Namespace) -> str | None:
         teacher = _set_teacher(args, ds, config.device)
         if main:
             print(f"teacher: {teacher.describe()}", flush=True)
-    test, test_xy = _test_split(ds.manifest, args.dataset) if main else (None, None)
+    test = held_out_split(ds.manifest, args.dataset) if main else None
+    test_xy = (test.images(), torch.as_tensor(test.targets)) if main else None
     run = Path(args.out)
     if main:
         run.mkdir(parents=True, exist_ok=True)
@@ -485,35 +466,7 @@ def _train(args: argparse.Namespace) -> str | None:
     )
     if not main:
         return None
-    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    save_file(state, run / "model.safetensors")
-    manifest = {
-        "kind": "ddoq-train",
-        "config": asdict(config),
-        "distilled": {
-            "path": str(Path(args.distilled).resolve()),
-            "method": ds.manifest.get("config", {}).get("method"),
-            "num_images": len(ds),
-            "config": ds.manifest.get("config"),
-        },
-        "student": {
-            "name": config.student,
-            "num_classes": ds.num_classes,
-            "in_channels": int(ds.images.shape[1]),
-            "image_size": int(ds.images.shape[-1]),
-        },
-        "test_split": {"dataset": test.name, "fingerprint": test.fingerprint, "size": len(test)},
-        "teacher": teacher.info() if teacher is not None else ds.manifest.get("teacher"),
-        "class_names": ds.class_names,
-        "versions": package_versions(),
-        "distributed": {
-            "world_size": result.world_size,
-            "backend": distributed.backend(),
-        },
-        "timings": {"train": round(result.seconds, 3), "total": time.perf_counter() - start},
-        "metrics": result.metrics(),
-    }
-    write_json(run / "manifest.json", manifest)
+    write_run(run, result, ds, test=test, teacher=teacher, started=start)
     processes = f", {result.world_size} processes" if result.world_size > 1 else ""
     return (
         f"test accuracy {result.test_accuracy:.4f} ({config.student}, {len(ds)} images"
@@ -561,22 +514,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         size = size or model.image_size
     else:
         run = Path(args.run)
-        if not (run / "manifest.json").is_file() or not (run / "model.safetensors").is_file():
-            raise ValueError(
-                f"{run} is not a finished `ddoq train` run (needs manifest.json and "
-                "model.safetensors)"
-            )
-        manifest = json.loads((run / "manifest.json").read_text())
+        manifest = read_run(run)
         s = manifest["student"]
-        model = build_student(
-            s["name"],
-            s["num_classes"],
-            s["in_channels"],
-            s["image_size"],
-            width=manifest["config"]["width"],
-        )
-        model.load_state_dict(load_file(run / "model.safetensors"))
-        model.to(args.device)
+        model = load_student(run, args.device)
         name = args.dataset or manifest["test_split"]["dataset"]
         size, channels = args.image_size or s["image_size"], s["in_channels"]
         what = f"student {s['name']} of {run}"
@@ -621,16 +561,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     config = dict(manifest.get("config", {}))
     weights = src.weights
     if args.alpha is not None:
-        counts = np.asarray(
-            manifest.get("dataset", {}).get("class_counts") or np.ones(src.num_classes)
-        )
-        w = torch.zeros(len(src), dtype=torch.float64)
-        for c in range(src.num_classes):
-            rows = (src.labels == c).nonzero().flatten()
-            if len(rows):
-                within = temper_weights(src.masses[rows].double().numpy(), args.alpha)
-                w[rows] = torch.as_tensor(within * counts[c] / counts.sum())
-        weights = (w * (len(w) / w.sum())).float()
+        counts = manifest.get("dataset", {}).get("class_counts") or [1] * src.num_classes
+        weights = image_weights(src.masses.double().numpy(), src.labels.numpy(), counts, args.alpha)
         config["alpha"] = args.alpha
     logits, temperature = src.teacher_logits, src.temperature or config.get("temperature", 20.0)
     if args.teacher is not None:

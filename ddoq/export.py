@@ -152,7 +152,7 @@ def write_set(
 
 
 def write(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write a `ddoq.distillation.stages.DistillResult` to `out` (see `write_set`)."""
+    """Write a `ddoq.distillation.config.DistillResult` to `out` (see `write_set`)."""
     return write_set(
         out,
         images=result.images,

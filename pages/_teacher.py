@@ -14,8 +14,9 @@ from __future__ import annotations
 import streamlit as st
 
 from ddoq.app.jobs import TeacherJob
+from ddoq.build.teacher import TeacherConfig
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
-from ddoq.labels import Teacher, TeacherConfig, resolve_teacher
+from ddoq.labels import Teacher, resolve_teacher
 
 __all__ = ["teacher_panel"]
 

@@ -10,7 +10,8 @@ import streamlit as st
 
 from ddoq.app.compare import decode_centroids, nearest_points
 from ddoq.app.figures import image_row, to_uint8
-from ddoq.distillation.stages import DistillConfig, quantize_seed
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.stages import quantize_seed
 from ddoq.quantize import CLVQ
 from pages._common import (
     class_points,

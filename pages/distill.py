@@ -1,6 +1,6 @@
 """Distill and export: Algorithm 2 for every class, written to disk and offered as a zip.
 
-A thin view over `ddoq.distillation.stages.distill` (encode, quantize, decode, label) and
+A thin view over `ddoq.distillation.local.distill` (encode, quantize, decode, label) and
 `ddoq.export.write`. Each browser session writes under its own folder
 (`pages._common.session_dir`), so two sessions never overwrite each other's exports.
 """
@@ -15,7 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from ddoq.app.figures import image_row, to_uint8
-from ddoq.distillation.stages import DECODES, METHODS, DistillConfig, distill
+from ddoq.distillation.config import DECODES, METHODS, DistillConfig
+from ddoq.distillation.local import distill
 from ddoq.export import write
 from pages._common import (
     chosen_data,

@@ -7,7 +7,7 @@ PCA while UMAP is computed in the background; Run/Pause/Resume/Step/Reset drive 
 
 import streamlit as st
 
-from ddoq.app.figures import live_frame
+from ddoq.app.frames import live_frame
 from ddoq.app.live import LiveCLVQ
 from pages._common import (
     data_controls,

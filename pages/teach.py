@@ -10,7 +10,8 @@ beside Zador's K^(-2/d) rate. All computation is in `ddoq.app.playground` and `d
 import numpy as np
 import streamlit as st
 
-from ddoq.app.figures import click_canvas, distortion_vs_k, playground_frame
+from ddoq.app.figures import click_canvas, distortion_vs_k
+from ddoq.app.frames import playground_frame
 from ddoq.app.live import LiveCLVQ
 from ddoq.app.playground import (
     DISTRIBUTIONS,

@@ -11,7 +11,8 @@ import streamlit as st
 
 from ddoq.app.compare import compare_w2, pushforward_check, w2_against_k
 from ddoq.app.figures import w2_against_k_chart, w2_bars
-from ddoq.distillation.stages import DistillConfig, quantize_seed
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.stages import quantize_seed
 from pages._common import (
     class_points,
     data_controls,

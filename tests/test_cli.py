@@ -4,6 +4,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from ddoq.cli import build_parser, main
 
@@ -102,3 +103,40 @@ def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_export_re_tempers_with_the_distillation_formula(distilled, tmp_path):
+    """`ddoq export --alpha a` gives the weights a distillation at alpha a assembles."""
+    from ddoq.distillation.stages import image_weights
+    from ddoq.export import load
+
+    out = tmp_path / "alpha03"
+    assert main(["export", str(distilled), "--out", str(out), "--alpha", "0.3", "--quiet"]) == 0
+    src, new = load(distilled), load(out)
+    counts = src.manifest["dataset"]["class_counts"]
+    expected = image_weights(src.masses.double().numpy(), src.labels.numpy(), counts, 0.3)
+    assert torch.equal(new.weights, expected)
+    assert not torch.allclose(new.weights, src.weights)
+
+
+def test_train_writes_one_run_schema_that_rebuilds_the_student(distilled, trained, tmp_path):
+    from ddoq.export import load
+    from ddoq.train.runs import KIND, held_out_split, load_student, read_run
+
+    run = read_run(trained)
+    assert run["kind"] == KIND == "ddoq-train" and run["status"] == "done"
+    assert run["distilled"]["method"] == "ddoq" and run["distilled"]["metrics"]["num_images"] == 100
+    test = held_out_split(load(distilled).manifest)
+    assert run["test_split"] == {"dataset": "mnist", "fingerprint": test.fingerprint, "size": 1000}
+    student = load_student(trained)
+    assert not student.training and sum(p.numel() for p in student.parameters()) > 0
+    with pytest.raises(ValueError, match="names no dataset"):
+        held_out_split({"config": {}})
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"")
+    (other / "manifest.json").write_text(json.dumps({"kind": "ddoq-app-train"}))
+    with pytest.raises(ValueError, match="not 'ddoq-train'"):
+        read_run(other)
+    with pytest.raises(ValueError, match="not a finished"):
+        read_run(tmp_path)

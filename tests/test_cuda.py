@@ -193,8 +193,8 @@ def test_ddp_with_nccl_equals_one_process():
 
 def test_ray_quantize_stage_one_gpu_per_actor(tmp_path, rng):
     ray = pytest.importorskip("ray")
+    from ddoq.distillation.config import DistillConfig
     from ddoq.distillation.ray_engine import connect, quantize_stage
-    from ddoq.distillation.stages import DistillConfig
 
     class Latents:  # what the quantize stage reads of a cache entry
         def __init__(self, x: np.ndarray) -> None:

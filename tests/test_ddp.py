@@ -21,7 +21,8 @@ SUBSET = 37  # an odd batch: the 2 processes get 19 and 18 images
 def distilled(tmp_path_factory):
     """A real distilled set: DDOQ, IPC 10 on the embedded MNIST (100 weighted images)."""
     from ddoq import export
-    from ddoq.distillation.stages import DistillConfig, distill
+    from ddoq.distillation.config import DistillConfig
+    from ddoq.distillation.local import distill
 
     result = distill(DistillConfig(ipc=10), progress=False)
     return export.write(result, tmp_path_factory.mktemp("ddp") / "ddoq10")

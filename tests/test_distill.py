@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from ddoq.data import load_dataset
-from ddoq.distillation.stages import DistillConfig, decode_latents, distill, image_seed
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.local import distill
+from ddoq.distillation.stages import decode_latents, image_seed
 from ddoq.priors import load_prior
 from ddoq.quantize import temper_weights
 
@@ -151,3 +153,20 @@ def test_default_alpha_weights_follow_the_closed_form_on_unbalanced_classes(tmp_
     assert np.allclose(r.weights.double().numpy(), expected, rtol=1e-5)
     # not the identity (alpha 1) nor uniform within class (alpha 0): the test can tell them apart
     assert not np.allclose(expected, masses * len(masses) / masses.sum(), rtol=1e-3)
+
+
+def test_image_weights_is_the_closed_form():
+    from ddoq.distillation.stages import image_weights
+
+    masses = np.array([0.75, 0.25, 0.5, 0.5])
+    labels = np.array([0, 0, 1, 1])
+    counts = [30, 10]  # class priors 3/4 and 1/4
+    # alpha 1: class 0 keeps its masses x 3/4, class 1 x 1/4, then mean 1 over the 4 images
+    raw = np.array([0.75 * 0.75, 0.25 * 0.75, 0.5 * 0.25, 0.5 * 0.25])
+    w = image_weights(masses, labels, counts, 1.0)
+    assert w.dtype == torch.float32 and float(w.mean()) == pytest.approx(1.0)
+    np.testing.assert_allclose(w.numpy(), raw * 4 / raw.sum(), rtol=1e-6)
+    # alpha 0: uniform within each class, still the class prior across classes
+    np.testing.assert_allclose(
+        image_weights(masses, labels, counts, 0.0).numpy(), [1.5] * 2 + [0.5] * 2
+    )

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from ddoq.distillation.stages import DistillConfig, distill
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.local import distill
 from ddoq.export import load, write, write_set
 
 

@@ -195,6 +195,15 @@ def test_no_module_shadows_a_public_name():
     # rebind the package attribute on import. The code of Algorithm 2 is `ddoq/distillation/`.
     clashes = {n for n in _modules() if set(n.split(".")[1:]) & set(ddoq.__all__)}
     assert not clashes
-    importlib.import_module("ddoq.distillation.stages")
+    for module in ("config", "stages", "local", "folder"):
+        importlib.import_module(f"ddoq.distillation.{module}")
 
     assert callable(ddoq.distill) and not isinstance(ddoq.distill, type(ddoq))
+
+
+def test_figures_only_draw():
+    """`ddoq.app.figures` takes results; advancing CLVQ and measuring W2 is `ddoq.app.frames`."""
+    source = (PACKAGE / "app" / "figures.py").read_text()
+    for call in (".tick(", "place_centroids(", "voronoi_grid(", "w2_weighted_vs_uniform("):
+        assert call not in source, call
+    assert "ddoq.app.figures" in import_graph()["ddoq.app.frames"]

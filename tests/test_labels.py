@@ -7,16 +7,9 @@ import pytest
 import torch
 import torchvision
 
+from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.data import load_dataset
-from ddoq.labels import (
-    EMBEDDED_TEACHER_DIR,
-    TeacherConfig,
-    hard_labels,
-    load_teacher,
-    soft_labels,
-    teacher_logits,
-    train_teacher,
-)
+from ddoq.labels import EMBEDDED_TEACHER_DIR, hard_labels, load_teacher, soft_labels, teacher_logits
 
 
 @pytest.fixture(scope="module")

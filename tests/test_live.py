@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ddoq.app.compare import compare_w2, load_class_points, w2_against_k
-from ddoq.app.figures import live_frame, voronoi_map, weights_bars
+from ddoq.app.figures import voronoi_map, weights_bars
+from ddoq.app.frames import live_frame
 from ddoq.app.live import LiveCLVQ
 from ddoq.app.playground import (
     DISTRIBUTIONS,
@@ -181,6 +182,14 @@ def test_train_job_stops_between_epochs(tmp_path):
     assert job.records["random"].status == "stopped" and not job.records["random"].epochs
     rows = list_runs(tmp_path)
     assert [r["method"] for r in rows] == ["d4m"] and rows[0]["status"] == "stopped"
+    # the app writes the run `ddoq train` writes (one schema), with its settings under "app"
+    from ddoq.train.runs import load_student, read_run
+
+    run = read_run(rows[0]["folder"])
+    assert run["kind"] == "ddoq-train" and run["app"]["method"] == "d4m"
+    assert run["history"]["test_accuracy"] == job.records["d4m"].accuracy
+    assert rows[0]["test accuracy"] == job.records["d4m"].accuracy[-1]
+    assert load_student(rows[0]["folder"]).training is False
 
 
 def test_nearest_points_and_image_helpers(rng):

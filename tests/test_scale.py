@@ -13,9 +13,9 @@ import torch
 
 from ddoq import export
 from ddoq.cli import main
+from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.folder import distill_to_folder
 from ddoq.distillation.ray_engine import KILL_ONCE_ENV
-from ddoq.distillation.stages import DistillConfig
 from ddoq.distillation.store import RunStore, read_part
 
 # img2img with a few steps: exercises the per-image noise seeds as well as the decoder
@@ -179,7 +179,7 @@ def test_run_store_records_only_written_classes(tmp_path):
 
 def test_folder_run_streams_the_same_set_as_the_in_memory_run(tmp_path):
     """`distill_to_folder` (class files, images streamed) writes what `distill` computes."""
-    from ddoq.distillation.stages import distill
+    from ddoq.distillation.local import distill
 
     config = DistillConfig(cache_dir=str(tmp_path / "cache"), **(SETTINGS | {"decode": "vae"}))
     in_memory = distill(config, progress=False)

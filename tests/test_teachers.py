@@ -15,17 +15,10 @@ import torchvision
 from PIL import Image
 
 from ddoq import export
+from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.cli import main
 from ddoq.data import load_dataset
-from ddoq.labels import (
-    TeacherConfig,
-    hard_labels,
-    load_teacher,
-    resolve_teacher,
-    teacher_dir_for,
-    teacher_logits,
-    train_teacher,
-)
+from ddoq.labels import hard_labels, load_teacher, resolve_teacher, teacher_dir_for, teacher_logits
 
 PER_CLASS = 40
 

@@ -1,36 +1,25 @@
 """Plotly figures of the quantize stage (views only: they draw results, compute nothing new).
 
-Used by the Streamlit pages and usable from a notebook. Every function takes arrays
-(or the small result objects of `ddoq.app.live`, `ddoq.app.playground`, `ddoq.app.compare`) and
-returns a `plotly.graph_objects.Figure`.
+Used by the Streamlit pages and usable from a notebook. Every function takes arrays (or the
+small result objects of `ddoq.app.live`, `ddoq.app.playground`, `ddoq.app.compare`) and
+returns a `plotly.graph_objects.Figure`. Advancing CLVQ, placing centroids and measuring W2
+happen before, in `ddoq.app.frames`, which then calls these functions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from ddoq.app.compare import W2Comparison
-from ddoq.app.live import LiveCLVQ, LiveHistory, LiveSnapshot
-from ddoq.app.playground import (
-    DistortionCurve,
-    VoronoiGrid,
-    W2Pair,
-    voronoi_grid,
-    w2_weighted_vs_uniform,
-)
-from ddoq.app.projection import Projection, place_centroids
+from ddoq.app.live import LiveHistory
+from ddoq.app.playground import DistortionCurve, VoronoiGrid
 
 __all__ = [
     "PALETTE",
-    "LiveFrame",
-    "PlaygroundFrame",
-    "live_frame",
-    "playground_frame",
     "centroid_map",
     "click_canvas",
     "distortion_history",
@@ -450,85 +439,6 @@ def w2_against_k_chart(comparisons: Sequence[W2Comparison], title: str = "") -> 
         xaxis={**_log_axis(ks), "title": "K (images per class)"},
         yaxis={**_log_axis(), "title": "W2 to the class"},
         legend={"orientation": "h", "y": -0.3},
-    )
-
-
-@dataclass
-class LiveFrame:
-    """What one live tick draws: the map, the distortion curve, and the state behind them."""
-
-    map: go.Figure
-    curve: go.Figure
-    snapshot: LiveSnapshot | None
-
-
-def live_frame(
-    live: LiveCLVQ,
-    projection: Projection,
-    *,
-    step: bool = True,
-    uniform_overlay: bool = False,
-    point_ids: np.ndarray | None = None,
-    title: str = "",
-) -> LiveFrame:
-    """One tick of the live view: advance `live` (when `step`) and draw it on `projection`.
-
-    Centroids are placed on the map without refitting (`place_centroids`, "auto").
-    This is the function the app's timer calls; the benchmark times it directly.
-    """
-    snap = live.tick() if step else live.snapshot
-    if snap is None:
-        fig = centroid_map(projection.embedding, None, None, None, point_ids=point_ids, title=title)
-        return LiveFrame(fig, distortion_history(live.history), None)
-    pos = place_centroids(projection, snap.centers, labels=snap.labels)
-    fig = centroid_map(
-        projection.embedding,
-        snap.labels,
-        pos,
-        snap.masses,
-        uniform_overlay=uniform_overlay,
-        point_ids=point_ids,
-        title=title,
-    )
-    return LiveFrame(fig, distortion_history(live.history), snap)
-
-
-@dataclass
-class PlaygroundFrame:
-    """What one tick of the teaching playground draws, and the W2 pair it reports."""
-
-    map: go.Figure
-    weights: go.Figure | None
-    curve: go.Figure | None
-    w2: W2Pair | None
-    snapshot: LiveSnapshot | None
-
-
-def playground_frame(
-    live: LiveCLVQ,
-    bounds: tuple[float, float, float, float],
-    *,
-    step: bool = True,
-    uniform_overlay: bool = True,
-    resolution: int = 110,
-) -> PlaygroundFrame:
-    """One tick of the 2-D playground: advance `live`, draw its Voronoi cells and weights.
-
-    Also computes the exact W2 of the grid with its cell masses and with uniform weights
-    (`ddoq.app.playground.w2_weighted_vs_uniform`). The Teach page's timer calls this.
-    """
-    points = live.points
-    snap = live.tick() if step else live.snapshot
-    if snap is None:
-        grid = voronoi_grid(points[:1], bounds, resolution=20)
-        return PlaygroundFrame(voronoi_map(points, grid, None, None), None, None, None, None)
-    grid = voronoi_grid(snap.centers, bounds, resolution=resolution)
-    return PlaygroundFrame(
-        voronoi_map(points, grid, snap.centers, snap.masses, uniform_overlay=uniform_overlay),
-        weights_bars(snap.companion_weights, snap.masses),
-        distortion_history(live.history, "Running vs exact distortion"),
-        w2_weighted_vs_uniform(points, snap.centers, snap.masses),
-        snap,
     )
 
 

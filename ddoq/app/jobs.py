@@ -5,16 +5,17 @@ the worker thread runs on while the person switches pages or the page reruns, an
 polls the job's public state (status, progress, per-epoch losses and accuracies).
 
 For each method (``ddoq``, ``d4m``, ``random``, ``full``) the job distils the set
-(`ddoq.distillation.stages.distill`), writes it (`ddoq.export.write`) to ``RUN/<method>/distilled``,
+(`ddoq.distillation.local.distill`), writes it (`ddoq.export.write`) to ``RUN/<method>/distilled``,
 trains a student with one `ddoq.train.loop.fit_distilled` call whose ``on_epoch`` callback
 records the loss and the held-out accuracy of every epoch and stops the run when asked
 (the checkpoint in ``RUN/<method>/student`` is written first, so stopping loses nothing),
-and writes ``RUN/<method>/manifest.json``.
+and writes the run as ``ddoq train`` does (`ddoq.train.runs.write_run`: one schema, kind
+``ddoq-train``, with the job's settings under ``"app"``) into ``RUN/<method>/``; the
+held-out split is `ddoq.train.runs.held_out_split` of the written set, as for the CLI.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -25,12 +26,14 @@ from pathlib import Path
 import torch
 
 from ddoq import export
-from ddoq._io import write_json
+from ddoq.build.teacher import train_teacher
 from ddoq.data import load_dataset
-from ddoq.distillation.stages import DistillConfig, distill
-from ddoq.labels import match_teacher, resolve_teacher, train_teacher
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.local import distill
+from ddoq.labels import match_teacher, resolve_teacher
 from ddoq.priors import load_prior
 from ddoq.train.loop import TrainConfig, fit_distilled
+from ddoq.train.runs import held_out_split, read_run, write_run
 
 __all__ = ["MethodRecord", "TeacherJob", "TrainJob", "TrainSpec", "list_runs"]
 
@@ -135,10 +138,7 @@ class TrainJob:
         self.status = "loading the prior"
         prior = self.prior or load_prior(spec.prior, spec.device)
         teacher = self.teacher
-        test = load_dataset(
-            spec.dataset, "test", image_size=prior.image_size, channels=prior.channels
-        )
-        test_x, test_y = test.images(), torch.as_tensor(test.targets)
+        test = test_xy = None
         total = len(spec.methods) * cfg.epochs
         done = 0
         for method in spec.methods:
@@ -162,6 +162,9 @@ class TrainJob:
             )
             result = distill(dconf, prior=prior, teacher=teacher, progress=False)
             ds = export.load(export.write(result, run / "distilled", overwrite=True))
+            if test is None:  # the same split for every method: the set's dataset and size
+                test = held_out_split(ds.manifest)
+                test_xy = (test.images(), torch.as_tensor(test.targets))
             start = time.perf_counter()
 
             def on_epoch(epoch: int, metrics: dict[str, float], rec=rec, method=method) -> bool:
@@ -175,44 +178,40 @@ class TrainJob:
                 rec.status = self.status = f"training {method}: epoch {now}/{cfg.epochs}"
                 return self._stop.is_set()
 
-            if not self._stop.is_set():
-                rec.status = self.status = f"training {method}: epoch 1/{cfg.epochs}"
-                fit_distilled(
-                    cfg,
-                    ds,
-                    teacher=teacher,
-                    test=(test_x, test_y),
-                    run_dir=run / "student",
-                    progress=False,
-                    on_epoch=on_epoch,
-                )
+            if self._stop.is_set():
+                rec.status = "stopped"
+                continue
+            rec.status = self.status = f"training {method}: epoch 1/{cfg.epochs}"
+            trained = fit_distilled(
+                cfg,
+                ds,
+                teacher=teacher,
+                test=test_xy,
+                run_dir=run / "student",
+                progress=False,
+                on_epoch=on_epoch,
+            )
             rec.status = "stopped" if self._stop.is_set() else "done"
-            write_json(
-                run / "manifest.json",
-                {
-                    "kind": "ddoq-app-train",
-                    "method": method,
-                    "spec": asdict(spec),
-                    "distilled": str(run / "distilled"),
-                    "epochs_done": len(rec.epochs),
-                    "loss": rec.loss,
-                    "accuracy": rec.accuracy,
-                    "test_accuracy": rec.accuracy[-1] if rec.accuracy else None,
-                    "seconds": round(time.perf_counter() - start, 3),
-                    "status": rec.status,
-                    "teacher": None if teacher is None else teacher.info(),
-                    "distill_metrics": result.metrics(),
-                },
+            write_run(
+                run,
+                trained,
+                ds,
+                test=test,
+                teacher=teacher,
+                status=rec.status,
+                history={"epoch": rec.epochs, "loss": rec.loss, "test_accuracy": rec.accuracy},
+                started=start,
+                extra={"app": {"job": self.run_root.name, "method": method, "spec": asdict(spec)}},
             )
         self.progress = 1.0 if not self._stop.is_set() else self.progress
 
 
 class TeacherJob:
-    """Train a teacher for a dataset (`ddoq.labels.train_teacher`) in a daemon thread.
+    """Train a teacher for a dataset (`ddoq.build.teacher.train_teacher`) in a daemon thread.
 
     The app keeps one per dataset in the person's session and polls its public state:
     `status`, `progress` (0..1, per epoch), `info` (the last epoch's loss, seconds),
-    `report` (a `ddoq.labels.TeacherReport` once done), `error`, `running`. The teacher is
+    `report` (a `ddoq.build.teacher.TeacherReport` once done), `error`, `running`. The teacher is
     written to `out` (default: `ddoq.labels.teacher_dir_for` the dataset, where
     ``teacher="auto"`` finds it).
     """
@@ -257,23 +256,26 @@ class TeacherJob:
 
 
 def list_runs(root: str | os.PathLike) -> list[dict]:
-    """Finished method runs under `root` (``root/<job>/<method>/manifest.json``), newest first."""
+    """Trained method runs under `root` (``root/<job>/<method>/``, `write_run`), newest first."""
     rows = []
     for path in Path(root).glob("*/*/manifest.json"):
         try:
-            m = json.loads(path.read_text())
+            m = read_run(path.parent)
         except (OSError, ValueError):
             continue
-        spec = m.get("spec", {})
+        distilled, history = m["distilled"], m.get("history") or {}
+        accuracy = m["metrics"].get("test_accuracy")
+        if accuracy is None and history.get("test_accuracy"):  # stopped: the last epoch's
+            accuracy = history["test_accuracy"][-1]
         rows.append(
             {
                 "run": path.parent.parent.name,
-                "method": m.get("method"),
-                "ipc": spec.get("ipc"),
-                "student": spec.get("train", {}).get("student"),
-                "epochs": m.get("epochs_done"),
-                "test accuracy": m.get("test_accuracy"),
-                "W2 reduction": (m.get("distill_metrics") or {}).get("w2_reduction_mean"),
+                "method": distilled.get("method"),
+                "ipc": (distilled.get("config") or {}).get("ipc"),
+                "student": m["student"]["name"],
+                "epochs": len(history.get("epoch", [])) or m["metrics"].get("epochs_done"),
+                "test accuracy": accuracy,
+                "W2 reduction": (distilled.get("metrics") or {}).get("w2_reduction_mean"),
                 "status": m.get("status"),
                 "folder": str(path.parent),
             }

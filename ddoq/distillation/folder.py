@@ -4,7 +4,7 @@ data -> encode -> quantize -> decode -> label -> **export** (class by class, res
 
 `distill_to_folder(config, OUT)` is what `ddoq distill --out OUT` runs. It opens the run
 folder beside OUT (`ddoq.distillation.store.RunStore`), lets the chosen engine compute the
-classes not finished yet (`ddoq.distillation.stages.run_local` in this process, or
+classes not finished yet (`ddoq.distillation.local.run_local` in this process, or
 `ddoq.distillation.ray_engine.run_ray` on a Ray cluster), each finished class being stored
 as it comes, then writes the export atomically (`ddoq.export`) and removes the run folder.
 
@@ -23,17 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ddoq import export
+from ddoq.distillation.config import DistillConfig, DistillResult
+from ddoq.distillation.local import run_local
 from ddoq.distillation.ray_engine import run_ray
-from ddoq.distillation.stages import (
-    ClassPart,
-    DistillConfig,
-    DistillResult,
-    assemble,
-    prepare,
-    prior_info,
-    run_local,
-    with_total,
-)
+from ddoq.distillation.stages import ClassPart, assemble, prepare, prior_info, with_total
 from ddoq.distillation.store import RunStore
 
 __all__ = ["ENGINES", "distill_to_folder"]

@@ -48,14 +48,8 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ddoq._io import load_record, save_record, save_tensors
-from ddoq.distillation.stages import (
-    DistillConfig,
-    Selection,
-    measure_w2,
-    prepare,
-    render_class,
-    select_points,
-)
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.stages import Selection, measure_w2, prepare, render_class, select_points
 from ddoq.distillation.store import write_part
 from ddoq.encode import ENCODE_BATCH, cache_entry, encode_chunk
 

@@ -1,8 +1,9 @@
-"""Algorithm 2 end to end (pipeline stages: encode -> quantize -> decode -> label).
+"""Algorithm 2's stages, class by class: encode -> quantize -> decode -> label (both engines).
 
 data -> encode -> quantize -> decode -> label -> train -> export
 
-`distill(DistillConfig(...))` turns a dataset and a generative prior into a distilled set:
+`ddoq.distill(DistillConfig(...))` (`ddoq.distillation.local`) turns a dataset and a generative
+prior into a distilled set:
 
 1. encode every training image of each class with the prior's VAE (cached, `ddoq.encode`);
 2. per class, choose K = `ipc` points according to the method:
@@ -25,211 +26,34 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ddoq.data import load_dataset
-from ddoq.encode import encode_dataset
+from ddoq.distillation.config import ClassStats, DistillConfig, DistillResult
 from ddoq.labels import match_teacher, resolve_teacher, teacher_logits
 from ddoq.priors import load_prior
 from ddoq.quantize import quantize_classes, temper_weights
 from ddoq.transport import distortion, voronoi_masses, wasserstein2
 
 __all__ = [
-    "DECODES",
-    "METHODS",
     "ClassPart",
-    "ClassStats",
-    "DistillConfig",
-    "DistillResult",
     "Selection",
     "assemble",
     "decode_latents",
-    "distill",
     "image_seed",
+    "image_weights",
     "load_train",
     "measure_w2",
-    "package_versions",
     "prepare",
     "prior_info",
+    "quantize_seed",
     "render_class",
-    "run_local",
     "select_points",
     "with_total",
 ]
-
-METHODS = ("ddoq", "d4m", "random", "full")
-DECODES = ("vae", "img2img")
-
-
-@dataclass
-class DistillConfig:
-    """Everything that determines a distilled set (stored in its manifest as is).
-
-    Attributes
-    ----------
-    dataset
-        ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.load_dataset`).
-    ipc
-        images per class K (ignored by ``full``).
-    method
-        one of `METHODS`.
-    alpha
-        tempering exponent of the ``ddoq`` weights (1 raw masses, 0 uniform).
-    decode
-        ``"vae"`` or ``"img2img"`` (``ddoq`` and ``d4m`` only).
-    prior
-        ``"embedded"``, a prior folder or hub id (`ddoq.priors.load_prior`).
-    strength, steps, guidance
-        img2img noise level, DDIM steps, classifier-free scale
-        (None: the prior's default).
-    solver, quantize_iter, quantize_batch
-        CLVQ settings (``"clvq"`` or ``"lloyd"``,
-        passes over the data, mini-batch size).
-    teacher
-        teacher for the soft labels: ``"auto"`` (the one trained for the dataset, or
-        another whose class names match), ``"embedded"``, a teacher folder or a
-        torchvision name (`ddoq.labels.resolve_teacher`), None for none (hard labels).
-    teacher_weights
-        weights file of a torchvision teacher.
-    temperature
-        soft-label temperature T recorded with the set.
-    seed
-        master seed (clustering, random picks, img2img noise).
-    limit_per_class
-        use only this many training images per class.
-    device
-        torch device.
-    cache_dir
-        latent cache root (None: `ddoq.encode.default_cache_dir()`).
-    """
-
-    dataset: str = "mnist"
-    ipc: int = 10
-    method: str = "ddoq"
-    alpha: float = 0.5
-    decode: str = "vae"
-    prior: str = "embedded"
-    strength: float = 0.7
-    steps: int = 50
-    guidance: float | None = None
-    solver: str = "clvq"
-    quantize_iter: int = 1
-    quantize_batch: int = 256
-    teacher: str | None = "auto"
-    teacher_weights: str | None = None
-    temperature: float = 20.0
-    seed: int = 0
-    limit_per_class: int | None = None
-    device: str = "cpu"
-    cache_dir: str | None = None
-
-    def check(self) -> DistillConfig:
-        """Raise ValueError on an impossible setting; return self."""
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.decode not in DECODES:
-            raise ValueError(f"unknown decode {self.decode!r}; choose one of {', '.join(DECODES)}")
-        if isinstance(self.ipc, bool) or int(self.ipc) != self.ipc or self.ipc < 1:
-            raise ValueError(f"ipc (images per class) must be an integer >= 1, got {self.ipc!r}")
-        if not np.isfinite(self.alpha) or self.alpha < 0:
-            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        return self
-
-
-@dataclass
-class ClassStats:
-    """Per-class quantization figures (latent space)."""
-
-    label: int
-    name: str
-    n_points: int
-    w2_weighted: float | None
-    w2_uniform: float | None
-
-    @property
-    def w2_reduction(self) -> float | None:
-        """1 - W2_weighted / W2_uniform (how much the weights shorten the distance)."""
-        if not self.w2_uniform:
-            return None
-        return 1.0 - self.w2_weighted / self.w2_uniform
-
-
-@dataclass
-class DistillResult:
-    """A distilled set in memory (everything `ddoq.export.write` stores).
-
-    Tensors are on the CPU; ``N`` is the number of distilled images, in class order.
-    """
-
-    config: DistillConfig
-    images: torch.Tensor | None  # N x C x H x W in [0, 1] (None once streamed to a folder)
-    labels: torch.Tensor  # N int64
-    class_names: list[str]
-    weights: torch.Tensor  # N, mean 1 over the set
-    masses: torch.Tensor  # N, Voronoi cell mass of the image's point within its class
-    index_in_class: torch.Tensor  # N, k
-    seeds: torch.Tensor | None  # N int64, img2img noise seed of each image
-    latents: torch.Tensor | None  # N x latent_shape (decoded centroids, or encoded reals)
-    teacher_logits: torch.Tensor | None  # N x num_classes
-    source_indices: torch.Tensor | None  # N, train-split index of real images
-    per_class: list[ClassStats]
-    timings: dict[str, float]
-    info: dict = field(default_factory=dict)
-
-    def metrics(self) -> dict:
-        """Manifest-ready W2 figures: per class and the mean reduction."""
-        rows = [asdict(s) | {"w2_reduction": s.w2_reduction} for s in self.per_class]
-        reductions = [s.w2_reduction for s in self.per_class if s.w2_reduction is not None]
-        return {
-            "num_images": len(self.labels),
-            "w2_per_class": rows,
-            "w2_weighted_mean": _mean([s.w2_weighted for s in self.per_class]),
-            "w2_uniform_mean": _mean([s.w2_uniform for s in self.per_class]),
-            "w2_reduction_mean": _mean(reductions),
-        }
-
-    def manifest(self) -> dict:
-        """The run manifest: configuration, seeds, versions, timings, metrics."""
-        return {
-            "kind": "ddoq-distill",
-            "config": asdict(self.config),
-            "seeds": {
-                "master": self.config.seed,
-                "quantize": "seed * 1000 + class label",
-                "image": "ddoq.distillation.stages.image_seed(seed, label, k) (per metadata row)",
-            },
-            "class_names": self.class_names,
-            "versions": package_versions(),
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
-            "metrics": self.metrics(),
-            **self.info,
-        }
-
-
-def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python and the packages a result depends on."""
-    out = {"python": platform.python_version()}
-    for name in ("ddoq", "torch", "torchvision", "diffusers", "numpy", "pot", "safetensors"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def image_seed(seed: int, label: int, k: int) -> int:
@@ -258,11 +82,6 @@ def decode_latents(
         seed=seeds,
         progress=progress,
     ).cpu()
-
-
-# ----------------------------------------------------------------------- per-class stages
-# Both engines (the local loop below and `ddoq.distillation.ray_engine`) run these same
-# functions, class by class or on a group of classes, so their results agree.
 
 
 @dataclass
@@ -434,50 +253,42 @@ def render_class(
     )
 
 
-def run_local(
-    config: DistillConfig,
-    prior,
-    teacher,
-    train,
-    classes: list[int],
-    save: Callable[[ClassPart], None],
-    *,
-    group: int = 64,
-    timings: dict[str, float] | None = None,
-    progress: bool = False,
-) -> None:
-    """The local engine: encode, quantize, measure, decode and label `classes`, in this process.
+def image_weights(
+    masses: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    class_counts: np.ndarray | list[int],
+    alpha: float,
+) -> torch.Tensor:
+    """The weights of a distilled set's images, from their cell masses (the one formula).
 
-    Classes go `group` at a time (one batched quantization per group, latents of one group
-    in memory); `save(part)` receives each finished class, in class order.
+    Within class c, ``temper_weights(masses of c, alpha)`` (w ~ mass**alpha, summing to 1),
+    times the class prior N_c / N; then scaled to mean 1 over the whole set. `assemble` uses
+    it when a run ends, ``ddoq export --alpha`` when it re-tempers a written set.
+
+    Parameters
+    ----------
+    masses : array of shape (n,)
+        Voronoi cell mass of each image's point within its class.
+    labels : array of shape (n,)
+        Class of each image.
+    class_counts : array of shape (n_classes,)
+        Training images per class, N_c (N is their sum).
+    alpha : float
+        Tempering exponent: 1 keeps the masses, 0 gives uniform weights within a class.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 weights of shape (n,), mean 1.
     """
-    timings = {} if timings is None else timings
-    desc = f"distill ({config.method}, {config.decode})"
-    bar = tqdm(total=len(classes), desc=desc, disable=not progress, unit="class")
-
-    def timed(stage: str, fn, *args, **kwargs):
-        t = time.perf_counter()
-        value = fn(*args, **kwargs)
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t
-        return value
-
-    for start in range(0, len(classes), group):
-        labels = classes[start : start + group]
-        latents: dict[int, torch.Tensor] = {}
-        if config.method != "full":
-            cache = config.cache_dir
-            latents = timed("encode", encode_dataset, train, prior, labels, cache_dir=cache)
-        indices = [train.class_indices(c) for c in labels]
-        found = [latents.get(c) for c in labels]
-        selections = timed("quantize", select_points, config, labels, found, indices)
-        for selection, x in zip(selections, found):
-            timed("w2", measure_w2, selection, x)
-            part = timed("decode", render_class, config, prior, train, selection, None)
-            if teacher is not None:
-                part.logits = timed("label", teacher_logits, teacher, part.images)
-            save(part)
-            bar.update(1)
-    bar.close()
+    masses = np.asarray(masses, dtype=np.float64)
+    labels = np.asarray(labels)
+    counts = np.asarray(class_counts, dtype=np.float64)
+    w = np.zeros(len(masses), dtype=np.float64)
+    for c in np.unique(labels):
+        rows = labels == c
+        w[rows] = temper_weights(masses[rows], alpha) * counts[c] / counts.sum()
+    return torch.as_tensor(w * (len(w) / w.sum())).float()
 
 
 def assemble(
@@ -491,8 +302,7 @@ def assemble(
 ) -> DistillResult:
     """Join the finished classes (in class order) into a `DistillResult`.
 
-    Weights: within class c, ``temper_weights(masses, alpha)`` (sums to 1), times the class
-    prior N_c / N; then scaled to mean 1 over the whole set. `images`, when given, replaces
+    Weights: `image_weights` of the parts' masses. `images`, when given, replaces
     the parts' own images (a lazy sequence over class files, see `ddoq.distillation.folder`).
     """
     parts = sorted(parts, key=lambda p: p.label)
@@ -500,12 +310,8 @@ def assemble(
         raise ValueError("assemble needs exactly one part per class")
     counts = train.class_counts()
     alpha = config.alpha if config.method == "ddoq" else 0.0
-    weights = [
-        torch.as_tensor(temper_weights(p.masses, alpha) * counts[p.label] / counts.sum())
-        for p in parts
-    ]
-    w = torch.cat(weights).to(torch.float64)
-    w = (w * (len(w) / w.sum())).float()
+    labels = torch.cat([torch.full((len(p.masses),), p.label, dtype=torch.long) for p in parts])
+    w = image_weights(np.concatenate([p.masses for p in parts]), labels, counts, alpha)
     generated = config.method in ("ddoq", "d4m")
 
     def cat(name: str):
@@ -518,7 +324,7 @@ def assemble(
         images=torch.cat([p.images for p in parts]).float().clamp(0, 1)
         if images is None
         else images,
-        labels=torch.cat([torch.full((len(p.masses),), p.label, dtype=torch.long) for p in parts]),
+        labels=labels,
         class_names=[str(n) for n in train.classes],
         weights=w,
         masses=torch.cat([torch.as_tensor(p.masses, dtype=torch.float64) for p in parts]).float(),
@@ -563,37 +369,3 @@ def prior_info(config: DistillConfig, prior) -> dict:
         "image_size": prior.image_size,
         "latent_shape": list(prior.latent_shape),
     }
-
-
-def distill(
-    config: DistillConfig,
-    *,
-    prior=None,
-    teacher=None,
-    progress: bool = True,
-    on_class: Callable[[str, int, int], None] | None = None,
-) -> DistillResult:
-    """Run Algorithm 2 (steps 1-3 and the labels) in this process; return the set in memory.
-
-    `prior` and `teacher` may be given already loaded (benchmarks reuse them); they must
-    be the ones `config.prior` and `config.teacher` name, which the manifest records.
-    `on_class("class", done, total)` is called after each finished class, so a caller such
-    as the app can show progress. For a resumable run written to a folder, or the Ray
-    engine, see `ddoq.distillation.folder.distill_to_folder`.
-    """
-    config.check()
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    prior, train, teacher = prepare(config, prior=prior, teacher=teacher)
-    timings["load"] = time.perf_counter() - t
-    parts: list[ClassPart] = []
-
-    def save(part: ClassPart) -> None:
-        parts.append(part)
-        if on_class is not None:
-            on_class("class", len(parts), train.num_classes)
-
-    classes = list(range(train.num_classes))
-    run_local(config, prior, teacher, train, classes, save, timings=timings, progress=progress)
-    info = teacher.info() if teacher is not None else None
-    return assemble(config, parts, train, prior_info(config, prior), info, with_total(timings))

@@ -14,7 +14,7 @@ stored in a hidden run folder beside the export::
 
 A class file is written under a temporary name and renamed into place before the manifest
 lists the class, so a run killed at any moment leaves only whole classes behind. Both
-engines (`ddoq.distillation.stages.run_local`, `ddoq.distillation.ray_engine.run_ray`) write
+engines (`ddoq.distillation.local.run_local`, `ddoq.distillation.ray_engine.run_ray`) write
 through this store; the store knows neither of them.
 """
 
@@ -32,7 +32,8 @@ import torch
 from safetensors import safe_open
 
 from ddoq._io import load_record, save_record, write_json
-from ddoq.distillation.stages import ClassPart, DistillConfig
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.stages import ClassPart
 
 __all__ = ["ClassImages", "RunStore", "read_part", "write_part"]
 

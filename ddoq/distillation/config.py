@@ -1,0 +1,189 @@
+"""What determines a distilled set (`DistillConfig`) and what a run gives (`DistillResult`).
+
+The configuration is stored in the set's manifest as is; `DistillResult.manifest` is that
+manifest (configuration, seeds, versions, timings, W2 figures).
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ClassStats",
+    "DECODES",
+    "DistillConfig",
+    "DistillResult",
+    "METHODS",
+    "package_versions",
+]
+
+METHODS = ("ddoq", "d4m", "random", "full")
+DECODES = ("vae", "img2img")
+
+
+@dataclass
+class DistillConfig:
+    """Everything that determines a distilled set (stored in its manifest as is).
+
+    Attributes
+    ----------
+    dataset
+        ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.load_dataset`).
+    ipc
+        images per class K (ignored by ``full``).
+    method
+        one of `METHODS`.
+    alpha
+        tempering exponent of the ``ddoq`` weights (1 raw masses, 0 uniform).
+    decode
+        ``"vae"`` or ``"img2img"`` (``ddoq`` and ``d4m`` only).
+    prior
+        ``"embedded"``, a prior folder or hub id (`ddoq.priors.load_prior`).
+    strength, steps, guidance
+        img2img noise level, DDIM steps, classifier-free scale
+        (None: the prior's default).
+    solver, quantize_iter, quantize_batch
+        CLVQ settings (``"clvq"`` or ``"lloyd"``,
+        passes over the data, mini-batch size).
+    teacher
+        teacher for the soft labels: ``"auto"`` (the one trained for the dataset, or
+        another whose class names match), ``"embedded"``, a teacher folder or a
+        torchvision name (`ddoq.labels.resolve_teacher`), None for none (hard labels).
+    teacher_weights
+        weights file of a torchvision teacher.
+    temperature
+        soft-label temperature T recorded with the set.
+    seed
+        master seed (clustering, random picks, img2img noise).
+    limit_per_class
+        use only this many training images per class.
+    device
+        torch device.
+    cache_dir
+        latent cache root (None: `ddoq.encode.default_cache_dir()`).
+    """
+
+    dataset: str = "mnist"
+    ipc: int = 10
+    method: str = "ddoq"
+    alpha: float = 0.5
+    decode: str = "vae"
+    prior: str = "embedded"
+    strength: float = 0.7
+    steps: int = 50
+    guidance: float | None = None
+    solver: str = "clvq"
+    quantize_iter: int = 1
+    quantize_batch: int = 256
+    teacher: str | None = "auto"
+    teacher_weights: str | None = None
+    temperature: float = 20.0
+    seed: int = 0
+    limit_per_class: int | None = None
+    device: str = "cpu"
+    cache_dir: str | None = None
+
+    def check(self) -> DistillConfig:
+        """Raise ValueError on an impossible setting; return self."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.decode not in DECODES:
+            raise ValueError(f"unknown decode {self.decode!r}; choose one of {', '.join(DECODES)}")
+        if isinstance(self.ipc, bool) or int(self.ipc) != self.ipc or self.ipc < 1:
+            raise ValueError(f"ipc (images per class) must be an integer >= 1, got {self.ipc!r}")
+        if not np.isfinite(self.alpha) or self.alpha < 0:
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        return self
+
+
+@dataclass
+class ClassStats:
+    """Per-class quantization figures (latent space)."""
+
+    label: int
+    name: str
+    n_points: int
+    w2_weighted: float | None
+    w2_uniform: float | None
+
+    @property
+    def w2_reduction(self) -> float | None:
+        """1 - W2_weighted / W2_uniform (how much the weights shorten the distance)."""
+        if not self.w2_uniform:
+            return None
+        return 1.0 - self.w2_weighted / self.w2_uniform
+
+
+@dataclass
+class DistillResult:
+    """A distilled set in memory (everything `ddoq.export.write` stores).
+
+    Tensors are on the CPU; ``N`` is the number of distilled images, in class order.
+    """
+
+    config: DistillConfig
+    images: torch.Tensor | None  # N x C x H x W in [0, 1] (None once streamed to a folder)
+    labels: torch.Tensor  # N int64
+    class_names: list[str]
+    weights: torch.Tensor  # N, mean 1 over the set
+    masses: torch.Tensor  # N, Voronoi cell mass of the image's point within its class
+    index_in_class: torch.Tensor  # N, k
+    seeds: torch.Tensor | None  # N int64, img2img noise seed of each image
+    latents: torch.Tensor | None  # N x latent_shape (decoded centroids, or encoded reals)
+    teacher_logits: torch.Tensor | None  # N x num_classes
+    source_indices: torch.Tensor | None  # N, train-split index of real images
+    per_class: list[ClassStats]
+    timings: dict[str, float]
+    info: dict = field(default_factory=dict)
+
+    def metrics(self) -> dict:
+        """Manifest-ready W2 figures: per class and the mean reduction."""
+        rows = [asdict(s) | {"w2_reduction": s.w2_reduction} for s in self.per_class]
+        reductions = [s.w2_reduction for s in self.per_class if s.w2_reduction is not None]
+        return {
+            "num_images": len(self.labels),
+            "w2_per_class": rows,
+            "w2_weighted_mean": _mean([s.w2_weighted for s in self.per_class]),
+            "w2_uniform_mean": _mean([s.w2_uniform for s in self.per_class]),
+            "w2_reduction_mean": _mean(reductions),
+        }
+
+    def manifest(self) -> dict:
+        """The run manifest: configuration, seeds, versions, timings, metrics."""
+        return {
+            "kind": "ddoq-distill",
+            "config": asdict(self.config),
+            "seeds": {
+                "master": self.config.seed,
+                "quantize": "seed * 1000 + class label",
+                "image": "ddoq.distillation.stages.image_seed(seed, label, k) (per metadata row)",
+            },
+            "class_names": self.class_names,
+            "versions": package_versions(),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "metrics": self.metrics(),
+            **self.info,
+        }
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on."""
+    out = {"python": platform.python_version()}
+    for name in ("ddoq", "torch", "torchvision", "diffusers", "numpy", "pot", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -1,0 +1,114 @@
+"""The local engine: Algorithm 2's per-class stages, group by group, in this process.
+
+`distill(DistillConfig(...))` returns the distilled set in memory (the top-level
+``ddoq.distill``); `run_local` is the loop both it and the resumable folder run
+(`ddoq.distillation.folder`) use. The Ray engine (`ddoq.distillation.ray_engine`) runs the
+same stages (`ddoq.distillation.stages`) on a cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ddoq.distillation.config import DistillConfig, DistillResult
+from ddoq.distillation.stages import (
+    ClassPart,
+    assemble,
+    measure_w2,
+    prepare,
+    prior_info,
+    render_class,
+    select_points,
+    with_total,
+)
+from ddoq.encode import encode_dataset
+from ddoq.labels import teacher_logits
+
+__all__ = [
+    "distill",
+    "run_local",
+]
+
+
+def run_local(
+    config: DistillConfig,
+    prior,
+    teacher,
+    train,
+    classes: list[int],
+    save: Callable[[ClassPart], None],
+    *,
+    group: int = 64,
+    timings: dict[str, float] | None = None,
+    progress: bool = False,
+) -> None:
+    """The local engine: encode, quantize, measure, decode and label `classes`, in this process.
+
+    Classes go `group` at a time (one batched quantization per group, latents of one group
+    in memory); `save(part)` receives each finished class, in class order.
+    """
+    timings = {} if timings is None else timings
+    desc = f"distill ({config.method}, {config.decode})"
+    bar = tqdm(total=len(classes), desc=desc, disable=not progress, unit="class")
+
+    def timed(stage: str, fn, *args, **kwargs):
+        t = time.perf_counter()
+        value = fn(*args, **kwargs)
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t
+        return value
+
+    for start in range(0, len(classes), group):
+        labels = classes[start : start + group]
+        latents: dict[int, torch.Tensor] = {}
+        if config.method != "full":
+            cache = config.cache_dir
+            latents = timed("encode", encode_dataset, train, prior, labels, cache_dir=cache)
+        indices = [train.class_indices(c) for c in labels]
+        found = [latents.get(c) for c in labels]
+        selections = timed("quantize", select_points, config, labels, found, indices)
+        for selection, x in zip(selections, found):
+            timed("w2", measure_w2, selection, x)
+            part = timed("decode", render_class, config, prior, train, selection, None)
+            if teacher is not None:
+                part.logits = timed("label", teacher_logits, teacher, part.images)
+            save(part)
+            bar.update(1)
+    bar.close()
+
+
+def distill(
+    config: DistillConfig,
+    *,
+    prior=None,
+    teacher=None,
+    progress: bool = True,
+    on_class: Callable[[str, int, int], None] | None = None,
+) -> DistillResult:
+    """Run Algorithm 2 (steps 1-3 and the labels) in this process; return the set in memory.
+
+    `prior` and `teacher` may be given already loaded (benchmarks reuse them); they must
+    be the ones `config.prior` and `config.teacher` name, which the manifest records.
+    `on_class("class", done, total)` is called after each finished class, so a caller such
+    as the app can show progress. For a resumable run written to a folder, or the Ray
+    engine, see `ddoq.distillation.folder.distill_to_folder`.
+    """
+    config.check()
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    prior, train, teacher = prepare(config, prior=prior, teacher=teacher)
+    timings["load"] = time.perf_counter() - t
+    parts: list[ClassPart] = []
+
+    def save(part: ClassPart) -> None:
+        parts.append(part)
+        if on_class is not None:
+            on_class("class", len(parts), train.num_classes)
+
+    classes = list(range(train.num_classes))
+    run_local(config, prior, teacher, train, classes, save, timings=timings, progress=progress)
+    info = teacher.info() if teacher is not None else None
+    return assemble(config, parts, train, prior_info(config, prior), info, with_total(timings))
