@@ -22,7 +22,7 @@ from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.distillation.config import DECODES, METHODS, DistillConfig
 from ddoq.distillation.folder import distill_to_folder
 from ddoq.distillation.stages import image_weights
-from ddoq.labels import resolve_teacher, teacher_logits
+from ddoq.labels import resolve_teacher, teacher_for_set, teacher_logits
 from ddoq.train import distributed
 from ddoq.train.loop import AUGMENTATIONS, TrainConfig, auto_epochs, evaluate, fit_distilled
 from ddoq.train.runs import held_out_split, load_student, read_run, write_run
@@ -346,31 +346,11 @@ def _class_names(dataset: str) -> list[str]:
     return [str(c) for c in load_dataset(dataset, "train").classes]
 
 
-def _set_teacher(args: argparse.Namespace, ds: export.DistilledSet, device: str):
-    """The teacher of `ddoq train` / `ddoq export` for the set `ds`, matched to its classes.
-
-    ``--teacher`` if given, else the teacher the set records (when it can still be loaded),
-    else ``"auto"``.
-    """
-    from pathlib import Path
-
-    from ddoq.labels import resolve_teacher
-
-    recorded = ds.manifest.get("teacher") or {}
-    config = ds.manifest.get("config") or {}
-    spec, weights = args.teacher, args.teacher_weights
-    if spec is None:
-        old = recorded.get("spec") or config.get("teacher")
-        loadable = old is not None and (
-            old in ("embedded", "auto") or Path(old).is_dir() or recorded.get("weights")
-        )
-        spec = old if loadable else "auto"
-        weights = weights or recorded.get("weights") or config.get("teacher_weights")
-    dataset = (ds.manifest.get("dataset") or {}).get("name") or config.get("dataset")
-    teacher = resolve_teacher(spec, ds.class_names, device, weights=weights, dataset=dataset)
-    if args.teacher is None and teacher.selected.startswith("given"):
-        teacher.selected = "the set's teacher" + teacher.selected[len("given") :]
-    return teacher
+def _set_teacher(args: argparse.Namespace, manifest: dict, class_names: list[str], device: str):
+    """`ddoq.labels.teacher_for_set` with ``--teacher`` / ``--teacher-weights``."""
+    return teacher_for_set(
+        manifest, class_names, device, spec=args.teacher, weights=args.teacher_weights
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -453,7 +433,7 @@ def _train(args: argparse.Namespace) -> str | None:
                 "TEACHER`, or train with --labels hard"
             )
     elif soft:
-        teacher = _set_teacher(args, ds, config.device)
+        teacher = _set_teacher(args, ds.manifest, ds.class_names, config.device)
         if main:
             print(f"teacher: {teacher.describe()}", flush=True)
     test = held_out_split(ds.manifest, args.dataset) if main else None
@@ -566,7 +546,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         config["alpha"] = args.alpha
     logits, temperature = src.teacher_logits, src.temperature or config.get("temperature", 20.0)
     if args.teacher is not None:
-        teacher = _set_teacher(args, src, args.device)
+        teacher = _set_teacher(args, src.manifest, src.class_names, args.device)
         print(f"teacher: {teacher.describe()}", flush=True)
         logits = teacher_logits(teacher, src.images)
         manifest["teacher"] = teacher.info()

@@ -58,6 +58,7 @@ __all__ = [
     "resolve_teacher",
     "soft_labels",
     "teacher_dir_for",
+    "teacher_for_set",
     "teacher_logits",
     "teachers_root",
 ]
@@ -575,3 +576,50 @@ def resolve_teacher(
             dataset,
         )
     )
+
+
+def teacher_for_set(
+    manifest: dict,
+    class_names: list[str],
+    device: str | torch.device = "cpu",
+    *,
+    spec: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+) -> Teacher:
+    """The teacher that relabels or live-labels a written distilled set.
+
+    `spec` if given, else the teacher the set's manifest records (when it can still be
+    loaded: ``embedded``, ``auto``, an existing folder, or a torchvision name with its
+    weights file), else ``"auto"``; matched to the set's classes by name (`resolve_teacher`).
+
+    Parameters
+    ----------
+    manifest : dict
+        The set's manifest (``DistilledSet.manifest``).
+    class_names : list of str
+        The set's classes, in label order.
+    device : str or torch.device
+        Where the teacher runs.
+    spec, weights : optional
+        An explicit teacher (as for `resolve_teacher`) and its weights file.
+
+    Returns
+    -------
+    Teacher
+        Its ``selected`` says "the set's teacher ..." when the recorded one was used.
+    """
+    recorded = manifest.get("teacher") or {}
+    config = manifest.get("config") or {}
+    given = spec
+    if spec is None:
+        old = recorded.get("spec") or config.get("teacher")
+        loadable = old is not None and (
+            old in ("embedded", AUTO) or Path(old).is_dir() or recorded.get("weights")
+        )
+        spec = old if loadable else AUTO
+        weights = weights or recorded.get("weights") or config.get("teacher_weights")
+    dataset = (manifest.get("dataset") or {}).get("name") or config.get("dataset")
+    teacher = resolve_teacher(spec, class_names, device, weights=weights, dataset=dataset)
+    if given is None and teacher.selected.startswith("given"):
+        teacher.selected = "the set's teacher" + teacher.selected[len("given") :]
+    return teacher

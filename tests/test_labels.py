@@ -101,3 +101,14 @@ def test_bad_teacher_specs_are_value_errors(tmp_path):
         load_teacher("resnet18", weights=tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="not a teacher folder"):
         load_teacher(tmp_path)
+
+
+def test_teacher_for_set_uses_the_recorded_teacher_while_it_loads():
+    from ddoq.labels import teacher_for_set
+
+    names = [str(c) for c in load_dataset("mnist").classes]
+    recorded = {"teacher": {"spec": "embedded"}, "dataset": {"name": "mnist"}}
+    assert teacher_for_set(recorded, names).selected == "the set's teacher"
+    gone = {"teacher": {"spec": "/no/such/teacher"}, "dataset": {"name": "mnist"}}
+    assert teacher_for_set(gone, names).selected.startswith("auto")
+    assert teacher_for_set(gone, names, spec="embedded").selected == "given"
