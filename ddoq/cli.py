@@ -265,7 +265,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 def _add_train(subparsers) -> None:
     from ddoq.students import STUDENTS
-    from ddoq.train import AUGMENTATIONS, TrainConfig
+    from ddoq.train import AUGMENTATIONS, PRESETS, WEIGHTINGS, TrainConfig
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -299,14 +299,12 @@ def _add_train(subparsers) -> None:
     p.add_argument(
         "--weight-decay",
         type=float,
-        default=d.weight_decay,
-        help=f"AdamW weight decay (default {d.weight_decay})",
+        help=f"AdamW weight decay (default {d.weight_decay}; the preset's if it sets one)",
     )
     p.add_argument("--labels", default=d.labels, help="soft (teacher KL, default) or hard (CE)")
     p.add_argument(
         "--temperature",
         type=float,
-        default=d.temperature,
         help=f"distillation temperature T (default {d.temperature:g})",
     )
     p.add_argument(
@@ -316,12 +314,28 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument(
         "--augment",
-        default=d.augment,
-        help=f"auto (digits <= 32 px, else large), {', '.join(AUGMENTATIONS)}",
+        help=f"auto (default: digits <= 32 px, else large), {', '.join(AUGMENTATIONS)}",
     )
     p.add_argument(
-        "--no-weights", action="store_true", help="ignore the set's weights (all equal to 1)"
+        "--cutmix",
+        type=float,
+        help="probability of CutMix per batch (default 0; the ddranking preset: 1)",
     )
+    p.add_argument(
+        "--preset",
+        default="ddoq",
+        choices=tuple(PRESETS),
+        help="evaluation protocol: ddoq (ours, default) or ddranking (close to DD-Ranking's: "
+        "half-cosine schedule, KL at T = 20, CutMix, no crops); explicit options win",
+    )
+    p.add_argument(
+        "--weights",
+        default=d.weighting,
+        choices=WEIGHTINGS,
+        help="how the set's weights act: loss (weighted loss, default), sample (a weighted "
+        "sampler with an unweighted loss) or none (uniform)",
+    )
+    p.add_argument("--no-weights", action="store_true", help="same as --weights none")
     p.add_argument(
         "--teacher",
         help="teacher for --protocol live or a set without soft labels (default: the set's, "
@@ -444,7 +458,13 @@ def _train_worker(args: argparse.Namespace) -> str | None:
 
 def _train_config(args: argparse.Namespace, ds: DistilledSet) -> TrainConfig:
     """The checked `TrainConfig` of `ddoq train`'s arguments for the distilled set `ds`."""
-    from ddoq.train import TrainConfig, auto_epochs
+    from ddoq.train import PRESETS, TrainConfig, auto_epochs
+
+    preset, d = PRESETS[args.preset], TrainConfig()
+
+    def pick(name: str):  # an explicit option, else the preset's value, else the default
+        given = getattr(args, name)
+        return given if given is not None else preset.get(name, getattr(d, name))
 
     return TrainConfig(
         student=args.student,
@@ -452,12 +472,13 @@ def _train_config(args: argparse.Namespace, ds: DistilledSet) -> TrainConfig:
         epochs=auto_epochs(len(ds)) if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        weight_decay=args.weight_decay,
+        weight_decay=pick("weight_decay"),
         labels=args.labels,
-        temperature=args.temperature,
+        temperature=pick("temperature"),
         protocol=args.protocol,
-        augment=args.augment,
-        use_weights=not args.no_weights,
+        augment=pick("augment"),
+        cutmix=pick("cutmix"),
+        weighting="none" if args.no_weights else args.weights,
         seed=args.seed,
         device=args.device,
     ).check()
@@ -509,6 +530,7 @@ def _train(args: argparse.Namespace) -> str | None:
     manifest = {
         "kind": "ddoq-train",
         "config": asdict(config),
+        "preset": args.preset,
         "distilled": {
             "path": str(Path(args.distilled).resolve()),
             "method": ds.manifest.get("config", {}).get("method"),
