@@ -568,10 +568,28 @@ def _add_evaluate(subparsers) -> None:
         help="top-1 accuracy of a trained student (a `ddoq train` run) or of a teacher",
         description=(
             "Evaluate the student saved in RUN (model.safetensors + manifest.json) on the "
-            "held-out split of its dataset, or a teacher with --teacher. Prints one line."
+            "held-out split of its dataset, or a teacher with --teacher. Prints one line. "
+            "Given the runs they need (their recorded test accuracies, same test split; "
+            "several runs of a kind are averaged), it also prints DD-Ranking's scores: "
+            "IOR = acc(RUN) - acc(--random); HLR = acc(--full) - acc(--hard); LRS from both; "
+            "ARS from RUN, --random, --no-aug and --random-no-aug; accuracies as fractions "
+            "(see ddoq.metrics), and writes them with each run's protocol to --out."
         ),
     )
-    p.add_argument("run", nargs="?", help="run folder written by `ddoq train`")
+    p.add_argument("run", nargs="*", help="run folder(s) written by `ddoq train` (several: seeds)")
+    rank = p.add_argument_group("DD-Ranking scores (each takes one or more runs: seeds)")
+    rank.add_argument("--random", nargs="+", help="random real subset, same size and protocol")
+    rank.add_argument("--full", nargs="+", help="the full training set with --labels hard")
+    rank.add_argument(
+        "--hard", nargs="+", help="the distilled set with --labels hard (default: RUN if hard)"
+    )
+    rank.add_argument("--no-aug", nargs="+", help="the distilled set without augmentation")
+    rank.add_argument("--random-no-aug", nargs="+", help="the random subset without augmentation")
+    rank.add_argument("--lrs-weight", type=float, default=0.5, help="w of LRS (default 0.5)")
+    rank.add_argument("--ars-weight", type=float, default=0.5, help="g of ARS (default 0.5)")
+    rank.add_argument(
+        "--out", help="JSON file for the scores and protocols (default RUN/ranking.json)"
+    )
     p.add_argument(
         "--teacher",
         help="evaluate this teacher instead ('auto', 'embedded', folder, torchvision name)",
@@ -598,8 +616,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ddoq.train import evaluate
 
     _threads(args)
-    if (args.run is None) == (args.teacher is None):
+    if (not args.run) == (args.teacher is None):
         raise ValueError("give either a run folder or --teacher (exactly one)")
+    ranking = [args.random, args.full, args.hard, args.no_aug, args.random_no_aug]
+    if any(r is not None for r in ranking):
+        if args.teacher is not None:
+            raise ValueError("DD-Ranking scores need student runs, not --teacher")
+        return _rank(args)
+    if len(args.run) > 1:
+        raise ValueError("give one run to evaluate (several only with DD-Ranking options)")
+    args.run = args.run[0]
     if args.teacher is not None:
         name, size, channels = args.dataset or "mnist", args.image_size, None
         model = resolve_teacher(
@@ -635,6 +661,115 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_dataset(name, args.split, image_size=size, channels=channels)
     acc = evaluate(model, data.images(), torch.as_tensor(data.targets), device=args.device)
     print(f"{what}: top-1 accuracy {acc:.4f} on {name} {args.split} ({len(data)} images)")
+    return 0
+
+
+_SAME_PROTOCOL = ("student", "width", "labels", "temperature", "protocol", "augment", "cutmix")
+
+
+def _read_runs(paths: list[str], what: str) -> list[dict]:
+    """The manifests of finished `ddoq train` runs (one-line error otherwise)."""
+    import json
+    from pathlib import Path
+
+    out = []
+    for path in paths:
+        file = Path(path) / "manifest.json"
+        manifest = json.loads(file.read_text()) if file.is_file() else {}
+        acc = (manifest.get("metrics") or {}).get("test_accuracy")
+        if manifest.get("kind") != "ddoq-train" or acc is None:
+            raise ValueError(f"{what} {path} is not a finished `ddoq train` run")
+        out.append({**manifest, "path": str(Path(path).resolve())})
+    return out
+
+
+def _rank(args: argparse.Namespace) -> int:
+    """DD-Ranking's scores from the recorded accuracies of the given runs."""
+    import statistics
+    from pathlib import Path
+
+    from ddoq.data import write_json
+    from ddoq.metrics import ranking_scores
+
+    groups = {"run": _read_runs(args.run, "RUN")}
+    for name in ("random", "full", "hard", "no_aug", "random_no_aug"):
+        if getattr(args, name) is not None:
+            groups[name] = _read_runs(getattr(args, name), f"--{name.replace('_', '-')}")
+    run_cfg = groups["run"][0]["config"]
+    if "hard" not in groups and run_cfg["labels"] == "hard":
+        groups["hard"] = groups["run"]
+    splits = {m["test_split"]["fingerprint"] for runs in groups.values() for m in runs}
+    if len(splits) > 1:
+        raise ValueError("the runs were evaluated on different test splits; use one dataset")
+
+    def check(name: str, like: str, **fixed) -> None:
+        for m in groups.get(name, []):
+            for key, value in fixed.items():
+                if m["config"].get(key) != value:
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} {m['path']} must have {key}={value!r}, "
+                        f"has {m['config'].get(key)!r}"
+                    )
+            for key in _SAME_PROTOCOL if like else ():
+                ref = groups[like][0]["config"]
+                if key not in fixed and m["config"].get(key) != ref.get(key):
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} {m['path']} differs from {like} in {key} "
+                        f"({m['config'].get(key)!r} vs {ref.get(key)!r}): same protocol needed"
+                    )
+
+    check("random", "run")
+    check("hard", "", labels="hard")
+    check("full", "", labels="hard")
+    for m in groups.get("full", []):
+        if (m.get("distilled") or {}).get("method") != "full":
+            raise ValueError(f"--full {m['path']} was not trained on a `--method full` set")
+    check("no_aug", "run", augment="none", cutmix=0.0)
+    check("random_no_aug", "no_aug", augment="none", cutmix=0.0)
+    if "no_aug" in groups and run_cfg["augment"] == "none" and not run_cfg.get("cutmix"):
+        raise ValueError("ARS compares with and without augmentation, but RUN has none")
+    acc = {k: statistics.fmean(m["metrics"]["test_accuracy"] for m in v) for k, v in groups.items()}
+    scores = ranking_scores(
+        acc["run"],
+        random=acc.get("random"),
+        full_hard=acc.get("full"),
+        distilled_hard=acc.get("hard"),
+        distilled_no_aug=acc.get("no_aug"),
+        random_no_aug=acc.get("random_no_aug") if "random" in acc else None,
+        lrs_weight=args.lrs_weight,
+        ars_weight=args.ars_weight,
+    )
+    names = {"ior": "IOR", "hlr": "HLR", "lrs": "LRS", "ars": "ARS"}
+    shown = [
+        f"{names[k]} {100 * v:{'+' if k in ('ior', 'hlr') else ''}.2f}"
+        for k, v in scores.as_dict().items()
+        if v is not None
+    ]
+    if not shown:
+        raise ValueError(
+            "no score computable: IOR needs --random; HLR --full and --hard; ARS --random, "
+            "--no-aug and --random-no-aug"
+        )
+    means = ", ".join(f"{k} {100 * v:.2f}% ({len(groups[k])} runs)" for k, v in acc.items())
+    out = Path(args.out) if args.out else Path(args.run[0]) / "ranking.json"
+    write_json(
+        out,
+        {
+            "kind": "ddoq-ranking",
+            "definition": "DD-Ranking (Li et al. 2025) on accuracies as fractions; see "
+            "ddoq.metrics",
+            "scores": scores.as_dict(),
+            "weights": {"lrs": args.lrs_weight, "ars": args.ars_weight},
+            "accuracy": acc,
+            "runs": {
+                k: [{"path": m["path"], "config": m["config"], "preset": m.get("preset")}
+                    for m in v]
+                for k, v in groups.items()
+            },
+        },
+    )  # fmt: skip
+    print(f"DD-Ranking (points; LRS/ARS in [0, 100]): {', '.join(shown)}; accuracies: {means}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -56,3 +56,70 @@ def test_percentages_and_nonsense_are_refused(bad):
         improvement_over_random(bad, 0.5)
     with pytest.raises(ValueError, match="weight"):
         label_robust_score(0.1, 0.1, weight=2.0)
+
+
+def _run(root, name, acc, *, method="ddoq", split="abc", **config):
+    """A finished `ddoq train` run folder as `ddoq evaluate` reads it (manifest only)."""
+    import json
+
+    from ddoq.train import TrainConfig
+
+    folder = root / name
+    folder.mkdir()
+    manifest = {
+        "kind": "ddoq-train",
+        "config": {**TrainConfig().__dict__, **config},
+        "distilled": {"method": method},
+        "test_split": {"dataset": "mnist", "fingerprint": split, "size": 1000},
+        "metrics": {"test_accuracy": acc},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return str(folder)
+
+
+def test_evaluate_prints_and_writes_the_scores(tmp_path, capsys):
+    import json
+
+    from ddoq.cli import main
+
+    runs = [_run(tmp_path, f"ddoq{s}", a) for s, a in enumerate((0.94, 0.96))]  # mean 0.95
+    random = _run(tmp_path, "random", 0.90, method="random")
+    full = _run(tmp_path, "full", 0.98, method="full", labels="hard")
+    hard = _run(tmp_path, "hard", 0.85, labels="hard")
+    no_aug = _run(tmp_path, "noaug", 0.92, augment="none")
+    rnd_no_aug = _run(tmp_path, "rnoaug", 0.91, augment="none", method="random")
+    argv = ["evaluate", *runs, "--random", random, "--full", full, "--hard", hard]
+    argv += ["--no-aug", no_aug, "--random-no-aug", rnd_no_aug]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lrs = label_robust_score(0.05, 0.13)
+    ars = augmentation_robust_score(0.95, 0.90, 0.92, 0.91)
+    assert "IOR +5.00" in out and "HLR +13.00" in out and f"LRS {100 * lrs:.2f}" in out
+    assert f"ARS {100 * ars:.2f}" in out
+    written = json.loads((tmp_path / "ddoq0" / "ranking.json").read_text())
+    assert written["scores"]["lrs"] == pytest.approx(lrs)
+    assert written["runs"]["random"][0]["config"]["labels"] == "soft"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--random", "R-hard"], "same protocol"),
+        (["--full", "F-notfull", "--hard", "H"], "--method full"),
+        (["--random", "R-othersplit"], "different test splits"),
+        (["--random", "/nonexistent"], "not a finished"),
+    ],
+)
+def test_evaluate_bad_runs_exit_2_with_one_line(tmp_path, capsys, extra, message):
+    from ddoq.cli import main
+
+    made = {
+        "R-hard": _run(tmp_path, "rh", 0.9, labels="hard"),
+        "F-notfull": _run(tmp_path, "fn", 0.98, labels="hard"),
+        "H": _run(tmp_path, "h", 0.9, labels="hard"),
+        "R-othersplit": _run(tmp_path, "ro", 0.9, split="other"),
+    }
+    run = _run(tmp_path, "run", 0.95)
+    assert main(["evaluate", run, *[made.get(a, a) for a in extra]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
