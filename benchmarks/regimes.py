@@ -79,6 +79,7 @@ REGIMES = {
     "pixel": "balanced digits, CLVQ in pixel space",
 }
 PASSES = 3000
+BUDGETS = ("uniform", "allocated")
 VARIANTS = {
     "base": {},
     "short": {"passes": 600},
@@ -185,7 +186,7 @@ def plan(quick: bool) -> list[Cell]:
     if quick:
         cells = [Cell(r, "soft", "base", 2) for r in REGIMES]
         cells += [Cell("contam15", "hard", "base", 2), Cell("balanced", "soft", "sample", 2)]
-        cells += [Cell("mix95", "soft", "base", 10, "allocated")]
+        cells += [Cell("mix95", "soft", "base", 10, b) for b in BUDGETS]
         return cells
     cells = [Cell("balanced", "soft", "base", k) for k in (1, 2, 5, 10, 50)]
     cells += [Cell("balanced", "hard", "base", k) for k in (2, 10)]
@@ -201,9 +202,6 @@ def plan(quick: bool) -> list[Cell]:
     for r, lab in (("balanced", "soft"), ("mix95", "soft"), ("contam15", "hard")):
         cells += [Cell(r, lab, "base", total, b) for total in (50, 100) for b in BUDGETS]
     return cells
-
-
-BUDGETS = ("uniform", "allocated")
 
 
 def methods_of(cell: Cell) -> tuple[str, ...]:
@@ -299,11 +297,11 @@ class Study:
             _, self._weak, self.weak_accuracy, self.weak_images = best
         return self._weak
 
-    @torch.no_grad()
     def soft_targets(self, regime: str, images: torch.Tensor) -> torch.Tensor:
         """Teacher probabilities at T (pair sums for the mixtures)."""
         teacher = self.weak_teacher() if regime == "weak" else self.teacher
-        logits = torch.cat([teacher(images[s : s + 500]) for s in range(0, len(images), 500)])
+        with torch.no_grad():
+            logits = torch.cat([teacher(images[s : s + 500]) for s in range(0, len(images), 500)])
         p = F.softmax(logits.float() / TEMPERATURE, dim=1)
         if regime.startswith("mix"):
             p = torch.stack([p[:, a] + p[:, b] for a, b in PAIRS], dim=1)
@@ -385,8 +383,8 @@ class Study:
 
 
 def epochs_for(n: int, passes: int, quick: bool) -> int:
-    """Epochs of a run on n images: about `passes` image passes (a 30th in --quick)."""
-    return max(2, auto_epochs(n, passes) // 30) if quick else auto_epochs(n, passes)
+    """Epochs of a run on n images: about `passes` image passes (a fifth in --quick)."""
+    return max(2, auto_epochs(n, passes) // 5) if quick else auto_epochs(n, passes)
 
 
 def allocation(study: Study, cell: Cell) -> list[int]:
@@ -537,6 +535,11 @@ def comparisons(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _span(values: list[float]) -> str:
+    lo, hi = 100 * min(values), 100 * max(values)
+    return f"{lo:.1f}%" if round(lo, 1) == round(hi, 1) else f"{lo:.1f}-{hi:.1f}%"
+
+
 def _order(key: tuple) -> tuple:
     regime, labels, variant, ipc, budget = key
     return (list(REGIMES).index(regime), labels, list(VARIANTS).index(variant), budget, ipc)
@@ -592,12 +595,8 @@ def report(records: list[dict]) -> dict[str, str]:
         summary.append(
             f"- **{regime}** ({REGIMES[regime]}): DDOQ beats D4M by more than 2 standard "
             f"errors in {len(wins)} of {len(mine)} comparisons: {where(wins)}; loses in "
-            f"{len(losses)}: {where(losses)}. Latent W2 with the masses is "
-            + (
-                f"{100 * min(reds):.0f}-{100 * max(reds):.0f}% lower than uniform."
-                if reds
-                else "not measured."
-            )
+            f"{len(losses)}: {where(losses)}. W2 with the masses is "
+            + (_span(reds) + " lower than uniform." if reds else "not measured.")
         )
     brows = []
     for key in sorted((k for k in cells if k[4] != "none"), key=_order):

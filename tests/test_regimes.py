@@ -89,7 +89,7 @@ def test_ambiguity_and_report_of_records(regimes, tmp_path):
     assert not regimes.ambiguous(win, cell)
     body = regimes.write_report(win, tmp_path / "B.md", tmp_path, tmp_path / "r.jsonl")
     assert "beats D4M by more than 2 standard errors in 3 of 3" in body
-    assert "10% lower" in body and "<!-- BEGIN regimes -->" in (tmp_path / "B.md").read_text()
+    assert "10.0% lower" in body and "<!-- BEGIN regimes -->" in (tmp_path / "B.md").read_text()
     assert (tmp_path / "regimes_accuracy.png").stat().st_size > 1000
 
 
