@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ddoq import __version__, export
+from ddoq._io import write_json
 from ddoq.build.prior import PriorTrainingConfig, train_prior
 from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
@@ -23,8 +25,17 @@ from ddoq.distillation.config import DECODES, METHODS, DistillConfig
 from ddoq.distillation.folder import distill_to_folder
 from ddoq.distillation.stages import image_weights
 from ddoq.labels import resolve_teacher, teacher_for_set, teacher_logits
+from ddoq.metrics import ranking_scores
 from ddoq.train import distributed
-from ddoq.train.loop import AUGMENTATIONS, TrainConfig, auto_epochs, evaluate, fit_distilled
+from ddoq.train.loop import (
+    AUGMENTATIONS,
+    PRESETS,
+    WEIGHTINGS,
+    TrainConfig,
+    auto_epochs,
+    evaluate,
+    fit_distilled,
+)
 from ddoq.train.runs import held_out_split, load_student, read_run, write_run
 from ddoq.train.students import STUDENTS
 
@@ -297,14 +308,12 @@ def _add_train(subparsers) -> None:
     p.add_argument(
         "--weight-decay",
         type=float,
-        default=d.weight_decay,
-        help=f"AdamW weight decay (default {d.weight_decay})",
+        help=f"AdamW weight decay (default {d.weight_decay}; the preset's if it sets one)",
     )
     p.add_argument("--labels", default=d.labels, help="soft (teacher KL, default) or hard (CE)")
     p.add_argument(
         "--temperature",
         type=float,
-        default=d.temperature,
         help=f"distillation temperature T (default {d.temperature:g})",
     )
     p.add_argument(
@@ -314,12 +323,28 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument(
         "--augment",
-        default=d.augment,
-        help=f"auto (digits <= 32 px, else large), {', '.join(AUGMENTATIONS)}",
+        help=f"auto (default: digits <= 32 px, else large), {', '.join(AUGMENTATIONS)}",
     )
     p.add_argument(
-        "--no-weights", action="store_true", help="ignore the set's weights (all equal to 1)"
+        "--cutmix",
+        type=float,
+        help="probability of CutMix per batch (default 0; the ddranking preset: 1)",
     )
+    p.add_argument(
+        "--preset",
+        default="ddoq",
+        choices=tuple(PRESETS),
+        help="evaluation protocol: ddoq (ours, default) or ddranking (close to DD-Ranking's: "
+        "half-cosine schedule, KL at T = 20, CutMix, no crops); explicit options win",
+    )
+    p.add_argument(
+        "--weights",
+        default=d.weighting,
+        choices=WEIGHTINGS,
+        help="how the set's weights act: loss (weighted loss, default), sample (a weighted "
+        "sampler with an unweighted loss) or none (uniform)",
+    )
+    p.add_argument("--no-weights", action="store_true", help="same as --weights none")
     p.add_argument(
         "--teacher",
         help="teacher for --protocol live or a set without soft labels (default: the set's, "
@@ -341,8 +366,6 @@ def _add_train(subparsers) -> None:
 
 def _class_names(dataset: str) -> list[str]:
     """The class names of a dataset (its train split), in label order."""
-    from ddoq.data import load_dataset
-
     return [str(c) for c in load_dataset(dataset, "train").classes]
 
 
@@ -398,18 +421,25 @@ def _train_worker(args: argparse.Namespace) -> str | None:
 
 def _train_config(args: argparse.Namespace, ds: export.DistilledSet) -> TrainConfig:
     """The checked `TrainConfig` of `ddoq train`'s arguments for the distilled set `ds`."""
+    preset, d = PRESETS[args.preset], TrainConfig()
+
+    def pick(name: str):  # an explicit option, else the preset's value, else the default
+        given = getattr(args, name)
+        return given if given is not None else preset.get(name, getattr(d, name))
+
     return TrainConfig(
         student=args.student,
         width=args.width,
         epochs=auto_epochs(len(ds)) if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        weight_decay=args.weight_decay,
+        weight_decay=pick("weight_decay"),
         labels=args.labels,
-        temperature=args.temperature,
+        temperature=pick("temperature"),
         protocol=args.protocol,
-        augment=args.augment,
-        use_weights=not args.no_weights,
+        augment=pick("augment"),
+        cutmix=pick("cutmix"),
+        weighting="none" if args.no_weights else args.weights,
         seed=args.seed,
         device=args.device,
     ).check()
@@ -446,7 +476,9 @@ def _train(args: argparse.Namespace) -> str | None:
     )
     if not main:
         return None
-    write_run(run, result, ds, test=test, teacher=teacher, started=start)
+    write_run(
+        run, result, ds, test=test, teacher=teacher, started=start, extra={"preset": args.preset}
+    )
     processes = f", {result.world_size} processes" if result.world_size > 1 else ""
     return (
         f"test accuracy {result.test_accuracy:.4f} ({config.student}, {len(ds)} images"
@@ -460,10 +492,28 @@ def _add_evaluate(subparsers) -> None:
         help="top-1 accuracy of a trained student (a `ddoq train` run) or of a teacher",
         description=(
             "Evaluate the student saved in RUN (model.safetensors + manifest.json) on the "
-            "held-out split of its dataset, or a teacher with --teacher. Prints one line."
+            "held-out split of its dataset, or a teacher with --teacher. Prints one line. "
+            "Given the runs they need (their recorded test accuracies, same test split; "
+            "several runs of a kind are averaged), it also prints DD-Ranking's scores: "
+            "IOR = acc(RUN) - acc(--random); HLR = acc(--full) - acc(--hard); LRS from both; "
+            "ARS from RUN, --random, --no-aug and --random-no-aug; accuracies as fractions "
+            "(see ddoq.metrics), and writes them with each run's protocol to --out."
         ),
     )
-    p.add_argument("run", nargs="?", help="run folder written by `ddoq train`")
+    p.add_argument("run", nargs="*", help="run folder(s) written by `ddoq train` (several: seeds)")
+    rank = p.add_argument_group("DD-Ranking scores (each takes one or more runs: seeds)")
+    rank.add_argument("--random", nargs="+", help="random real subset, same size and protocol")
+    rank.add_argument("--full", nargs="+", help="the full training set with --labels hard")
+    rank.add_argument(
+        "--hard", nargs="+", help="the distilled set with --labels hard (default: RUN if hard)"
+    )
+    rank.add_argument("--no-aug", nargs="+", help="the distilled set without augmentation")
+    rank.add_argument("--random-no-aug", nargs="+", help="the random subset without augmentation")
+    rank.add_argument("--lrs-weight", type=float, default=0.5, help="w of LRS (default 0.5)")
+    rank.add_argument("--ars-weight", type=float, default=0.5, help="g of ARS (default 0.5)")
+    rank.add_argument(
+        "--out", help="JSON file for the scores and protocols (default RUN/ranking.json)"
+    )
     p.add_argument(
         "--teacher",
         help="evaluate this teacher instead ('auto', 'embedded', folder, torchvision name)",
@@ -479,8 +529,16 @@ def _add_evaluate(subparsers) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Print the top-1 accuracy of a run's student or of a teacher."""
     _threads(args)
-    if (args.run is None) == (args.teacher is None):
+    if (not args.run) == (args.teacher is None):
         raise ValueError("give either a run folder or --teacher (exactly one)")
+    ranking = [args.random, args.full, args.hard, args.no_aug, args.random_no_aug]
+    if any(r is not None for r in ranking):
+        if args.teacher is not None:
+            raise ValueError("DD-Ranking scores need student runs, not --teacher")
+        return _rank(args)
+    if len(args.run) > 1:
+        raise ValueError("give one run to evaluate (several only with DD-Ranking options)")
+    args.run = args.run[0] if args.run else None
     if args.teacher is not None:
         name, size, channels = args.dataset or "mnist", args.image_size, None
         model = resolve_teacher(
@@ -503,6 +561,107 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_dataset(name, args.split, image_size=size, channels=channels)
     acc = evaluate(model, data.images(), torch.as_tensor(data.targets), device=args.device)
     print(f"{what}: top-1 accuracy {acc:.4f} on {name} {args.split} ({len(data)} images)")
+    return 0
+
+
+_SAME_PROTOCOL = ("student", "width", "labels", "temperature", "protocol", "augment", "cutmix")
+
+
+def _read_runs(paths: list[str], what: str) -> list[dict]:
+    """The manifests of finished `ddoq train` runs (one-line error otherwise)."""
+    out = []
+    for path in paths:
+        try:
+            manifest = read_run(path, model=False)
+        except ValueError:
+            manifest = {}
+        if (manifest.get("metrics") or {}).get("test_accuracy") is None:
+            raise ValueError(f"{what} {path} is not a finished `ddoq train` run")
+        out.append({**manifest, "path": str(Path(path).resolve())})
+    return out
+
+
+def _rank(args: argparse.Namespace) -> int:
+    """DD-Ranking's scores from the recorded accuracies of the given runs."""
+    groups = {"run": _read_runs(args.run, "RUN")}
+    for name in ("random", "full", "hard", "no_aug", "random_no_aug"):
+        if getattr(args, name) is not None:
+            groups[name] = _read_runs(getattr(args, name), f"--{name.replace('_', '-')}")
+    run_cfg = groups["run"][0]["config"]
+    if "hard" not in groups and run_cfg["labels"] == "hard":
+        groups["hard"] = groups["run"]
+    splits = {m["test_split"]["fingerprint"] for runs in groups.values() for m in runs}
+    if len(splits) > 1:
+        raise ValueError("the runs were evaluated on different test splits; use one dataset")
+
+    def check(name: str, like: str, **fixed) -> None:
+        for m in groups.get(name, []):
+            for key, value in fixed.items():
+                if m["config"].get(key) != value:
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} {m['path']} must have {key}={value!r}, "
+                        f"has {m['config'].get(key)!r}"
+                    )
+            for key in _SAME_PROTOCOL if like else ():
+                ref = groups[like][0]["config"]
+                if key not in fixed and m["config"].get(key) != ref.get(key):
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} {m['path']} differs from {like} in {key} "
+                        f"({m['config'].get(key)!r} vs {ref.get(key)!r}): same protocol needed"
+                    )
+
+    check("random", "run")
+    check("hard", "", labels="hard")
+    check("full", "", labels="hard")
+    for m in groups.get("full", []):
+        if (m.get("distilled") or {}).get("method") != "full":
+            raise ValueError(f"--full {m['path']} was not trained on a `--method full` set")
+    check("no_aug", "run", augment="none", cutmix=0.0)
+    check("random_no_aug", "no_aug", augment="none", cutmix=0.0)
+    if "no_aug" in groups and run_cfg["augment"] == "none" and not run_cfg.get("cutmix"):
+        raise ValueError("ARS compares with and without augmentation, but RUN has none")
+    acc = {k: statistics.fmean(m["metrics"]["test_accuracy"] for m in v) for k, v in groups.items()}
+    scores = ranking_scores(
+        acc["run"],
+        random=acc.get("random"),
+        full_hard=acc.get("full"),
+        distilled_hard=acc.get("hard"),
+        distilled_no_aug=acc.get("no_aug"),
+        random_no_aug=acc.get("random_no_aug") if "random" in acc else None,
+        lrs_weight=args.lrs_weight,
+        ars_weight=args.ars_weight,
+    )
+    names = {"ior": "IOR", "hlr": "HLR", "lrs": "LRS", "ars": "ARS"}
+    shown = [
+        f"{names[k]} {100 * v:{'+' if k in ('ior', 'hlr') else ''}.2f}"
+        for k, v in scores.as_dict().items()
+        if v is not None
+    ]
+    if not shown:
+        raise ValueError(
+            "no score computable: IOR needs --random; HLR --full and --hard; ARS --random, "
+            "--no-aug and --random-no-aug"
+        )
+    means = ", ".join(f"{k} {100 * v:.2f}% ({len(groups[k])} runs)" for k, v in acc.items())
+    out = Path(args.out) if args.out else Path(args.run[0]) / "ranking.json"
+    write_json(
+        out,
+        {
+            "kind": "ddoq-ranking",
+            "definition": "DD-Ranking (Li et al. 2025) on accuracies as fractions; see "
+            "ddoq.metrics",
+            "scores": scores.as_dict(),
+            "weights": {"lrs": args.lrs_weight, "ars": args.ars_weight},
+            "accuracy": acc,
+            "runs": {
+                k: [{"path": m["path"], "config": m["config"], "preset": m.get("preset")}
+                    for m in v]
+                for k, v in groups.items()
+            },
+        },
+    )  # fmt: skip
+    print(f"DD-Ranking (points; LRS/ARS in [0, 100]): {', '.join(shown)}; accuracies: {means}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -672,8 +831,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "device", None) == "auto":  # every command: the GPU when there is one
-        import torch
-
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if getattr(args, "func", None) is None:
         parser.print_help()

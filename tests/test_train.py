@@ -185,3 +185,71 @@ def test_auto_epochs_budget():
     assert [auto_epochs(n) for n in (10, 100, 500, 4000)] == [300, 30, 14, 5]
     with pytest.raises(ValueError):
         auto_epochs(0)
+
+
+def test_sampler_draws_in_proportion_to_the_weights():
+    """Chi-square goodness of fit of 20,000 draws against w / sum(w) (df 4, p = 0.001)."""
+    from ddoq.train.loop import epoch_order
+
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.cat([epoch_order(5, w, gen) for _ in range(4000)])
+    counts = torch.bincount(draws, minlength=5).double()
+    assert int(counts.sum()) == 20_000
+
+    def chi2(p):
+        expected = counts.sum() * p
+        return float(((counts - expected) ** 2 / expected).sum())
+
+    assert chi2(w.double() / w.sum()) < 18.47  # the weights fit
+    assert chi2(torch.full((5,), 0.2, dtype=torch.float64)) > 1000  # uniform does not
+    never = epoch_order(4, torch.tensor([1.0, 0.0, 1.0, 1.0]), gen)
+    assert 1 not in never.tolist() and len(never) == 4
+    perm = epoch_order(6, None, torch.Generator().manual_seed(1))
+    assert sorted(perm.tolist()) == list(range(6))
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_weighting_none_equals_uniform_weights_and_the_others_differ():
+    x, y = _toy()
+    w = torch.linspace(0.2, 3.0, len(x))
+    none = fit(_cfg(weighting="none"), x, y, weights=w, progress=False).model
+    uniform = fit(_cfg(), x, y, weights=torch.ones(len(x)), progress=False).model
+    off = fit(_cfg(use_weights=False), x, y, weights=w, progress=False).model
+    loss = fit(_cfg(), x, y, weights=w, progress=False).model
+    sample = fit(_cfg(weighting="sample"), x, y, weights=w, progress=False)
+    assert _same_weights(none, uniform) and _same_weights(none, off)
+    assert not _same_weights(loss, uniform) and not _same_weights(sample.model, loss)
+    assert sample.epochs_done == 4 and all(math.isfinite(v) for v in sample.losses)
+    with pytest.raises(ValueError, match="weighting"):
+        _cfg(weighting="sometimes").check()
+
+
+def test_cutmix_box_and_kept_area():
+    from ddoq.train.loop import _cutmix_draw
+
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    assert _cutmix_draw(8, 0.0, 16, 16, gen) is None
+    assert torch.equal(gen.get_state(), state)  # p = 0 leaves the random stream alone
+    for _ in range(20):
+        perm, (y0, y1, x0, x1), lam = _cutmix_draw(8, 1.0, 16, 16, gen)
+        assert sorted(perm.tolist()) == list(range(8))
+        assert 0 <= y0 <= y1 <= 16 and 0 <= x0 <= x1 <= 16
+        assert lam == pytest.approx(1 - (y1 - y0) * (x1 - x0) / 256)
+
+
+@pytest.mark.parametrize("protocol", ["precomputed", "live"])
+def test_ddranking_preset_trains_with_cutmix(protocol):
+    from ddoq.train.loop import PRESETS
+
+    x, y = _toy()
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 2))
+    cfg = _cfg(**(PRESETS["ddranking"] | {"labels": "soft", "protocol": protocol, "epochs": 2}))
+    res = fit(cfg, x, y, weights=torch.linspace(0.5, 1.5, len(x)), teacher=teacher, progress=False)
+    assert cfg.cutmix == 1.0 and all(math.isfinite(v) for v in res.losses)
+    hard = fit(_cfg(cutmix=1.0), x, y, progress=False)
+    assert not _same_weights(hard.model, fit(_cfg(), x, y, progress=False).model)

@@ -8,7 +8,14 @@ weights w_k (normalised to mean 1 over the set) by minimising
     L(theta) = (1/B) sum_{k in batch} w_k T^2 KL(softmax(t_k / T) || softmax(f_theta(x_k) / T))
 
 with teacher logits t_k (soft labels, temperature T = 20 by default), or
-``(1/B) sum_k w_k * CE(f_theta(x_k), y_k)`` with hard labels. Soft labels are either
+``(1/B) sum_k w_k * CE(f_theta(x_k), y_k)`` with hard labels. The weights act through the
+loss (``weighting="loss"``, the paper's Algorithm 2), through a sampler that draws each
+epoch's n images with replacement in proportion to w_k and trains with an unweighted loss
+(``weighting="sample"``: the same expected gradient, which a network trained to zero loss
+cannot forget as easily, Byrd and Lipton 2019), or not at all (``"none"``). CutMix (Yun et
+al. 2019; a probability ``cutmix``) pastes a random box of a partner image into each image
+and mixes the two losses by area, as DD-Ranking's evaluation protocol does; `PRESETS` names
+our protocol and one close to DD-Ranking's. Soft labels are either
 "precomputed" (the teacher's output on each distilled image, once) or "live" (the teacher
 re-labels every augmented view); the protocol is part of `TrainConfig`, hence of the run
 manifest. AdamW with a per-step cosine schedule; RandomResizedCrop-style augmentation done
@@ -47,8 +54,11 @@ __all__ = [
     "AUGMENTATIONS",
     "TrainConfig",
     "TrainResult",
+    "PRESETS",
+    "WEIGHTINGS",
     "augment",
     "auto_epochs",
+    "epoch_order",
     "evaluate",
     "fit",
     "fit_distilled",
@@ -61,11 +71,24 @@ AUGMENTATIONS = {
     "large": ((0.08, 1.0), (3 / 4, 4 / 3), True),  # torchvision RandomResizedCrop defaults
     # digits: a crop of >= 70% of a 32 px frame never cuts a centred 20 px MNIST digit
     "digits": ((0.7, 1.0), (0.9, 1 / 0.9), False),
+    # strong regularisation for digits: crops down to 35% of the frame, no flips
+    "strong": ((0.35, 1.0), (3 / 4, 4 / 3), False),
     "none": None,
 }
 CHECKPOINT = "checkpoint.safetensors"
 #: what older versions wrote (a pickle): refused, never unpickled
 _PICKLE_CHECKPOINT = "checkpoint.pt"
+WEIGHTINGS = ("loss", "sample", "none")
+#: Named evaluation protocols: TrainConfig fields a preset sets (the rest keep defaults).
+PRESETS: dict[str, dict] = {
+    # ours: AdamW, half-cosine schedule, KL at T = 20, RandomResizedCrop-style digits crops
+    "ddoq": {},
+    # close to DD-Ranking's soft-label evaluation (Li et al. 2025, NUS-HPC-AI-Lab/DD-Ranking):
+    # half-cosine schedule, KL at T = 20, CutMix with probability 1 (beta(1, 1) areas), no
+    # crops, weight decay 5e-4. Differences: AdamW instead of SGD with a learning-rate
+    # search, and one soft label per image (their mode "S").
+    "ddranking": {"augment": "none", "cutmix": 1.0, "weight_decay": 5e-4, "temperature": 20.0},
+}
 
 
 @dataclass
@@ -96,7 +119,13 @@ class TrainConfig:
         ``"auto"`` (``"digits"`` up to 32 px, else ``"large"``), ``"digits"``,
         ``"large"`` or ``"none"``.
     use_weights
-        apply the set's per-image weights (False: every weight 1).
+        apply the set's per-image weights (False: as ``weighting="none"``).
+    weighting
+        how the weights act: ``"loss"`` (weighted loss), ``"sample"`` (each epoch draws
+        n images with replacement with probability w_k / sum w, unweighted loss) or
+        ``"none"`` (uniform).
+    cutmix
+        probability that a batch gets CutMix (0: never; DD-Ranking uses 1).
     seed
         initialisation, shuffling and augmentation seed.
     device
@@ -118,6 +147,8 @@ class TrainConfig:
     protocol: str = "precomputed"
     augment: str = "auto"
     use_weights: bool = True
+    weighting: str = "loss"
+    cutmix: float = 0.0
     seed: int = 0
     device: str = "cpu"
     eval_batch_size: int = 500
@@ -129,6 +160,7 @@ class TrainConfig:
             "labels": ("soft", "hard"),
             "protocol": ("precomputed", "live"),
             "augment": ("auto", *AUGMENTATIONS),
+            "weighting": WEIGHTINGS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -138,6 +170,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.cutmix <= 1:
+            raise ValueError(f"cutmix must be a probability in [0, 1], got {self.cutmix}")
         if not self.temperature > 0 or not self.lr > 0 or self.weight_decay < 0:
             raise ValueError(
                 f"need temperature > 0, lr > 0, weight_decay >= 0; got {self.temperature}, "
@@ -221,6 +255,42 @@ def weighted_loss(
         log_q = F.log_softmax(logits / temperature, dim=1)
         per_sample = F.kl_div(log_q, targets, reduction="none").sum(1) * temperature**2
     return (weights * per_sample).sum() / (len(per_sample) if batch_size is None else batch_size)
+
+
+def epoch_order(
+    n: int, sample_weights: torch.Tensor | None, generator: torch.Generator
+) -> torch.Tensor:
+    """The n indices one epoch visits, in order.
+
+    A random permutation of ``range(n)`` when `sample_weights` is None; else n draws with
+    replacement, index k with probability ``sample_weights[k] / sample_weights.sum()``
+    (the sampler of ``weighting="sample"``). Random numbers come from `generator`.
+    """
+    if sample_weights is None:
+        return torch.randperm(n, generator=generator)
+    return torch.multinomial(sample_weights.double(), n, replacement=True, generator=generator)
+
+
+def _cutmix_draw(
+    b: int, p: float, height: int, width: int, generator: torch.Generator
+) -> tuple[torch.Tensor, tuple[int, int, int, int], float] | None:
+    """CutMix of a batch of `b`: (partner permutation, box y0, y1, x0, x1, kept area) or None.
+
+    Applied with probability `p`; the box has area fraction 1 - lambda with lambda ~ U(0, 1)
+    (beta(1, 1)), centred uniformly and clipped to the frame; the returned lambda is the
+    area actually kept. Draws nothing from `generator` when ``p == 0``.
+    """
+    if p <= 0 or float(torch.rand(1, generator=generator)) >= p:
+        return None
+    lam = float(torch.rand(1, generator=generator))
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(height * cut), int(width * cut)
+    cy = int(torch.randint(height, (1,), generator=generator))
+    cx = int(torch.randint(width, (1,), generator=generator))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, height)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, width)
+    perm = torch.randperm(b, generator=generator)
+    return perm, (y0, y1, x0, x1), 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
 
 
 def augment(images: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
@@ -347,7 +417,11 @@ def fit(
             f"need a non-empty set with one label per image, got {n} and {len(labels)}"
         )
     labels = torch.as_tensor(labels, dtype=torch.long)
-    w = normalise_weights(weights if config.use_weights else None, n)
+    weighting = config.weighting if config.use_weights else "none"
+    w = normalise_weights(weights if weighting != "none" else None, n)
+    draw = w if weighting == "sample" else None  # the sampler's probabilities
+    if weighting == "sample":
+        w = torch.ones(n)  # the sampler carries the weights; the loss is unweighted
     soft = config.labels == "soft"
     if soft and config.protocol == "live" and teacher is None:
         raise ValueError("protocol 'live' needs a teacher to label every augmented view")
@@ -409,21 +483,42 @@ def fit(
     for epoch in bar:
         net.train()
         total = 0.0
-        for batch in torch.randperm(n, generator=gen).split(config.batch_size):
+        for batch in epoch_order(n, draw, gen).split(config.batch_size):
             boxes = _crop_boxes(len(batch), mode, gen)  # drawn for the whole global batch
+            mix = _cutmix_draw(len(batch), config.cutmix, *images.shape[-2:], gen)
             idx = batch.tensor_split(world)[rank]  # this process's share
+            share = None if boxes is None else boxes.tensor_split(world)[rank]
             x = images[idx].to(device)
-            if boxes is not None:
-                x = _resample(x, boxes.tensor_split(world)[rank])
-            if not soft:
-                target = labels[idx].to(device)
-            elif config.protocol == "live":
+            if share is not None:
+                x = _resample(x, share)
+            parts = [(idx, 1.0)]
+            if mix is not None:  # paste the box of each image's partner (same crop)
+                perm, (y0, y1, x0, x1), lam = mix
+                other = batch[perm].tensor_split(world)[rank]
+                xo = images[other].to(device)
+                xo = xo if share is None else _resample(xo, share)
+                x = x.clone()
+                x[..., y0:y1, x0:x1] = xo[..., y0:y1, x0:x1]
+                parts = [(idx, lam), (other, 1.0 - lam)]
+            out = net(x)
+            if soft and config.protocol == "live":  # the teacher labels the mixed view
                 target = _teacher_probs(teacher, x, config.temperature, device)
+                mixed_w = sum(f * w[i] for i, f in parts).to(device)
+                loss = weighted_loss(
+                    out, target, mixed_w, config.temperature, batch_size=len(batch)
+                )
             else:
-                target = teacher_probs[idx].to(device)
-            loss = weighted_loss(
-                net(x), target, w[idx].to(device), config.temperature, batch_size=len(batch)
-            )
+                loss = sum(
+                    f
+                    * weighted_loss(
+                        out,
+                        (teacher_probs[i] if soft else labels[i]).to(device),
+                        w[i].to(device),
+                        config.temperature,
+                        batch_size=len(batch),
+                    )
+                    for i, f in parts
+                )
             if world > 1:
                 loss = loss * world  # DDP averages the W processes' gradients
             opt.zero_grad(set_to_none=True)

@@ -155,16 +155,25 @@ def write_run(
     return manifest
 
 
-def read_run(run: str | os.PathLike[str]) -> dict[str, Any]:
+def read_run(run: str | os.PathLike[str], *, model: bool = True) -> dict[str, Any]:
     """The manifest of a finished train run.
+
+    Parameters
+    ----------
+    run : path
+        The run folder.
+    model : bool
+        Also require the student's weights (``model.safetensors``); the DD-Ranking scores of
+        ``ddoq evaluate`` read the recorded accuracies only.
 
     Raises
     ------
     ValueError
-        When `run` holds no ``manifest.json`` and ``model.safetensors`` of kind ``ddoq-train``.
+        When `run` holds no ``manifest.json`` of kind ``ddoq-train`` (or, with `model`, no
+        ``model.safetensors``).
     """
     run = Path(run)
-    if not (run / MANIFEST).is_file() or not (run / MODEL).is_file():
+    if not (run / MANIFEST).is_file() or (model and not (run / MODEL).is_file()):
         raise ValueError(f"{run} is not a finished `ddoq train` run (needs {MANIFEST} and {MODEL})")
     manifest = json.loads((run / MANIFEST).read_text())
     if manifest.get("kind") != KIND:
