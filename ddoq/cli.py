@@ -25,7 +25,6 @@ from ddoq.distillation.config import DECODES, METHODS, DistillConfig
 from ddoq.distillation.folder import distill_to_folder
 from ddoq.distillation.stages import image_weights
 from ddoq.labels import resolve_teacher, teacher_for_set, teacher_logits
-from ddoq.metrics import ranking_scores
 from ddoq.train import distributed
 from ddoq.train.loop import (
     AUGMENTATIONS,
@@ -36,6 +35,7 @@ from ddoq.train.loop import (
     evaluate,
     fit_distilled,
 )
+from ddoq.train.metrics import ranking_scores
 from ddoq.train.runs import held_out_split, load_student, read_run, write_run
 from ddoq.train.students import STUDENTS
 
@@ -497,7 +497,7 @@ def _add_evaluate(subparsers) -> None:
             "several runs of a kind are averaged), it also prints DD-Ranking's scores: "
             "IOR = acc(RUN) - acc(--random); HLR = acc(--full) - acc(--hard); LRS from both; "
             "ARS from RUN, --random, --no-aug and --random-no-aug; accuracies as fractions "
-            "(see ddoq.metrics), and writes them with each run's protocol to --out."
+            "(see ddoq.train.metrics), and writes them with each run's protocol to --out."
         ),
     )
     p.add_argument("run", nargs="*", help="run folder(s) written by `ddoq train` (several: seeds)")
@@ -649,7 +649,7 @@ def _rank(args: argparse.Namespace) -> int:
         {
             "kind": "ddoq-ranking",
             "definition": "DD-Ranking (Li et al. 2025) on accuracies as fractions; see "
-            "ddoq.metrics",
+            "ddoq.train.metrics",
             "scores": scores.as_dict(),
             "weights": {"lrs": args.lrs_weight, "ars": args.ars_weight},
             "accuracy": acc,

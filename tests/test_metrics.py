@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ddoq.metrics import (
+from ddoq.train.metrics import (
     augmentation_robust_score,
     hard_label_recovery,
     improvement_over_random,
