@@ -138,8 +138,13 @@ def _browser(seconds: float, write: bool) -> None:
         "off), headless Chromium at 1400x1000, a second session open on Explore; defaults "
         f"(mnist, class 0, K=10); {seconds:.0f} s per view after Run. Load average "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (the machine is shared: "
-        "other jobs ran at the same time).\n"
-        "Target (issue 10): >= 3 updates/s, no gap over 1 s; Pause stops at once.\n\n"
+        "other jobs ran at the same time; each row has the load average when it ended).\n"
+        "The reference rows are a trivial app whose fragment, on the same 0.3 s timer, only "
+        "increments a counter (measured first and last, in the same browser): the rate the "
+        "machine allowed then; 'x reference' is a view's rate over their mean. The live "
+        "charts are Vega-Lite updated in place (`ddoq.app.live_charts`).\n"
+        "Target (issue 10): >= 3 updates/s, no gap over 1 s, no plot missing; Pause stops "
+        "at once (no update after it).\n\n"
         f"{table}\n"
     )
     write_section("app-browser", body)
