@@ -184,6 +184,7 @@ def live_view() -> None:
         )
         left, right = st.columns([3, 2])
         left.vega_lite_chart(frame.map, key="explore_map")
+        left.caption(frame.map["description"])
         snap = frame.snapshot
         with right:
             if snap is None:

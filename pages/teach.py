@@ -248,6 +248,7 @@ def playground() -> None:
         snap = frame.snapshot
         left, right = st.columns([3, 2])
         left.vega_lite_chart(frame.map, key="teach_map")
+        left.caption(frame.map["description"])
         with right:
             if snap is None or frame.w2 is None:
                 st.info("Press **Run** to watch CLVQ place the K centroids.")

@@ -476,7 +476,8 @@ def test_pause_is_disabled_once_paused_and_overlay_is_drawn():
     rings = [layer["mark"] for layer in spec["layer"] if layer["mark"].get("filled") is False]
     assert len(rings) == 1  # the uniform barycenter: open rings on the centroids
     assert rings[0]["stroke"] not in ("rgba(0,0,0,0)", "transparent", None)
-    assert "D4M barycenter" in spec["title"]["subtitle"]
+    assert "D4M barycenter" in spec["description"]
+    assert any("D4M barycenter" in c.value for c in at.caption)
 
 
 def test_device_setting_reaches_the_live_run():

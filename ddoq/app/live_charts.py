@@ -109,9 +109,10 @@ def _centroid_layers(k: int, xy: dict[str, Spec], uniform_overlay: bool, name: s
                     "type": "point",
                     "shape": "circle",
                     "filled": False,
-                    "size": 256,
+                    "size": 256,  # the area of a disc of mass 1/K (`_marker_area`)
                     "stroke": UNIFORM_COLOR,
-                    "strokeWidth": 2,
+                    "strokeWidth": 3,
+                    "opacity": 1,
                 },
                 "encoding": dict(xy),
             }
@@ -202,11 +203,11 @@ def centroid_map_spec(
             "id": ids.astype(np.int64),
         }
     )
-    subtitle = (
-        "dots: the class's images, coloured by Voronoi cell; discs: DDOQ centroids, area = mass"
+    legend = (
+        "Dots: the class's images, coloured by Voronoi cell. Discs: DDOQ centroids, area = mass."
     )
     if uniform_overlay:
-        subtitle += f"; red rings: D4M barycenter (uniform 1/{k})"
+        legend += f" Red rings: the D4M barycenter (same centroids, uniform masses 1/{k})."
     layers: list = [
         {
             "data": {"name": "points"},
@@ -224,7 +225,8 @@ def centroid_map_spec(
         *_centroid_layers(k, xy, uniform_overlay, "centroid"),
     ]
     return {
-        "title": {"text": title, "subtitle": subtitle},
+        "title": title,
+        "description": legend,
         "height": height,
         "layer": layers,
         "datasets": {"points": points, "centroids": _centroid_table(centers_2d, masses, k)},
@@ -301,7 +303,7 @@ def weights_spec(companion: np.ndarray | None, masses: np.ndarray | None, k: int
     dict
         A Vega-Lite spec (grouped bars, a dotted rule at 1/K), data in ``weights``.
     """
-    mass, comp = "cell mass w_k = μ(C_k)", "companion weight p_k"
+    mass, comp = "cell mass w_k", "companion weight p_k"
     if companion is None or masses is None:
         idx = np.empty(0, np.int32)
         table = pd.DataFrame({"k": idx, "weight": np.empty(0, np.float32), "kind": []})
@@ -318,7 +320,7 @@ def weights_spec(companion: np.ndarray | None, masses: np.ndarray | None, k: int
         )
     kinds = {"domain": [mass, comp]}
     return {
-        "title": "Weights: companion p_k against cell mass w_k (dotted: 1/K)",
+        "title": "Weights (dotted: 1/K)",
         "height": 240,
         "layer": [
             {
@@ -453,12 +455,12 @@ def voronoi_map_spec(
         },
         *_centroid_layers(k, xy, uniform_overlay, "x_k"),
     ]
-    subtitle = "grey: samples of μ; discs: centroids, area = cell mass"
+    legend = "Grey dots: samples of μ over the Voronoi cells. Discs: centroids, area = cell mass."
     if uniform_overlay:
-        subtitle += "; red rings: uniform barycenter (1/K)"
+        legend += " Red rings: the uniform barycenter (same centroids, masses 1/K)."
     centers_arr = None if centers is None else np.asarray(centers, dtype=np.float32)
     return {
-        "title": {"text": "", "subtitle": subtitle},
+        "description": legend,
         "height": height,
         "layer": layers,
         "datasets": {
