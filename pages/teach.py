@@ -254,7 +254,11 @@ def playground() -> None:
                 st.info("Press **Run** to watch CLVQ place the K centroids.")
             else:
                 m = st.columns(3)
-                m[0].metric("W2, weights = cell masses", f"{frame.w2.weighted:.4f}")
+                m[0].metric(
+                    "W2, cell masses",
+                    f"{frame.w2.weighted:.4f}",
+                    help="W2 of the grid weighted by its cell masses w_k = μ(C_k).",
+                )
                 m[1].metric("W2, uniform 1/K", f"{frame.w2.uniform:.4f}")
                 m[2].metric("Weights remove", f"{100 * frame.w2.reduction:.1f}%")
                 st.vega_lite_chart(frame.weights, key="teach_w")
