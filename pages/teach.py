@@ -255,7 +255,7 @@ def playground() -> None:
             else:
                 m = st.columns(3)
                 m[0].metric(
-                    "W2, cell masses",
+                    "W2, weighted",
                     f"{frame.w2.weighted:.4f}",
                     help="W2 of the grid weighted by its cell masses w_k = μ(C_k).",
                 )

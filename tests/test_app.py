@@ -171,7 +171,7 @@ def test_teach_page_runs_clvq_and_compares_w2():
     assert at.latex or any("K^{-2/d}" in m.value for m in at.markdown)
     at.button(key="teach_run").click().run()
     assert not at.exception
-    weighted = float(_metric(at, "W2, cell masses"))
+    weighted = float(_metric(at, "W2, weighted"))
     uniform = float(_metric(at, "W2, uniform 1/K"))
     assert weighted < uniform
     assert len(_charts(at)) == 4  # Voronoi map, weights, distortion, distortion vs K
@@ -327,7 +327,7 @@ def test_teach_page_your_own_points():
     assert not at.exception and not at.error
     live = at.session_state["teach_live"]
     assert live.points.shape == (120, 2) and live.n_clusters == 8
-    weighted = float(_metric(at, "W2, cell masses"))
+    weighted = float(_metric(at, "W2, weighted"))
     assert weighted <= float(_metric(at, "W2, uniform 1/K")) + 1e-6
     assert len(_charts(at)) == 5  # canvas, Voronoi map, weights, distortion, distortion vs K
     at.button(key="teach_undo").click().run()
