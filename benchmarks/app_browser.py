@@ -5,7 +5,15 @@ Starts ``streamlit run app.py`` on a free port, opens two sessions in headless C
 Explore (a second person on the server), the first presses Run on Explore, then on Teach,
 and records in the page every change of the step counter for `--seconds` seconds. It
 reports the median interval between updates, updates per second, and the longest gap
-(a freeze), plus how often a live plot was missing (blanked out) when sampled.
+(a freeze), how often a live plot was missing (blanked out) when sampled, the time from
+a Pause click to Pause drawn disabled, and how many updates still came after that.
+
+Because these machines are shared and loaded, the same run also measures a reference: a
+trivial app (`REFERENCE`) whose fragment, on the same 0.3 s timer and with the same
+buttons, only increments a counter. Its rate is what Streamlit and the browser manage on
+the machine at that moment; the live views' rates are reported against it. The load
+average is recorded with each row. ``--root DIR`` measures another checkout's app.py
+(e.g. an older commit exported with ``git archive``) for an A/B comparison.
 
 Target: at least 3 updates a second and no gap over 1 s.
 
@@ -46,7 +54,9 @@ WATCH = """([label, plots]) => {
   window.__ddoq.timer = setInterval(() => {
     const w = window.__ddoq, v = read();
     w.samples += 1;
-    if (document.querySelectorAll('.js-plotly-plot .main-svg').length < plots) w.blank += 1;
+    const drawn = document.querySelectorAll(
+      '.js-plotly-plot:has(.main-svg), .vega-embed:has(canvas, svg)').length;
+    if (drawn < plots) w.blank += 1;
     if (v !== null && v !== w.last) { w.changes.push(performance.now()); w.last = v; }
   }, 10);
 }"""
@@ -70,6 +80,40 @@ VIEWS = {
     },
 }
 
+# The reference: the same timer, buttons and counter as the live views, no maths, no chart.
+REFERENCE = """import streamlit as st
+
+state = st.session_state
+state.setdefault("running", False)
+state.setdefault("n", 0)
+timer_on = state["running"]
+
+
+def _set(running: bool) -> None:
+    state["running"] = running
+
+
+@st.fragment(run_every=0.3 if timer_on else None)
+def live() -> None:
+    b = st.columns(2)
+    b[0].button("Run", type="primary", on_click=_set, args=(True,))
+    b[1].button("Pause", disabled=not state["running"], on_click=_set, args=(False,))
+    if state["running"]:
+        state["n"] += 1
+    st.metric("Ticks", state["n"])
+    if state["running"] != timer_on:
+        st.rerun()
+
+
+live()
+"""
+REFERENCE_VIEW = {
+    "path": "",
+    "run": "Run",
+    "label": {"css": '[data-testid="stMetric"]', "text": "Ticks", "regex": "(\\d+)"},
+    "plots": 0,
+}
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -77,16 +121,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(cache: Path) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app.py` with the repository's config, UMAP off; returns (proc, url)."""
+def start_server(
+    cache: Path, script: Path | None = None, root: Path = ROOT
+) -> tuple[subprocess.Popen, str]:
+    """`streamlit run` of `script` (default root/app.py), UMAP off; returns (proc, url).
+
+    It runs in `root` (the app's directory, whose .streamlit/config.toml applies).
+    """
+    script = script or root / "app.py"
     port = _free_port()
     env = {**os.environ, "DDOQ_CACHE_DIR": str(cache), "DDOQ_APP_RUNS": str(cache / "runs")}
     env["DDOQ_APP_UMAP"] = "0"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
+    env["PYTHONPATH"] = str(root)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script)]
     cmd += ["--server.port", str(port), "--server.address", "127.0.0.1"]
     log = open(cache / "streamlit.log", "w")  # noqa: SIM115 - the process owns it
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -120,7 +171,7 @@ def _idle(page) -> None:
 def measure(page, url: str, view: dict, seconds: float) -> dict[str, float]:
     """Open `view`, press Run, record counter changes for `seconds`; return the figures."""
     page.goto(f"{url}/{view['path']}")
-    page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    page.get_by_role("button", name=view["run"], exact=True).wait_for(timeout=120_000)
     _idle(page)
     page.get_by_role("button", name=view["run"], exact=True).click()
     page.get_by_text(view["label"]["text"]).first.wait_for(timeout=60_000)
@@ -136,6 +187,9 @@ def measure(page, url: str, view: dict, seconds: float) -> dict[str, float]:
         timeout=30_000,
     )
     pause_s = time.perf_counter() - pause_at
+    page.evaluate(WATCH, [view["label"], view["plots"]])  # does it stop?
+    page.wait_for_timeout(1500)
+    after = page.evaluate("() => { clearInterval(window.__ddoq.timer); return window.__ddoq; }")
     times = w["changes"]
     gaps = [(b - a) / 1000 for a, b in zip(times, times[1:], strict=False)]
     return {
@@ -145,42 +199,62 @@ def measure(page, url: str, view: dict, seconds: float) -> dict[str, float]:
         "max": max(gaps) if gaps else float("nan"),
         "blank": w["blank"] / max(1, w["samples"]),
         "pause": pause_s,
+        "after_pause": max(0, len(after["changes"]) - 1),  # the first read is not a change
+        "load": os.getloadavg()[0],
     }
 
 
-def run(seconds: float = 15.0) -> list[list[object]]:
-    """Measure every live view with a second session open; returns the table rows."""
+def _row(name: str, r: dict[str, float], reference: float | None) -> list[object]:
+    ratio = f"{r['per_s'] / reference:.2f}" if reference else "1.00"
+    return [
+        name,
+        r["updates"],
+        f"{r['per_s']:.1f}",
+        ratio,
+        f"{r['median']:.2f}",
+        f"{r['max']:.2f}",
+        f"{100 * r['blank']:.0f}%",
+        f"{r['pause']:.2f}",
+        r["after_pause"],
+        f"{r['load']:.1f}",
+    ]
+
+
+def run(seconds: float = 15.0, root: Path = ROOT) -> list[list[object]]:
+    """Measure the reference, then every live view, with a second session open.
+
+    Returns the table rows (`HEADER`); the reference is measured first and last, and
+    the views' ratios are against the mean of its two rates.
+    """
     from playwright.sync_api import sync_playwright
 
     cache = Path(tempfile.mkdtemp(prefix="ddoq-bench-browser-"))
-    proc, url = start_server(cache)
-    rows: list[list[object]] = []
+    (cache / "reference.py").write_text(REFERENCE)
+    proc, url = start_server(cache, root=root)
+    ref_proc, ref_url = start_server(cache, cache / "reference.py", root=root)
+    results: list[tuple[str, dict[str, float]]] = []
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             other.set_default_timeout(120_000)
             other.goto(url)  # a second person, idle on Explore
-            other.locator(".js-plotly-plot").first.wait_for()
+            other.locator(".js-plotly-plot, .vega-embed").first.wait_for()
             page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             page.set_default_timeout(120_000)
+            ref = measure(page, ref_url, REFERENCE_VIEW, seconds / 2)
             for name, view in VIEWS.items():
-                r = measure(page, url, view, seconds)
-                rows.append(
-                    [
-                        name,
-                        r["updates"],
-                        f"{r['per_s']:.1f}",
-                        f"{r['median']:.2f}",
-                        f"{r['max']:.2f}",
-                        f"{100 * r['blank']:.0f}%",
-                        f"{r['pause']:.2f}",
-                    ]
-                )
+                results.append((name, measure(page, url, view, seconds)))
+            ref2 = measure(page, ref_url, REFERENCE_VIEW, seconds / 2)
             browser.close()
     finally:
         stop_server(proc)
+        stop_server(ref_proc)
         shutil.rmtree(cache, ignore_errors=True)
+    reference = (ref["per_s"] + ref2["per_s"]) / 2
+    rows = [_row("reference: a fragment that only counts (first)", ref, None)]
+    rows += [_row(name, r, reference) for name, r in results]
+    rows.append(_row("reference (last)", ref2, None))
     return rows
 
 
@@ -188,15 +262,24 @@ HEADER = [
     "live view (Run pressed, 2nd session open)",
     "updates",
     "updates/s",
+    "x reference",
     "median interval s",
     "longest gap s",
     "plots missing",
     "Pause to disabled s",
+    "updates after Pause",
+    "load avg",
 ]
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import argparse
+
     from _report import markdown_table
 
-    print(markdown_table(HEADER, run()))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose app to run")
+    args = parser.parse_args()
+    print(markdown_table(HEADER, run(args.seconds, args.root.resolve())))

@@ -7,8 +7,8 @@ PCA while UMAP is computed in the background; Run/Pause/Resume/Step/Reset drive 
 
 import streamlit as st
 
-from ddoq.app.frames import live_frame
 from ddoq.app.live import LiveCLVQ
+from ddoq.app.live_charts import explore_frame
 from pages._common import (
     data_controls,
     k_slider,
@@ -83,8 +83,11 @@ if live is None:
     st.stop()
 
 
-# The buttons act in callbacks, before the page is drawn: the buttons are drawn in the
-# state they lead to (Pause disabled once paused), and a press costs one rerun.
+# The controls live in the live fragment: a press reruns the fragment only, and the
+# callbacks act before it is drawn, so the buttons show the state they lead to at once
+# (Pause disabled the moment it is pressed). The timer (run_every) is fixed when the page
+# runs: when Run/Resume/Pause/the step limit change `explore_running`, the fragment
+# draws the new state and then reruns the page once to start or stop its timer.
 def _run() -> None:
     live.reset()
     state["explore_running"] = True
@@ -103,28 +106,30 @@ def _reset() -> None:
     state["explore_running"] = False
 
 
-running = state["explore_running"]
-b = st.columns(5)
-b[0].button("Run", icon=":material/play_arrow:", type="primary", key="btn_run", on_click=_run)
-b[1].button(
-    "Pause",
-    icon=":material/pause:",
-    disabled=not running,
-    key="btn_pause",
-    on_click=_set_running,
-    args=(False,),
-)
-b[2].button(
-    "Resume",
-    icon=":material/resume:",
-    disabled=running or not live.started,
-    key="btn_resume",
-    on_click=_set_running,
-    args=(True,),
-)
-b[3].button("Step", icon=":material/skip_next:", disabled=running, key="btn_step", on_click=_step)
-b[4].button("Reset", icon=":material/restart_alt:", key="btn_reset", on_click=_reset)
-step_now = bool(state.pop("explore_step", False))
+def _buttons(running: bool) -> None:
+    b = st.columns(5)
+    b[0].button("Run", icon=":material/play_arrow:", type="primary", key="btn_run", on_click=_run)
+    b[1].button(
+        "Pause",
+        icon=":material/pause:",
+        disabled=not running,
+        key="btn_pause",
+        on_click=_set_running,
+        args=(False,),
+    )
+    b[2].button(
+        "Resume",
+        icon=":material/resume:",
+        disabled=running or not live.started,
+        key="btn_resume",
+        on_click=_set_running,
+        args=(True,),
+    )
+    b[3].button(
+        "Step", icon=":material/skip_next:", disabled=running, key="btn_step", on_click=_step
+    )
+    b[4].button("Reset", icon=":material/restart_alt:", key="btn_reset", on_click=_reset)
+
 
 # The map: PCA at once; UMAP from the background worker when it is ready.
 projection = pca_view(dataset_name, prior_name, class_index, data.device)
@@ -155,12 +160,21 @@ if view == "UMAP":
 map_title = f"{projection.method.upper()} map of class {points.class_name!r}"
 
 
-@st.fragment(run_every=TICK_SECONDS if running else None)
+timer_on = bool(state["explore_running"])
+
+
+@st.fragment(run_every=TICK_SECONDS if timer_on else None)
 def live_view() -> None:
-    """One timer tick: a few CLVQ steps, then the map and the curves (this part only)."""
-    running = state["explore_running"]
+    """One timer tick: a few CLVQ steps, then the map and the curves (this part only).
+
+    The charts are Vega-Lite with a spec fixed for the run, so the browser swaps their
+    data in place (`ddoq.app.live_charts`): no chart is re-created, none blanks out.
+    """
+    running = bool(state["explore_running"])
+    step_now = bool(state.pop("explore_step", False))
+    _buttons(running)
     with readable_errors("CLVQ step"):
-        frame = live_frame(
+        frame = explore_frame(
             live,
             projection,
             step=running or step_now,
@@ -169,7 +183,8 @@ def live_view() -> None:
             title=map_title,
         )
         left, right = st.columns([3, 2])
-        left.plotly_chart(frame.map, key="explore_map")
+        left.vega_lite_chart(frame.map, key="explore_map")
+        left.caption(frame.map["description"])
         snap = frame.snapshot
         with right:
             if snap is None:
@@ -184,7 +199,7 @@ def live_view() -> None:
                     "centroids to the class.",
                 )
                 m[2].metric("Running estimate", f"{snap.running_distortion:.4g}")
-                st.plotly_chart(frame.curve, key="explore_curve")
+                st.vega_lite_chart(frame.curve, key="explore_curve")
                 heaviest = snap.masses.max()
                 st.caption(
                     f"Cell masses range from {snap.masses.min():.3f} to {heaviest:.3f} "
@@ -192,7 +207,8 @@ def live_view() -> None:
                 )
         if running and snap is not None and snap.step >= int(max_steps):
             state["explore_running"] = False
-            st.rerun()
+    if bool(state["explore_running"]) != timer_on:
+        st.rerun()  # start or stop the timer, after this run has drawn the new state
 
 
 live_view()

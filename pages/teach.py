@@ -11,8 +11,8 @@ import numpy as np
 import streamlit as st
 
 from ddoq.app.figures import click_canvas, distortion_vs_k
-from ddoq.app.frames import playground_frame
 from ddoq.app.live import LiveCLVQ
+from ddoq.app.live_charts import teach_frame
 from ddoq.app.playground import (
     DISTRIBUTIONS,
     OWN_POINTS,
@@ -177,8 +177,9 @@ if state.get("teach_config") != config:
 live: LiveCLVQ = state["teach_live"]
 
 
-# The buttons act in callbacks, before the page is drawn, so they are drawn in the
-# state they lead to (Pause disabled once paused).
+# The controls live in the live fragment, as on Explore: a press reruns the fragment
+# only and the buttons are drawn in the state they lead to; a change of `teach_running`
+# then reruns the page once, to start or stop the fragment's timer.
 def _run() -> None:
     live.reset()
     state["teach_running"] = True
@@ -197,28 +198,30 @@ def _reset() -> None:
     state["teach_running"] = False
 
 
-running = state["teach_running"]
-b = st.columns(5)
-b[0].button("Run", icon=":material/play_arrow:", type="primary", key="teach_run", on_click=_run)
-b[1].button(
-    "Pause",
-    icon=":material/pause:",
-    key="teach_pause",
-    disabled=not running,
-    on_click=_set_running,
-    args=(False,),
-)
-b[2].button(
-    "Resume",
-    icon=":material/resume:",
-    key="teach_resume",
-    disabled=running or not live.started,
-    on_click=_set_running,
-    args=(True,),
-)
-b[3].button("Step", icon=":material/skip_next:", key="teach_step", disabled=running, on_click=_step)
-b[4].button("Reset", icon=":material/restart_alt:", key="teach_reset", on_click=_reset)
-step_now = bool(state.pop("teach_step_now", False))
+def _buttons(running: bool) -> None:
+    b = st.columns(5)
+    b[0].button("Run", icon=":material/play_arrow:", type="primary", key="teach_run", on_click=_run)
+    b[1].button(
+        "Pause",
+        icon=":material/pause:",
+        key="teach_pause",
+        disabled=not running,
+        on_click=_set_running,
+        args=(False,),
+    )
+    b[2].button(
+        "Resume",
+        icon=":material/resume:",
+        key="teach_resume",
+        disabled=running or not live.started,
+        on_click=_set_running,
+        args=(True,),
+    )
+    b[3].button(
+        "Step", icon=":material/skip_next:", key="teach_step", disabled=running, on_click=_step
+    )
+    b[4].button("Reset", icon=":material/restart_alt:", key="teach_reset", on_click=_reset)
+
 
 lo, hi = points.min(axis=0) - 0.3, points.max(axis=0) + 0.3
 if dist_name == OWN_POINTS:
@@ -227,29 +230,45 @@ bounds = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
 MAX_STEPS = 400
 
 
-@st.fragment(run_every=TICK_SECONDS if running else None)
+timer_on = bool(state["teach_running"])
+
+
+@st.fragment(run_every=TICK_SECONDS if timer_on else None)
 def playground() -> None:
-    """One timer tick: CLVQ steps, Voronoi cells, weights, distortion and W2."""
-    running = state["teach_running"]
+    """One timer tick: CLVQ steps, Voronoi cells, weights, distortion and W2.
+
+    Vega-Lite charts with a spec fixed for the run (`ddoq.app.live_charts`): the
+    browser swaps their data in place, so nothing is re-created or blanks out.
+    """
+    running = bool(state["teach_running"])
+    step_now = bool(state.pop("teach_step_now", False))
+    _buttons(running)
     with readable_errors("CLVQ step"):
-        frame = playground_frame(live, bounds, step=running or step_now, uniform_overlay=overlay)
+        frame = teach_frame(live, bounds, step=running or step_now, uniform_overlay=overlay)
         snap = frame.snapshot
         left, right = st.columns([3, 2])
-        left.plotly_chart(frame.map, key="teach_map")
-        if snap is None:
-            right.info("Press **Run** to watch CLVQ place the K centroids.")
-            return
+        left.vega_lite_chart(frame.map, key="teach_map")
+        left.caption(frame.map["description"])
         with right:
-            m = st.columns(3)
-            m[0].metric("W2, weights = cell masses", f"{frame.w2.weighted:.4f}")
-            m[1].metric("W2, uniform 1/K", f"{frame.w2.uniform:.4f}")
-            m[2].metric("Weights remove", f"{100 * frame.w2.reduction:.1f}%")
-            st.plotly_chart(frame.weights, key="teach_w")
-            st.plotly_chart(frame.curve, key="teach_d")
-            st.caption(f"Step {snap.step}: max |p_k − w_k| = {live.history.weight_gap[-1]:.3f}")
-        if running and snap.step >= MAX_STEPS:
+            if snap is None or frame.w2 is None:
+                st.info("Press **Run** to watch CLVQ place the K centroids.")
+            else:
+                m = st.columns(3)
+                m[0].metric(
+                    "W2, weighted",
+                    f"{frame.w2.weighted:.4f}",
+                    help="W2 of the grid weighted by its cell masses w_k = μ(C_k).",
+                )
+                m[1].metric("W2, uniform 1/K", f"{frame.w2.uniform:.4f}")
+                m[2].metric("Weights remove", f"{100 * frame.w2.reduction:.1f}%")
+                st.vega_lite_chart(frame.weights, key="teach_w")
+                st.vega_lite_chart(frame.curve, key="teach_d")
+                gap = live.history.weight_gap[-1]
+                st.caption(f"Step {snap.step}: max |p_k − w_k| = {gap:.3f}")
+        if running and snap is not None and snap.step >= MAX_STEPS:
             state["teach_running"] = False
-            st.rerun()
+    if bool(state["teach_running"]) != timer_on:
+        st.rerun()  # start or stop the timer, after this run has drawn the new state
 
 
 playground()

@@ -127,6 +127,16 @@ job_view()
 st.subheader("Finished runs (this session)")
 runs = list_runs(session_dir(create=False) / "train")
 if runs:
-    st.dataframe(pd.DataFrame(runs), hide_index=True, key="train_runs")
+    st.dataframe(
+        pd.DataFrame(runs),
+        hide_index=True,
+        key="train_runs",
+        column_config={
+            "test accuracy": st.column_config.NumberColumn(format="%.3f"),
+            "W2 reduction": st.column_config.NumberColumn(
+                format="percent", help="Share of the uniform barycenter's W2 the weights remove."
+            ),
+        },
+    )
 else:
     st.caption("No finished run yet.")

@@ -36,7 +36,17 @@ def _open(page: str | None = None, **settings) -> AppTest:
 
 
 def _charts(at: AppTest) -> list:
-    return at.get("plotly_chart")
+    """Every chart in page order: Plotly figures and the live views' Vega-Lite charts."""
+    found: list = []
+
+    def walk(node) -> None:
+        if getattr(node, "type", None) in ("plotly_chart", "vega_lite_chart"):
+            found.append(node)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return found
 
 
 def _metric(at: AppTest, label: str) -> str:
@@ -161,7 +171,7 @@ def test_teach_page_runs_clvq_and_compares_w2():
     assert at.latex or any("K^{-2/d}" in m.value for m in at.markdown)
     at.button(key="teach_run").click().run()
     assert not at.exception
-    weighted = float(_metric(at, "W2, weights = cell masses"))
+    weighted = float(_metric(at, "W2, weighted"))
     uniform = float(_metric(at, "W2, uniform 1/K"))
     assert weighted < uniform
     assert len(_charts(at)) == 4  # Voronoi map, weights, distortion, distortion vs K
@@ -317,7 +327,7 @@ def test_teach_page_your_own_points():
     assert not at.exception and not at.error
     live = at.session_state["teach_live"]
     assert live.points.shape == (120, 2) and live.n_clusters == 8
-    weighted = float(_metric(at, "W2, weights = cell masses"))
+    weighted = float(_metric(at, "W2, weighted"))
     assert weighted <= float(_metric(at, "W2, uniform 1/K")) + 1e-6
     assert len(_charts(at)) == 5  # canvas, Voronoi map, weights, distortion, distortion vs K
     at.button(key="teach_undo").click().run()
@@ -463,9 +473,11 @@ def test_pause_is_disabled_once_paused_and_overlay_is_drawn():
     assert at.button(key="btn_pause").disabled is True
     assert at.button(key="btn_resume").disabled is False
     spec = json.loads(_charts(at)[0].proto.spec)
-    overlay = next(t for t in spec["data"] if t["name"].startswith("D4M"))
-    assert overlay["marker"]["symbol"] == "circle-open"
-    assert overlay["marker"]["color"] not in ("rgba(0,0,0,0)", "transparent")
+    rings = [layer["mark"] for layer in spec["layer"] if layer["mark"].get("filled") is False]
+    assert len(rings) == 1  # the uniform barycenter: open rings on the centroids
+    assert rings[0]["stroke"] not in ("rgba(0,0,0,0)", "transparent", None)
+    assert "D4M barycenter" in spec["description"]
+    assert any("D4M barycenter" in c.value for c in at.caption)
 
 
 def test_device_setting_reaches_the_live_run():

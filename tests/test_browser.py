@@ -144,7 +144,12 @@ def _wait_idle(page) -> None:
             && !document.querySelector('[data-stale="true"]')""",
         timeout=60_000,
     )
-    page.wait_for_timeout(500)  # plotly's transitions
+    page.wait_for_timeout(500)  # chart transitions
+
+
+# A drawn chart: a Plotly figure with its SVG, or a Vega-Lite chart (the live views) with
+# its canvas.
+CHARTS = ".js-plotly-plot:has(.main-svg), .vega-embed:has(canvas, svg)"
 
 
 def _metric(page, label: str) -> str:
@@ -157,7 +162,7 @@ def test_pages_in_a_real_browser(page, app_url, tmp_path):
     shots.mkdir(parents=True, exist_ok=True)
     page.goto(app_url)
     page.get_by_role("heading", name="Explore a class").wait_for()
-    page.locator(".js-plotly-plot").first.wait_for()  # the class map, before any step
+    page.locator(CHARTS).first.wait_for()  # the class map, before any step
     _wait_idle(page)
 
     # A live CLVQ run advances by itself (timer ticks), then pauses.
@@ -173,7 +178,7 @@ def test_pages_in_a_real_browser(page, app_url, tmp_path):
     )
     page.get_by_role("button", name="Pause").click()
     _wait_idle(page)
-    assert page.locator(".js-plotly-plot").count() >= 2
+    assert page.locator(CHARTS).count() >= 2  # the map and the distortion curve
     page.screenshot(path=str(shots / "explore.png"), full_page=True)
 
     page.get_by_role("link", name="Decoded images").click()
@@ -269,10 +274,12 @@ def _pick(page, label: str, option: str) -> None:
     _wait_idle(page)
 
 
-def _choose_folder(page, app_url: str, folder: Path) -> None:
-    page.goto(app_url)
-    page.get_by_role("heading", name="Explore a class").wait_for()
-    _wait_idle(page)
+def _choose_folder(page, app_url: str | None, folder: Path) -> None:
+    """Pick `folder` as the dataset: on a fresh session at `app_url`, or (None) right here."""
+    if app_url is not None:
+        page.goto(app_url)
+        page.get_by_role("heading", name="Explore a class").wait_for()
+        _wait_idle(page)
     _pick(page, "Dataset", "folder…")
     box = page.get_by_label("Folder (root/<class>/<image>)")
     box.fill(str(folder))
@@ -399,7 +406,10 @@ def test_k_100_then_decoded_and_a_one_image_class(page, app_url, tmp_path):
             Image.fromarray(np.full((28, 28), 40 * i % 255, np.uint8)).save(
                 tiny / name / f"{i}.png"
             )
-    _choose_folder(page, app_url, tiny)
+    page.get_by_role("link", name="Explore a class").click()  # same session: K stays 100
+    page.get_by_role("heading", name="Explore a class").wait_for()
+    _wait_idle(page)
+    _choose_folder(page, None, tiny)
     page.get_by_text("K lowered from 100 to").wait_for()  # 1 or 2: the split decides
     page.get_by_text("too few for a map").wait_for()
     for link in ("Decoded images", "Wasserstein", "Distill and export"):
@@ -409,20 +419,74 @@ def test_k_100_then_decoded_and_a_one_image_class(page, app_url, tmp_path):
         _no_exception(page)
 
 
+def _red_pixels(locator) -> int:
+    """Pixels of the uniform overlay's colour (#e53e3e, +-12 per channel) in an element."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"), dtype=int)
+    return int((np.abs(rgb - np.array([229, 62, 62])).max(axis=-1) <= 12).sum())
+
+
 def test_overlay_is_drawn(page, app_url):
     page.goto(app_url)
     page.get_by_role("heading", name="Explore a class").wait_for()
     _wait_idle(page)
-    page.get_by_text("Overlay the uniform barycenter").click()
-    _wait_idle(page)
     page.get_by_role("button", name="Step").click()
     page.locator('[data-testid="stMetric"]', has_text="CLVQ steps").wait_for()
     _wait_idle(page)
-    # the overlay's markers are drawn: open circles stroked in a visible colour
-    strokes = page.evaluate(
-        """() => [...document.querySelectorAll('.js-plotly-plot .scatterlayer .trace')]
-            .filter(t => t.querySelector('.point'))
-            .map(t => getComputedStyle(t.querySelector('.point')).stroke
-                      || t.querySelector('.point').style.stroke)"""
-    )
-    assert any(s and "229, 62, 62" in s for s in strokes), strokes
+    chart = page.locator(".vega-embed").first
+    without = _red_pixels(chart)
+    page.get_by_text("Overlay the uniform barycenter").click()
+    page.get_by_text("Red rings: the D4M barycenter").wait_for()
+    _wait_idle(page)
+    # what a person sees: red rings around the K = 10 centroids (2 px strokes, 16 px
+    # across: about 100 pixels each), none of that colour without the overlay
+    seen = [_red_pixels(chart)]
+    for _ in range(20):  # the chart is redrawn once the run with the overlay is in
+        if seen[-1] > without + 300:
+            break
+        page.wait_for_timeout(500)
+        seen.append(_red_pixels(chart))
+    assert seen[-1] > without + 300, (without, seen)
+
+
+def test_teacher_for_an_own_folder_then_soft_labels(page, app_url, own_folder, tmp_path):
+    """No embedded teacher knows 'one', 'three', 'seven': train one, then soft labels."""
+    from safetensors.numpy import load_file
+
+    _choose_folder(page, app_url, own_folder)
+    page.get_by_role("link", name="Distill and export").click()
+    page.get_by_role("heading", name="Distill and export").wait_for()
+    _wait_idle(page)
+    page.locator('[data-testid="stRadio"]', has_text="Labels").get_by_text(
+        "soft", exact=True
+    ).click()
+    _wait_idle(page)
+    page.get_by_text("No teacher for this dataset's classes").wait_for()
+    assert page.get_by_role("button", name="Distil every class").is_disabled()
+    for label, value in (("Images per class", "1"), ("Teacher epochs", "2")):
+        box = page.get_by_role("spinbutton", name=label, exact=True)
+        box.fill(value)
+        box.press("Enter")
+        _wait_idle(page)
+    page.get_by_role("button", name="Train a teacher for this dataset").click()
+    page.get_by_text("Trained a teacher for 3 classes").wait_for(timeout=300_000)
+    page.get_by_text("Soft labels from").wait_for()
+    _wait_idle(page)
+    _no_exception(page)
+    page.get_by_role("button", name="Distil every class").click()
+    download = page.get_by_role("button", name="Download the distilled set (zip)")
+    download.wait_for(timeout=180_000)
+    _wait_idle(page)
+    with page.expect_download() as info:
+        download.click()
+    archive = tmp_path / "soft.zip"
+    info.value.save_as(archive)
+    with zipfile.ZipFile(archive) as z:
+        z.extract("soft_labels.safetensors", tmp_path)
+    soft = load_file(str(tmp_path / "soft_labels.safetensors"))["logits"]
+    assert soft.shape == (3, 3)  # 3 classes x IPC 1 images, one column per folder class
+    _no_exception(page)
