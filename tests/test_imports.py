@@ -201,9 +201,14 @@ def test_no_module_shadows_a_public_name():
     assert callable(ddoq.distill) and not isinstance(ddoq.distill, type(ddoq))
 
 
-def test_figures_only_draw():
-    """`ddoq.app.figures` takes results; advancing CLVQ and measuring W2 is `ddoq.app.frames`."""
-    source = (PACKAGE / "app" / "figures.py").read_text()
-    for call in (".tick(", "place_centroids(", "voronoi_grid(", "w2_weighted_vs_uniform("):
-        assert call not in source, call
-    assert "ddoq.app.figures" in import_graph()["ddoq.app.frames"]
+def test_figures_and_charts_only_draw():
+    """Advancing CLVQ, placing centroids and measuring W2 happen in `ddoq.app.live` (its
+    `tick_on_map` / `tick_playground`); the Plotly figures, the Vega-Lite charts and the
+    frames that join a tick to a drawing call none of them themselves."""
+    for name in ("figures", "live_charts", "frames"):
+        source = (PACKAGE / "app" / f"{name}.py").read_text()
+        for call in (".tick(", "place_centroids(", "w2_weighted_vs_uniform("):
+            assert call not in source, (name, call)
+    assert "voronoi_grid(" not in (PACKAGE / "app" / "figures.py").read_text()
+    graph = import_graph()
+    assert "ddoq.app.live" in graph["ddoq.app.frames"] & graph["ddoq.app.live_charts"]

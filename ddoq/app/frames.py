@@ -1,10 +1,9 @@
-"""One tick of a live view: advance CLVQ, place and measure, then draw (the app's frames).
+"""One tick of a live view drawn with Plotly: `live_frame` (Explore), `playground_frame` (Teach).
 
-The pages' timers call `live_frame` (Explore) and `playground_frame` (Teach); the app
-benchmark times them. Each one advances the engine (`ddoq.app.live.LiveCLVQ.tick`), computes
-what the view shows (centroids placed on the 2-D map by `ddoq.app.projection`; the Voronoi
-grid and the exact W2 pair by `ddoq.app.playground`), and hands the results to
-`ddoq.app.figures`, which only draws.
+Each one advances the engine and computes what the view shows through `ddoq.app.live`
+(`tick_on_map`, `tick_playground`: the same ticks the pages' Vega-Lite frames of
+`ddoq.app.live_charts` use) and hands the results to `ddoq.app.figures`, which only draws.
+For a notebook, or a figure saved to a file.
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ddoq.app.figures import centroid_map, distortion_history, voronoi_map, weights_bars
-from ddoq.app.live import LiveCLVQ, LiveSnapshot
-from ddoq.app.playground import W2Pair, voronoi_grid, w2_weighted_vs_uniform
-from ddoq.app.projection import Projection, place_centroids
+from ddoq.app.live import LiveCLVQ, LiveSnapshot, tick_on_map, tick_playground
+from ddoq.app.playground import W2Pair, voronoi_grid
+from ddoq.app.projection import Projection
 
 __all__ = ["LiveFrame", "PlaygroundFrame", "live_frame", "playground_frame"]
 
@@ -42,18 +41,17 @@ def live_frame(
 ) -> LiveFrame:
     """One tick of the live view: advance `live` (when `step`) and draw it on `projection`.
 
-    Centroids are placed on the map without refitting (`place_centroids`, "auto").
-    This is the function the app's timer calls; the benchmark times it directly.
+    Centroids are placed on the map without refitting (`ddoq.app.live.tick_on_map`).
     """
-    snap = live.tick() if step else live.snapshot
+    tick = tick_on_map(live, projection, step=step)
+    snap = tick.snapshot
     if snap is None:
         fig = centroid_map(projection.embedding, None, None, None, point_ids=point_ids, title=title)
         return LiveFrame(fig, distortion_history(live.history), None)
-    pos = place_centroids(projection, snap.centers, labels=snap.labels)
     fig = centroid_map(
         projection.embedding,
         snap.labels,
-        pos,
+        tick.positions,
         snap.masses,
         uniform_overlay=uniform_overlay,
         point_ids=point_ids,
@@ -83,19 +81,19 @@ def playground_frame(
 ) -> PlaygroundFrame:
     """One tick of the 2-D playground: advance `live`, draw its Voronoi cells and weights.
 
-    Also computes the exact W2 of the grid with its cell masses and with uniform weights
-    (`ddoq.app.playground.w2_weighted_vs_uniform`). The Teach page's timer calls this.
+    The exact W2 of the grid with its cell masses and with uniform weights comes from
+    `ddoq.app.live.tick_playground`.
     """
     points = live.points
-    snap = live.tick() if step else live.snapshot
+    tick = tick_playground(live, bounds, step=step, resolution=resolution)
+    snap = tick.snapshot
     if snap is None:
-        grid = voronoi_grid(points[:1], bounds, resolution=20)
+        grid = voronoi_grid(points[:1], bounds, resolution=20)  # an empty map
         return PlaygroundFrame(voronoi_map(points, grid, None, None), None, None, None, None)
-    grid = voronoi_grid(snap.centers, bounds, resolution=resolution)
     return PlaygroundFrame(
-        voronoi_map(points, grid, snap.centers, snap.masses, uniform_overlay=uniform_overlay),
+        voronoi_map(points, tick.grid, snap.centers, snap.masses, uniform_overlay=uniform_overlay),
         weights_bars(snap.companion_weights, snap.masses),
         distortion_history(live.history, "Running vs exact distortion"),
-        w2_weighted_vs_uniform(points, snap.centers, snap.masses),
+        tick.w2,
         snap,
     )

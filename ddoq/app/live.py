@@ -19,9 +19,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ddoq.app.playground import VoronoiGrid, W2Pair, voronoi_grid, w2_weighted_vs_uniform
+from ddoq.app.projection import Projection, place_centroids
 from ddoq.quantize import CLVQ, StepRule
 
-__all__ = ["LiveCLVQ", "LiveHistory", "LiveSnapshot"]
+__all__ = [
+    "LiveCLVQ",
+    "LiveHistory",
+    "LiveSnapshot",
+    "MapTick",
+    "PlaygroundTick",
+    "tick_on_map",
+    "tick_playground",
+]
 
 
 @dataclass
@@ -158,3 +168,82 @@ class LiveCLVQ:
         h.weight_gap.append(float(np.abs(snap.companion_weights - snap.masses).max()))
         self.snapshot = snap
         return snap
+
+
+# ---------------------------------------------------------------- one tick of a live view
+# What a view computes per tick, once, for every way of drawing it (the Plotly frames of
+# `ddoq.app.frames`, the Vega-Lite frames of `ddoq.app.live_charts`): those only draw.
+
+
+@dataclass
+class MapTick:
+    """One tick of the Explore map: the state, and its centroids placed on the 2-D map."""
+
+    snapshot: LiveSnapshot | None  # None before the first step
+    positions: np.ndarray | None  # (K, 2), None before the first step
+
+
+def tick_on_map(live: LiveCLVQ, projection: Projection, *, step: bool = True) -> MapTick:
+    """Advance `live` (when `step`) and place its centroids on `projection` without refitting.
+
+    Parameters
+    ----------
+    live : LiveCLVQ
+        CLVQ on the class's latents.
+    projection : Projection
+        The class's 2-D map (`ddoq.app.projection.place_centroids`, "auto").
+    step : bool
+        Take `live.steps_per_tick` steps first (False: the current state).
+
+    Returns
+    -------
+    MapTick
+    """
+    snap = live.tick() if step else live.snapshot
+    if snap is None:
+        return MapTick(None, None)
+    return MapTick(snap, place_centroids(projection, snap.centers, labels=snap.labels))
+
+
+@dataclass
+class PlaygroundTick:
+    """One tick of the 2-D playground: the state, its Voronoi grid and the exact W2 pair."""
+
+    snapshot: LiveSnapshot | None  # None before the first step
+    grid: VoronoiGrid | None  # the cells of the centroids, None before the first step
+    w2: W2Pair | None  # W2 with the cell masses and with uniform weights
+
+
+def tick_playground(
+    live: LiveCLVQ,
+    bounds: tuple[float, float, float, float],
+    *,
+    step: bool = True,
+    resolution: int = 110,
+) -> PlaygroundTick:
+    """Advance `live` (when `step`); its Voronoi grid over `bounds` and exact W2 pair.
+
+    Parameters
+    ----------
+    live : LiveCLVQ
+        CLVQ on the 2-D points.
+    bounds : (x0, x1, y0, y1)
+        The plotted square.
+    step : bool
+        Take `live.steps_per_tick` steps first (False: the current state).
+    resolution : int
+        Grid nodes per side (`ddoq.app.playground.voronoi_grid`).
+
+    Returns
+    -------
+    PlaygroundTick
+        With `ddoq.app.playground.w2_weighted_vs_uniform` of the grid (Prop. 1: the weighted
+        one is sqrt of the distortion).
+    """
+    snap = live.tick() if step else live.snapshot
+    if snap is None:
+        return PlaygroundTick(None, None, None)
+    grid = voronoi_grid(snap.centers, bounds, resolution=resolution)
+    return PlaygroundTick(
+        snap, grid, w2_weighted_vs_uniform(live.points, snap.centers, snap.masses)
+    )

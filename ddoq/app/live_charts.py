@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from ddoq.app.figures import PALETTE, UNIFORM_COLOR
-from ddoq.app.live import LiveCLVQ, LiveHistory, LiveSnapshot
-from ddoq.app.playground import VoronoiGrid, W2Pair, voronoi_grid, w2_weighted_vs_uniform
-from ddoq.app.projection import Projection, place_centroids
+from ddoq.app.live import LiveCLVQ, LiveHistory, LiveSnapshot, tick_on_map, tick_playground
+from ddoq.app.playground import VoronoiGrid, W2Pair
+from ddoq.app.projection import Projection
 
 __all__ = [
     "ExploreFrame",
@@ -506,7 +506,8 @@ def explore_frame(
     -------
     ExploreFrame
     """
-    snap = live.tick() if step else live.snapshot
+    tick = tick_on_map(live, projection, step=step)
+    snap = tick.snapshot
     k = live.n_clusters
     if snap is None:
         fig = centroid_map_spec(
@@ -514,11 +515,10 @@ def explore_frame(
             point_ids=point_ids, title=title,
         )  # fmt: skip
         return ExploreFrame(fig, history_spec(live.history), None)
-    pos = place_centroids(projection, snap.centers, labels=snap.labels)
     fig = centroid_map_spec(
         projection.embedding,
         snap.labels,
-        pos,
+        tick.positions,
         snap.masses,
         k=k,
         uniform_overlay=uniform_overlay,
@@ -570,14 +570,15 @@ def teach_frame(
     """
     points = live.points
     k = live.n_clusters
-    snap = live.tick() if step else live.snapshot
+    tick = tick_playground(live, bounds, step=step, resolution=resolution)
+    snap = tick.snapshot
     curve = history_spec(live.history, "Running vs exact distortion")
     if snap is None:
         fig = voronoi_map_spec(
             points, None, None, None, k=k, bounds=bounds, uniform_overlay=uniform_overlay
         )
         return TeachFrame(fig, weights_spec(None, None, k), curve, None, None)
-    cells = voronoi_cells(voronoi_grid(snap.centers, bounds, resolution=resolution))
+    cells = voronoi_cells(tick.grid)
     fig = voronoi_map_spec(
         points, cells, snap.centers, snap.masses, k=k, bounds=bounds,
         uniform_overlay=uniform_overlay,
@@ -586,6 +587,6 @@ def teach_frame(
         fig,
         weights_spec(snap.companion_weights, snap.masses, k),
         curve,
-        w2_weighted_vs_uniform(points, snap.centers, snap.masses),
+        tick.w2,
         snap,
     )
