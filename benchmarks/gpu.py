@@ -117,7 +117,7 @@ def quantize_part(classes: int, n: int, shape: tuple, ks: list[int], device) -> 
         )
         peak = peak_gib(device)
         ours = float(np.mean([m.distortion_ for m in models]))
-        init = min(n, max(3 * 256, 3 * k))
+        init = models[0]._init_size(n)
         passes = float(
             np.mean(
                 [

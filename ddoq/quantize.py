@@ -38,6 +38,8 @@ _TIE_RTOL = 1e-5
 # Row gathers (|x - c_label|^2) go in smaller chunks: a temporary this size stays in cache
 # and is reused by the allocator instead of being page-faulted in afresh on every pass.
 _GATHER_BYTES = 4 * 2**20
+# k-means++ precomputes the (C, n, n) distance table of the projected points up to this size.
+_TABLE_BYTES = 256 * 2**20
 # batch_size="auto": classes up to this size are processed as one full batch per epoch.
 _FULL_BATCH_MAX = 2048
 
@@ -98,7 +100,7 @@ def _assign_batched(
     labels = torch.empty((n_classes, n), dtype=torch.long, device=x.device)
     sq_dist = torch.empty((n_classes, n), dtype=x.dtype, device=x.device)
     c_sq = _sq_norms(centers)  # (C, K)
-    step = _chunk_rows(n_classes, max(k, d))
+    step = _chunk_rows(n_classes, k)  # the (C, rows, K) products are the big temporaries
     for start in range(0, n, step):
         xb = x[:, start : start + step]
         # |c|^2 - 2 x.c: the |x|^2 term does not change the argmin.
@@ -185,7 +187,7 @@ def _kmeans_plusplus_batched(
         dist = (z_sq[:, None, :] + pts_sq[:, :, None]).sub_(dots, alpha=2.0)
         return dist.clamp_min_(0.0).masked_fill_(~valid[:, None, :], 0.0)
 
-    if n_classes * n * n * 4 <= _CHUNK_BYTES:
+    if n_classes * n * n * 4 <= _TABLE_BYTES:
         # Small enough for the whole (C, n, n) distance table: one matrix product, then
         # each step only looks up its candidates' rows (no tiny per-step products).
         table = pair_dist(z, z_sq)
@@ -379,9 +381,9 @@ class _State:
             n_steps=torch.zeros(n_classes, dtype=torch.long, device=centers.device),
         )
 
-    def select(self, c: int) -> _State:
-        """The state of class c alone, as a C = 1 state."""
-        return _State(**{f: getattr(self, f)[c : c + 1].clone() for f in self.__dataclass_fields__})
+    def view(self, c: int) -> _State:
+        """The state of class c alone, as a C = 1 state of views (no copy, no device work)."""
+        return _State(**{f: getattr(self, f)[c : c + 1] for f in self.__dataclass_fields__})
 
 
 def _step_gammas(step: StepRule, n_seen: torch.Tensor) -> torch.Tensor | None:
@@ -459,22 +461,31 @@ def _reseed_dead(
 
     Replacement points are drawn without replacement with probability proportional to
     their squared distance to the grid (where the grid serves the data worst), as in
-    k-means++; a moved centroid restarts with count 1, the point it sits on.
+    k-means++; a moved centroid restarts with count 1, the point it sits on. All classes
+    at once: the draws are Efraimidis-Spirakis keys log(u) / w (the largest m keys are a
+    weighted draw of m points without replacement), u from each class's own generator,
+    drawn only for classes with a dead centroid.
     """
-    dead = state.wins_window == 0
-    for c in torch.nonzero(dead.any(1)).flatten().tolist():
-        idx = torch.nonzero(dead[c]).flatten()
-        w = (sq[c] * mask[c]).clamp_min(0.0)
-        n_valid = int(mask[c].sum())
-        if n_valid == 0:
-            continue
-        if float(w.sum()) <= 0:
-            w = mask[c].to(w.dtype)
-        take = min(len(idx), int((w > 0).sum()))
-        picks = torch.multinomial(w, take, replacement=False, generator=generators[c])
-        state.centers[c, idx[:take]] = xb[c, picks]
-        state.counts[c, idx[:take]] = 1.0
+    dead = state.wins_window == 0  # (C, K)
     state.wins_window.zero_()
+    has_dead = dead.any(1) & mask.any(1)
+    which = torch.nonzero(has_dead).flatten().tolist()  # the one host sync
+    if not which:
+        return
+    n_classes, width = mask.shape
+    w = (sq * mask).clamp_min(0.0)
+    w = torch.where((w.sum(1, keepdim=True) > 0), w, mask.to(w.dtype))
+    u = torch.ones((n_classes, width), dtype=w.dtype, device=w.device)
+    for c in which:
+        u[c] = torch.rand(width, generator=generators[c], device=w.device, dtype=w.dtype)
+    keys = torch.where(w > 0, u.clamp_min(1e-30).log() / w, -math.inf)
+    order = keys.sort(dim=1, descending=True, stable=True).indices  # (C, B): best draws first
+    rank = dead.long().cumsum(1) - 1  # j-th dead centroid of its class takes draw j
+    take = dead & has_dead[:, None] & (rank < (w > 0).sum(1, keepdim=True))
+    picks = order.gather(1, rank.clamp(0, width - 1))  # (C, K)
+    cls, cell = take.nonzero(as_tuple=True)
+    state.centers[cls, cell] = xb[cls, picks[cls, cell]]
+    state.counts[cls, cell] = 1.0
 
 
 def _relocate_empty(
@@ -486,20 +497,29 @@ def _relocate_empty(
 ) -> bool:
     """Move centroids with empty cells onto the points farthest from their centroid.
 
-    Deterministic (scikit-learn's rule for Lloyd). Returns True when anything moved.
+    Deterministic (scikit-learn's rule for Lloyd): the j-th empty cell of a class gets its
+    j-th farthest point, if that point is not on a centroid already. All classes at once.
+    Returns True when anything moved.
     """
-    moved = False
-    for c, n in enumerate(lengths):
-        counts = torch.bincount(labels[c, :n], minlength=centers.shape[1])
-        empty = torch.nonzero(counts == 0).flatten()
-        if len(empty) == 0:
-            continue
-        far = torch.argsort(sq[c, :n], descending=True, stable=True)[: len(empty)]
-        far = far[sq[c, far] > 0]  # a point already on a centroid cannot help
-        if len(far):
-            centers[c, empty[: len(far)]] = x[c, far]
-            moved = True
-    return moved
+    n_classes, n, _ = x.shape
+    k = centers.shape[1]
+    device = x.device
+    len_t = torch.as_tensor(lengths, device=device)
+    valid = torch.arange(n, device=device)[None, :] < len_t[:, None]
+    offsets = k * torch.arange(n_classes, device=device)[:, None]
+    flat = torch.where(valid, labels + offsets, n_classes * k)
+    counts = torch.bincount(flat.reshape(-1), minlength=n_classes * k + 1)[:-1].view(n_classes, k)
+    empty = counts == 0
+    if not bool(empty.any()):
+        return False
+    far_sq, far = torch.where(valid, sq, -1.0).sort(dim=1, descending=True, stable=True)
+    rank = (empty.long().cumsum(1) - 1).clamp(0, n - 1)
+    move = empty & (far_sq.gather(1, rank) > 0)  # a point already on a centroid cannot help
+    cls, cell = move.nonzero(as_tuple=True)
+    if len(cls) == 0:
+        return False
+    centers[cls, cell] = x[cls, far.gather(1, rank)[cls, cell]]
+    return True
 
 
 def _final_pass(
@@ -556,18 +576,24 @@ def _clvq_fit(
     slots = torch.arange(widest, device=device)[None, :]
     hist: list[tuple[torch.Tensor, ...]] = []
     x_sq = _sq_norms(x)  # once, gathered per batch
+    whole = all(b >= n for n, b in zip(lengths, batch_sizes))
     for _ in range(epochs):
-        order = torch.full((n_classes, width + 1), -1, dtype=torch.long, device=device)
-        for c, (n, g) in enumerate(zip(lengths, generators)):
-            order[c, :n] = torch.randperm(n, generator=g, device=device)
+        order = torch.arange(width + 1, device=device).repeat(n_classes, 1)
+        order.masked_fill_(order >= torch.as_tensor(lengths, device=device)[:, None], -1)
+        for c, (n, b, g) in enumerate(zip(lengths, batch_sizes, generators)):
+            if b < n:  # a whole-class batch needs no shuffle
+                order[c, :n] = torch.randperm(n, generator=g, device=device)
         for t in range(max(steps_per_epoch)):
             # class c's batch t: order[c, t B_c : (t + 1) B_c]; the last column is -1
             pos = torch.where(slots < sizes, t * sizes + slots, width)
-            idx = order.gather(1, pos)
-            mask = idx >= 0
-            safe = idx.clamp_min(0)
-            xb = x[rows, safe]
-            _, sq = _clvq_step(state, xb, mask, step, x_sq[rows, safe])
+            if whole:  # every class in one unshuffled batch: x itself, no gathered copy
+                xb, mask, xb_sq = x, order[:, : x.shape[1]] >= 0, x_sq
+            else:
+                idx = order.gather(1, pos)
+                mask = idx >= 0
+                safe = idx.clamp_min(0)
+                xb, xb_sq = x[rows, safe], x_sq[rows, safe]
+            _, sq = _clvq_step(state, xb, mask, step, xb_sq)
             n_batch = mask.sum(1)
             batch_sq = (sq * mask).sum(1) / n_batch.clamp_min(1)
             hist.append(
@@ -1056,11 +1082,14 @@ def _fit_batched(estimators: Sequence[CLVQ], data: Sequence[ArrayLike]) -> None:
         )
     else:
         labels, sq = _final_pass(state.centers, x, lengths)  # may re-seed empty cells in place
+    # One device-to-host copy of everything, then per-class views (no per-class syncs).
+    host = _State(**{f: getattr(state, f).cpu() for f in state.__dataclass_fields__})
+    labels, sq = labels.cpu(), sq.cpu()
     for c, (est, X, gen) in enumerate(zip(estimators, data, generators)):
         est.feature_shape_ = tuple(X.shape[1:])
         # Keep the solver state so that partial_fit can continue from the fitted grid.
-        est._state, est._generator, est._window_samples = state.select(c), gen, 0
-        est._publish_state(est._state)
+        est._state, est._generator, est._window_samples = state.view(c), gen, 0
+        est._publish_state(host.view(c))
         if n_iter is not None:  # Lloyd has no online estimates
             est.n_steps_ = int(n_iter[c])
             est.n_samples_seen_ = est.n_steps_ * lengths[c]
