@@ -37,7 +37,7 @@ _CHUNK_BYTES = 64 * 2**20
 _TIE_RTOL = 1e-5
 # Row gathers (|x - c_label|^2) go in smaller chunks: a temporary this size stays in cache
 # and is reused by the allocator instead of being page-faulted in afresh on every pass.
-_GATHER_BYTES = 4 * 2**20
+_GATHER_BYTES = 32 * 2**20
 # k-means++ precomputes the (C, n, n) distance table of the projected points up to this size.
 _TABLE_BYTES = 256 * 2**20
 # batch_size="auto": classes up to this size are processed as one full batch per epoch.
