@@ -25,6 +25,7 @@ for a small smoke run that does not touch BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass
 
@@ -245,13 +246,15 @@ def main() -> None:
             Case("10 classes x N=1300 d=4096 K=50", 1300, 4096, 50, classes=10, repeats=1),
         ]
     rows, rates = [], []
+    load_start = os.getloadavg()[0]
     for case in cases:
         case_rows, rate = run_case(case)
         rows += case_rows
         rates.append(rate)
     body = (
         "## Quantization engine (`benchmarks/quantize.py`)\n\n"
-        f"Machine: {machine_line()}. Float32 GEMM rate at the cases' shapes: "
+        f"Machine: {machine_line()}; 1-minute load average {load_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end. Float32 GEMM rate at the cases' shapes: "
         + ", ".join(f"{r / 1e9:.0f}" for r in rates)
         + " GFLOP/s. Median over seeds 0, 1, 2 of wall time and of distortion, relative to "
         "scikit-learn KMeans(n_init=1) and KMeans(n_init=10) on the same data; bound = "
