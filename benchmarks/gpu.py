@@ -117,7 +117,7 @@ def quantize_part(classes: int, n: int, shape: tuple, ks: list[int], device) -> 
         )
         peak = peak_gib(device)
         ours = float(np.mean([m.distortion_ for m in models]))
-        init = min(n, max(3 * 256, 3 * k))
+        init = models[0]._init_size(n)
         passes = float(
             np.mean(
                 [
@@ -306,7 +306,8 @@ def main() -> None:
             f"Quantization of {classes} synthetic classes x {n} latents of "
             f"{'x'.join(map(str, shape))} (float32, TF32 off), all classes in one "
             "`quantize_classes` call with the default quantizer (k-means++ in a 64-d "
-            "projection, 1 mini-batch epoch, Lloyd polish). Passes = the assignment passes' "
+            "projection on every point, one whole-class CLVQ step, Lloyd polish). Passes = "
+            "the assignment passes' "
             "worth of matrix products made (seeding, mini-batches, polish, final pass); "
             "bound = passes x one batched product's time.",
             "",

@@ -1,8 +1,9 @@
 """Benchmark the quantization engine against scikit-learn on Gaussian-mixture data.
 
 For each case (N points of dimension d, K centroids; or ten classes at once) it times
-ddoq's default quantizer (CLVQ: k-means++ in a 64-d projection, one mini-batch epoch,
-Lloyd polish), ddoq Lloyd, scikit-learn KMeans (n_init=1 and 10), MiniBatchKMeans and
+ddoq's default quantizer (CLVQ: k-means++ in a 64-d projection, one epoch of
+mini-batches or, for classes of at most 2,048 points, one full-batch step, then a Lloyd
+polish), ddoq Lloyd, scikit-learn KMeans (n_init=1 and 10), MiniBatchKMeans and
 faiss-cpu's Kmeans(niter=20) in the same run, each fitted with seeds 0, 1, 2, and reports
 - the median wall time over the seeds (after one warm-up fit),
 - the median distortion relative to KMeans(n_init=1)'s and to KMeans(n_init=10)'s (the
@@ -24,6 +25,7 @@ for a small smoke run that does not touch BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass
 
@@ -98,13 +100,18 @@ def run_case(case: Case, seeds: tuple[int, ...] = (0, 1, 2)) -> list[list[object
             # Full assignment passes' worth of matrix products: the k-means++ seeding
             # (2 + ln K candidates per seed, on init_size points), the CLVQ mini-batches
             # (n_samples_seen / N) or Lloyd iterations, and the final exact pass.
-            # The default seeds in a 64-d projection: its greedy trials cost 64/d of theirs.
+            # The default seeds in a 64-d projection: the projection (2 init d 64 FLOPs) and,
+            # for small classes, the init x init distance table of the projected points.
             out = []
             for m, g in zip(models, groups):
-                init = len(g) if solver == "lloyd" else min(len(g), max(3 * 256, 3 * k))
+                init = m._init_size(len(g))
                 seeding = seeding_passes(k, init, len(g))
                 if solver == "clvq" and case.d > 64:
-                    seeding = seeding * min(1.0, 64 / case.d) + 64 * init / (k * len(g))
+                    seeding = 64 * init / (k * len(g)) + (
+                        64 * init**2 / (len(g) * k * case.d)
+                        if init**2 * 4 <= 64 * 2**20
+                        else seeding * 64 / case.d
+                    )
                 out.append(seeding + m.n_samples_seen_ / len(g) + m.n_polish_ + 1)
             return float(np.mean(out))
 
@@ -239,13 +246,15 @@ def main() -> None:
             Case("10 classes x N=1300 d=4096 K=50", 1300, 4096, 50, classes=10, repeats=1),
         ]
     rows, rates = [], []
+    load_start = os.getloadavg()[0]
     for case in cases:
         case_rows, rate = run_case(case)
         rows += case_rows
         rates.append(rate)
     body = (
         "## Quantization engine (`benchmarks/quantize.py`)\n\n"
-        f"Machine: {machine_line()}. Float32 GEMM rate at the cases' shapes: "
+        f"Machine: {machine_line()}; 1-minute load average {load_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end. Float32 GEMM rate at the cases' shapes: "
         + ", ".join(f"{r / 1e9:.0f}" for r in rates)
         + " GFLOP/s. Median over seeds 0, 1, 2 of wall time and of distortion, relative to "
         "scikit-learn KMeans(n_init=1) and KMeans(n_init=10) on the same data; bound = "

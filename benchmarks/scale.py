@@ -15,8 +15,14 @@ would be 21 GB), in both engines alike.
 Part 2, per-stage costs of `ddoq distill` on the embedded data (MNIST, the embedded
 prior and teacher), local engine, and the Ray engine's whole run for comparison.
 
+Part 3, the per-class cost of the quantize stage split into quantize, weighted W2 (the
+square root of the exact distortion) and POT's uniform W2, against the matrix-product
+bound: the assignment passes each fit made x 2 N K d / the batched GEMM rate measured in
+the same run.
+
 Run: `python benchmarks/scale.py` (about 35 minutes on 2 cores); `--classes 200` for a
-shorter run; `--quick` for a smoke run that does not touch BENCHMARKS.md.
+shorter run; `--quantize-only --classes 50` for part 3 alone (a few minutes; its own
+section); `--quick` for a smoke run that does not touch BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -79,6 +85,136 @@ def local_quantize(config: DistillConfig, classes: list[int], group: int = 32) -
     return time.perf_counter() - start
 
 
+def batched_gemm_rate(classes: int, n: int, d: int, k: int, repeats: int = 5) -> float:
+    """Float32 FLOP/s of torch's batched product (C, n, d) x (C, d, K), one assignment pass
+    of `classes` classes at once (the local engine's shape), best of `repeats`."""
+    x = torch.randn(classes, n, d)
+    c = torch.randn(classes, d, k)
+    torch.bmm(x, c)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.bmm(x, c)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * classes * n * d * k / best
+
+
+def assignment_passes(est, n: int, d: int) -> float:
+    """Assignment passes' worth of matrix products (2 n K d FLOPs each) one fit made.
+
+    The k-means++ seeding in a 64-d projection costs the projection (2 init d 64) and the
+    init x init distance table of the projected points (2 init^2 64); then the CLVQ
+    steps (samples seen / n), the Lloyd polish iterations and the final assignment.
+    """
+    k, init = est.n_clusters, est._init_size(n)
+    seeding = 64 * init / (n * k) + 64 * init**2 / (n * k * d)
+    return seeding + est.n_samples_seen_ / n + est.n_polish_ + 1
+
+
+def per_class_costs(
+    config: DistillConfig, classes: list[int], group: int = 32, uniform: bool = True
+) -> dict[str, float]:
+    """Per-class seconds of the local engine's quantize stage, split by part.
+
+    `select_points` (batched CLVQ, groups of `group` classes) is the quantize part;
+    `measure_w2` without POT is the weighted W2 (the square root of the quantizer's exact
+    distortion, Prop. 1); POT's exact uniform W2 is timed on its own (`uniform`). The
+    matrix-product bound is the passes each class's fit made x 2 N K d over the batched
+    GEMM rate measured here at the same shape. Drawing the latents is not counted.
+    """
+    import ddoq.quantize
+    import ddoq.transport
+
+    fitted = []
+    original = ddoq.quantize.quantize_classes
+
+    def spy(*args, **kwargs):  # keeps the estimators, for their pass counts
+        out = original(*args, **kwargs)
+        fitted.extend(out)
+        return out
+
+    d = int(np.prod(LATENT_SHAPE))
+    n = SyntheticLatents(0).n
+    rate = batched_gemm_rate(min(group, len(classes)), n, d, config.ipc)
+    quantize = weighted = pot = 0.0
+    real_w2 = ddoq.transport.wasserstein2
+    ddoq.quantize.quantize_classes = spy
+    try:
+        for i in range(0, len(classes), group):
+            labels = classes[i : i + group]
+            latents = [SyntheticLatents(c).read() for c in labels]
+            indices = [np.arange(len(x)) for x in latents]
+            start = time.perf_counter()
+            selections = select_points(config, labels, latents, indices)
+            quantize += time.perf_counter() - start
+            ddoq.transport.wasserstein2 = lambda *a, **kw: float("nan")
+            start = time.perf_counter()
+            for selection, x in zip(selections, latents):
+                measure_w2(selection, x)
+            weighted += time.perf_counter() - start
+            ddoq.transport.wasserstein2 = real_w2
+            if uniform:
+                start = time.perf_counter()
+                for selection, x in zip(selections, latents):
+                    real_w2(x.flatten(1).numpy(), selection.points.flatten(1).numpy(), None)
+                pot += time.perf_counter() - start
+    finally:
+        ddoq.quantize.quantize_classes = original
+        ddoq.transport.wasserstein2 = real_w2
+    passes = float(np.mean([assignment_passes(est, n, d) for est in fitted]))
+    count = len(classes)
+    return {
+        "classes": count,
+        "quantize": quantize / count,
+        "w2_weighted": weighted / count,
+        "w2_uniform": pot / count if uniform else float("nan"),
+        "passes": passes,
+        "bound": passes * 2.0 * n * config.ipc * d / rate,
+        "rate": rate,
+        "group": min(group, count),
+    }
+
+
+def per_class_table(cost: dict[str, float]) -> str:
+    """Markdown table of `per_class_costs`: ms per class and the ratio to the bound."""
+    ms = {key: 1000 * cost[key] for key in ("quantize", "w2_weighted", "w2_uniform", "bound")}
+    both = ms["quantize"] + ms["w2_weighted"]
+    row = [
+        cost["classes"],
+        f"{ms['quantize']:.1f}",
+        f"{ms['w2_weighted']:.2f}",
+        "-" if np.isnan(ms["w2_uniform"]) else f"{ms['w2_uniform']:.1f}",
+        f"{cost['passes']:.1f}",
+        f"{ms['bound']:.1f}",
+        f"{both / ms['bound']:.1f}x",
+        "-" if np.isnan(ms["w2_uniform"]) else f"{(both + ms['w2_uniform']) / ms['bound']:.1f}x",
+    ]
+    header = [
+        "classes",
+        "quantize ms / class",
+        "weighted W2 ms / class",
+        "uniform W2 (POT) ms / class",
+        "passes",
+        "GEMM bound ms / class",
+        "quantize + weighted W2 / bound",
+        "with uniform W2 / bound",
+    ]
+    return markdown_table(header, [row])
+
+
+def per_class_note(cost: dict[str, float]) -> str:
+    return (
+        f"Per-class cost of the local engine's quantize stage (K={50}, the default "
+        f"quantizer, groups of {cost['group']} classes in one batched call, torch with "
+        f"{torch.get_num_threads()} threads), over {cost['classes']} synthetic "
+        "ImageNet-shaped classes (1,300 latents of 4x32x32). Bound = passes (the assignment "
+        "passes' worth of matrix products each fit made: projected k-means++ seeding, CLVQ "
+        "step, Lloyd polish, final pass) x 2 N K d / the batched float32 GEMM rate measured "
+        f"in the same run at that shape ({cost['rate'] / 1e9:.0f} GFLOP/s). The weighted W2 "
+        "is sqrt(distortion_) (Prop. 1); the uniform W2 is POT's exact solver, timed apart."
+    )
+
+
 def ray_quantize(config: DistillConfig, classes: list[int], workers: int, scratch: Path) -> float:
     """Seconds for the Ray engine's quantize stage on a running cluster."""
     from ddoq.distillation.ray_engine import quantize_stage
@@ -131,7 +267,38 @@ def main() -> None:
         "--speedup-classes", type=int, default=200, help="classes of the 1-worker runs"
     )
     parser.add_argument("--quick", action="store_true", help="tiny run, BENCHMARKS.md untouched")
+    parser.add_argument(
+        "--quantize-only",
+        action="store_true",
+        help="only the per-class quantize + W2 costs against the GEMM bound (no Ray, no "
+        "embedded run): a few minutes with --classes 50; its own BENCHMARKS.md section",
+    )
+    parser.add_argument(
+        "--no-uniform-w2", action="store_true", help="skip POT's uniform W2 in the per-class costs"
+    )
     args = parser.parse_args()
+    if args.quantize_only:
+        torch.set_num_threads(2)
+        classes = list(range(4 if args.quick else args.classes))
+        cost = per_class_costs(
+            DistillConfig(ipc=50, method="ddoq"), classes, uniform=not args.no_uniform_w2
+        )
+        body = "\n".join(
+            [
+                "## Per-class quantize + W2 against the matrix-product bound "
+                "(`benchmarks/scale.py --quantize-only`)",
+                "",
+                f"Machine: {machine_line()}.",
+                "",
+                per_class_note(cost),
+                "",
+                per_class_table(cost),
+            ]
+        )
+        print(body)
+        if not args.quick:
+            write_section("scale-quantize", body)
+        return
     classes = list(range(8 if args.quick else args.classes))
     few = classes[: 8 if args.quick else args.speedup_classes]
     config = DistillConfig(ipc=50, method="ddoq")
@@ -151,6 +318,8 @@ def main() -> None:
             print(f"{name}, {len(labels)} classes: {runs[-1][2]:.1f} s", flush=True)
 
         torch.set_num_threads(2)
+        cost = per_class_costs(config, few)
+        print(per_class_table(cost), flush=True)
         measure("local, 2 threads", classes, local_quantize, config, classes)
         torch.set_num_threads(1)
         measure("ray, 2 workers x 1 thread", classes, ray_quantize, config, classes, 2, scratch)
@@ -209,7 +378,7 @@ def main() -> None:
             "",
             f"Machine: {machine_line()}.",
             "",
-            f"Quantization (CLVQ K=50, 10 passes, plus the W2 figures) of {len(classes)} "
+            f"Quantization (the default quantizer, K=50, plus the W2 figures) of {len(classes)} "
             "synthetic ImageNet-shaped classes (1,300 latents of 4x32x32 each, drawn from "
             f"a seeded mixture on demand). Ray local cluster start-up: {ray_start:.1f} s "
             "(not included).",
@@ -217,6 +386,10 @@ def main() -> None:
             quantize_table,
             "",
             f"Ray speed-up from 1 to 2 workers: {speedup:.2f}x.",
+            "",
+            per_class_note(cost),
+            "",
+            per_class_table(cost),
             "",
             "Per-stage costs of `ddoq distill` on the embedded data (MNIST 32 px, 4x8x8 "
             "latents, IPC 10; img2img with 50 DDIM steps). The Ray rows include starting "

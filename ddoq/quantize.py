@@ -37,6 +37,13 @@ _CHUNK_BYTES = 64 * 2**20
 # Rows whose two nearest centroids are closer than this (relative to |x|^2 + |c|^2) are
 # re-assigned in float64: the float32 |x|^2 - 2 x.c + |c|^2 form loses that much to rounding.
 _TIE_RTOL = 1e-5
+# Row gathers (|x - c_label|^2) go in smaller chunks: a temporary this size stays in cache
+# and is reused by the allocator instead of being page-faulted in afresh on every pass.
+_GATHER_BYTES = 32 * 2**20
+# k-means++ precomputes the (C, n, n) distance table of the projected points up to this size.
+_TABLE_BYTES = 256 * 2**20
+# batch_size="auto": classes up to this size are processed as one full batch per epoch.
+_FULL_BATCH_MAX = 2048
 
 
 # --------------------------------------------------------------------------------------
@@ -61,9 +68,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _chunk_rows(n_classes: int, width: int) -> int:
-    """Rows per chunk so that a (C, rows, width) float32 block stays near _CHUNK_BYTES."""
-    return max(1, _CHUNK_BYTES // (4 * n_classes * max(width, 1)))
+def _chunk_rows(n_classes: int, width: int, budget: int | None = None) -> int:
+    """Rows per chunk so that a (C, rows, width) float32 block stays near `budget` bytes
+    (_CHUNK_BYTES by default)."""
+    budget = _CHUNK_BYTES if budget is None else budget
+    return max(1, budget // (4 * n_classes * max(width, 1)))
 
 
 def _sq_norms(x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +81,11 @@ def _sq_norms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _assign_batched(
-    x: torch.Tensor, centers: torch.Tensor, *, exact: bool = True
+    x: torch.Tensor,
+    centers: torch.Tensor,
+    *,
+    exact: bool = True,
+    x_sq: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid of every point, for C classes at once.
 
@@ -81,36 +94,34 @@ def _assign_batched(
     batched GEMM); near ties are re-decided in float64 with ties broken by the lowest
     index. With `exact` the distances are recomputed as |x - c_label|^2, which has no
     cancellation error; otherwise they come from the matrix-product form (clamped at 0),
-    good enough for the online estimates of a CLVQ step.
+    good enough for the online estimates of a CLVQ step. `x_sq` (C, n), the squared norms
+    of x when the caller already has them, saves a pass over x.
     """
     n_classes, n, d = x.shape
     k = centers.shape[1]
     labels = torch.empty((n_classes, n), dtype=torch.long, device=x.device)
     sq_dist = torch.empty((n_classes, n), dtype=x.dtype, device=x.device)
     c_sq = _sq_norms(centers)  # (C, K)
-    c_flat = centers.reshape(n_classes * k, d)
-    offsets = k * torch.arange(n_classes, device=x.device)[:, None]
-    step = _chunk_rows(n_classes, max(k, d))
+    step = _chunk_rows(n_classes, k)  # the (C, rows, K) products are the big temporaries
     for start in range(0, n, step):
         xb = x[:, start : start + step]
         # |c|^2 - 2 x.c: the |x|^2 term does not change the argmin.
         partial = torch.baddbmm(c_sq.unsqueeze(1), xb, centers.transpose(1, 2), alpha=-2.0)
         lab = partial.argmin(-1)
-        x_sq = _sq_norms(xb)
+        xb_sq = _sq_norms(xb) if x_sq is None else x_sq[:, start : start + step]
         best = partial.gather(-1, lab.unsqueeze(-1)).squeeze(-1)
         if k > 1:
             second = partial.scatter(-1, lab.unsqueeze(-1), float("inf")).amin(-1)
-            near = (second - best) <= _TIE_RTOL * (x_sq + c_sq.amax(-1, keepdim=True))
+            near = (second - best) <= _TIE_RTOL * (xb_sq + c_sq.amax(-1, keepdim=True))
             if near.any():
                 cls, row = near.nonzero(as_tuple=True)
                 diff = (xb[cls, row].double().unsqueeze(1) - centers[cls].double()).square()
                 lab[cls, row] = diff.sum(-1).argmin(-1)
         labels[:, start : start + step] = lab
-        if exact:
-            nearest = c_flat.index_select(0, (lab + offsets).reshape(-1)).view(xb.shape)
-            sq_dist[:, start : start + step] = _sq_norms(nearest.sub_(xb))
-        else:
-            sq_dist[:, start : start + step] = (best + x_sq).clamp_min_(0.0)
+        if not exact:
+            sq_dist[:, start : start + step] = (best + xb_sq).clamp_min_(0.0)
+    if exact:
+        sq_dist = _exact_sq(x, centers, labels)
     return labels, sq_dist
 
 
@@ -171,13 +182,27 @@ def _kmeans_plusplus_batched(
     chosen = torch.empty((n_classes, n_clusters), dtype=torch.long, device=device)
     chosen[:, 0] = (u[:, 0] * len_t).long().minimum(len_t - 1)
 
-    def sq_dist(cand: torch.Tensor) -> torch.Tensor:
-        """(C, T, n) squared distances of the candidates (C, T) to every point."""
-        pts = z[rows[:, None], cand]
-        # z @ cand^T keeps the big operand contiguous (cand @ z^T made bmm copy z each time).
+    def pair_dist(pts: torch.Tensor, pts_sq: torch.Tensor) -> torch.Tensor:
+        """(C, m, n) squared distances of the points pts (C, m, p) to every point."""
+        # z @ pts^T keeps the big operand contiguous (pts @ z^T made bmm copy z each time).
         dots = torch.bmm(z, pts.transpose(1, 2)).transpose(1, 2)
-        dist = (z_sq[:, None, :] + _sq_norms(pts)[:, :, None]).sub_(dots, alpha=2.0)
+        dist = (z_sq[:, None, :] + pts_sq[:, :, None]).sub_(dots, alpha=2.0)
         return dist.clamp_min_(0.0).masked_fill_(~valid[:, None, :], 0.0)
+
+    if n_classes * n * n * 4 <= _TABLE_BYTES:
+        # Small enough for the whole (C, n, n) distance table: one matrix product, then
+        # each step only looks up its candidates' rows (no tiny per-step products).
+        table = pair_dist(z, z_sq)
+
+        def sq_dist(cand: torch.Tensor) -> torch.Tensor:
+            """(C, T, n) squared distances of the candidates (C, T) to every point."""
+            return table[rows[:, None], cand]
+    else:
+
+        def sq_dist(cand: torch.Tensor) -> torch.Tensor:
+            """(C, T, n) squared distances of the candidates (C, T) to every point."""
+            pts = z[rows[:, None], cand]
+            return pair_dist(pts, _sq_norms(pts))
 
     closest = sq_dist(chosen[:, :1])[:, 0]  # (C, n)
     last = (len_t - 1)[:, None]
@@ -374,9 +399,9 @@ class _State:
             n_steps=torch.zeros(n_classes, dtype=torch.long, device=centers.device),
         )
 
-    def select(self, c: int) -> _State:
-        """The state of class c alone, as a C = 1 state."""
-        return _State(**{f: getattr(self, f)[c : c + 1].clone() for f in self.__dataclass_fields__})
+    def view(self, c: int) -> _State:
+        """The state of class c alone, as a C = 1 state of views (no copy, no device work)."""
+        return _State(**{f: getattr(self, f)[c : c + 1] for f in self.__dataclass_fields__})
 
 
 def _step_gammas(step: StepRule, n_seen: torch.Tensor) -> torch.Tensor | None:
@@ -395,6 +420,7 @@ def _clvq_step(
     xb: torch.Tensor,
     mask: torch.Tensor,
     step: StepRule,
+    xb_sq: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One mini-batch CLVQ step (Alg. 1 in closed form per centroid), in place on `state`.
 
@@ -403,19 +429,22 @@ def _clvq_step(
     eta_k = m_k / count_k for the 1/count rule (mini-batch k-means, Sculley 2010: exactly
     m_k sequential steps of gamma = 1/count) and eta_k = 1 - (1 - gamma)^m_k for a
     schedule gamma (m_k sequential steps towards a common point). Companion weights and
-    the running distortion follow the same rule with the global sample count.
+    the running distortion follow the same rule with the global sample count. `xb_sq`
+    (C, B): the batch's squared norms, when known.
     Returns (labels (C, B), squared distances (C, B)).
     """
     n_classes, _, d = xb.shape
     k = state.centers.shape[1]
-    labels, sq = _assign_batched(xb, state.centers, exact=False)
+    labels, sq = _assign_batched(xb, state.centers, exact=False, x_sq=xb_sq)
     maskf = mask.to(xb.dtype)
-    flat = (labels + k * torch.arange(n_classes, device=xb.device)[:, None]).reshape(-1)
-    won = torch.zeros(n_classes * k, dtype=xb.dtype, device=xb.device)
-    won.index_add_(0, flat, maskf.reshape(-1))
-    sums = torch.zeros((n_classes * k, d), dtype=xb.dtype, device=xb.device)
-    sums.index_add_(0, flat, (xb * maskf.unsqueeze(-1)).reshape(-1, d))
-    won, sums = won.view(n_classes, k), sums.view(n_classes, k, d)
+    # padding rows go to an extra bucket (index C K) that is dropped: no masked copy of xb
+    flat = torch.where(
+        mask, labels + k * torch.arange(n_classes, device=xb.device)[:, None], n_classes * k
+    ).reshape(-1)
+    won = torch.bincount(flat, minlength=n_classes * k + 1)[:-1].to(xb.dtype)
+    sums = torch.zeros((n_classes * k + 1, d), dtype=xb.dtype, device=xb.device)
+    sums.index_add_(0, flat, xb.reshape(-1, d))
+    won, sums = won.view(n_classes, k), sums[:-1].view(n_classes, k, d)
     n_batch = maskf.sum(1)  # (C,)
 
     gammas = _step_gammas(step, state.n_seen)
@@ -450,22 +479,31 @@ def _reseed_dead(
 
     Replacement points are drawn without replacement with probability proportional to
     their squared distance to the grid (where the grid serves the data worst), as in
-    k-means++; a moved centroid restarts with count 1, the point it sits on.
+    k-means++; a moved centroid restarts with count 1, the point it sits on. All classes
+    at once: the draws are Efraimidis-Spirakis keys log(u) / w (the largest m keys are a
+    weighted draw of m points without replacement), u from each class's own generator,
+    drawn only for classes with a dead centroid.
     """
-    dead = state.wins_window == 0
-    for c in torch.nonzero(dead.any(1)).flatten().tolist():
-        idx = torch.nonzero(dead[c]).flatten()
-        w = (sq[c] * mask[c]).clamp_min(0.0)
-        n_valid = int(mask[c].sum())
-        if n_valid == 0:
-            continue
-        if float(w.sum()) <= 0:
-            w = mask[c].to(w.dtype)
-        take = min(len(idx), int((w > 0).sum()))
-        picks = torch.multinomial(w, take, replacement=False, generator=generators[c])
-        state.centers[c, idx[:take]] = xb[c, picks]
-        state.counts[c, idx[:take]] = 1.0
+    dead = state.wins_window == 0  # (C, K)
     state.wins_window.zero_()
+    has_dead = dead.any(1) & mask.any(1)
+    which = torch.nonzero(has_dead).flatten().tolist()  # the one host sync
+    if not which:
+        return
+    n_classes, width = mask.shape
+    w = (sq * mask).clamp_min(0.0)
+    w = torch.where((w.sum(1, keepdim=True) > 0), w, mask.to(w.dtype))
+    u = torch.ones((n_classes, width), dtype=w.dtype, device=w.device)
+    for c in which:
+        u[c] = torch.rand(width, generator=generators[c], device=w.device, dtype=w.dtype)
+    keys = torch.where(w > 0, u.clamp_min(1e-30).log() / w, -math.inf)
+    order = keys.sort(dim=1, descending=True, stable=True).indices  # (C, B): best draws first
+    rank = dead.long().cumsum(1) - 1  # j-th dead centroid of its class takes draw j
+    take = dead & has_dead[:, None] & (rank < (w > 0).sum(1, keepdim=True))
+    picks = order.gather(1, rank.clamp(0, width - 1))  # (C, K)
+    cls, cell = take.nonzero(as_tuple=True)
+    state.centers[cls, cell] = xb[cls, picks[cls, cell]]
+    state.counts[cls, cell] = 1.0
 
 
 def _relocate_empty(
@@ -477,20 +515,29 @@ def _relocate_empty(
 ) -> bool:
     """Move centroids with empty cells onto the points farthest from their centroid.
 
-    Deterministic (scikit-learn's rule for Lloyd). Returns True when anything moved.
+    Deterministic (scikit-learn's rule for Lloyd): the j-th empty cell of a class gets its
+    j-th farthest point, if that point is not on a centroid already. All classes at once.
+    Returns True when anything moved.
     """
-    moved = False
-    for c, n in enumerate(lengths):
-        counts = torch.bincount(labels[c, :n], minlength=centers.shape[1])
-        empty = torch.nonzero(counts == 0).flatten()
-        if len(empty) == 0:
-            continue
-        far = torch.argsort(sq[c, :n], descending=True, stable=True)[: len(empty)]
-        far = far[sq[c, far] > 0]  # a point already on a centroid cannot help
-        if len(far):
-            centers[c, empty[: len(far)]] = x[c, far]
-            moved = True
-    return moved
+    n_classes, n, _ = x.shape
+    k = centers.shape[1]
+    device = x.device
+    len_t = torch.as_tensor(lengths, device=device)
+    valid = torch.arange(n, device=device)[None, :] < len_t[:, None]
+    offsets = k * torch.arange(n_classes, device=device)[:, None]
+    flat = torch.where(valid, labels + offsets, n_classes * k)
+    counts = torch.bincount(flat.reshape(-1), minlength=n_classes * k + 1)[:-1].view(n_classes, k)
+    empty = counts == 0
+    if not bool(empty.any()):
+        return False
+    far_sq, far = torch.where(valid, sq, -1.0).sort(dim=1, descending=True, stable=True)
+    rank = (empty.long().cumsum(1) - 1).clamp(0, n - 1)
+    move = empty & (far_sq.gather(1, rank) > 0)  # a point already on a centroid cannot help
+    cls, cell = move.nonzero(as_tuple=True)
+    if len(cls) == 0:
+        return False
+    centers[cls, cell] = x[cls, far.gather(1, rank)[cls, cell]]
+    return True
 
 
 def _final_pass(
@@ -527,27 +574,44 @@ def _clvq_fit(
     centers: torch.Tensor,
     generators: Sequence[torch.Generator],
     *,
-    batch_size: int,
+    batch_sizes: Sequence[int],
     epochs: int,
     step: StepRule,
 ) -> tuple[_State, list[History]]:
-    """CLVQ over `epochs` shuffled passes of each class, all classes in lock-step."""
+    """CLVQ over `epochs` shuffled passes of each class, all classes in lock-step.
+
+    Class c takes mini-batches of batch_sizes[c] points; the stacked batch is as wide as
+    the largest, with the other classes' extra slots masked.
+    """
     n_classes, _, d = x.shape
     device = x.device
     state = _State.start(centers)
-    steps_per_epoch = [math.ceil(n / batch_size) for n in lengths]
-    width = max(steps_per_epoch) * batch_size
+    steps_per_epoch = [math.ceil(n / b) for n, b in zip(lengths, batch_sizes)]
+    widest = max(batch_sizes)
+    width = max(steps_per_epoch) * widest
     rows = torch.arange(n_classes, device=device)[:, None]
+    sizes = torch.as_tensor(batch_sizes, device=device)[:, None]
+    slots = torch.arange(widest, device=device)[None, :]
     hist: list[tuple[torch.Tensor, ...]] = []
+    x_sq = _sq_norms(x)  # once, gathered per batch
+    whole = all(b >= n for n, b in zip(lengths, batch_sizes))
     for _ in range(epochs):
-        order = torch.full((n_classes, width), -1, dtype=torch.long, device=device)
-        for c, (n, g) in enumerate(zip(lengths, generators)):
-            order[c, :n] = torch.randperm(n, generator=g, device=device)
+        order = torch.arange(width + 1, device=device).repeat(n_classes, 1)
+        order.masked_fill_(order >= torch.as_tensor(lengths, device=device)[:, None], -1)
+        for c, (n, b, g) in enumerate(zip(lengths, batch_sizes, generators)):
+            if b < n:  # a whole-class batch needs no shuffle
+                order[c, :n] = torch.randperm(n, generator=g, device=device)
         for t in range(max(steps_per_epoch)):
-            idx = order[:, t * batch_size : (t + 1) * batch_size]
-            mask = idx >= 0
-            xb = x[rows, idx.clamp_min(0)]
-            _, sq = _clvq_step(state, xb, mask, step)
+            # class c's batch t: order[c, t B_c : (t + 1) B_c]; the last column is -1
+            pos = torch.where(slots < sizes, t * sizes + slots, width)
+            if whole:  # every class in one unshuffled batch: x itself, no gathered copy
+                xb, mask, xb_sq = x, order[:, : x.shape[1]] >= 0, x_sq
+            else:
+                idx = order.gather(1, pos)
+                mask = idx >= 0
+                safe = idx.clamp_min(0)
+                xb, xb_sq = x[rows, safe], x_sq[rows, safe]
+            _, sq = _clvq_step(state, xb, mask, step, xb_sq)
             n_batch = mask.sum(1)
             batch_sq = (sq * mask).sum(1) / n_batch.clamp_min(1)
             hist.append(
@@ -591,7 +655,7 @@ def _exact_sq(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor) -> t
     n_classes, k, d = centers.shape
     offsets = k * torch.arange(n_classes, device=x.device)[:, None]
     out = torch.empty(labels.shape, dtype=x.dtype, device=x.device)
-    step = _chunk_rows(n_classes, d)
+    step = _chunk_rows(n_classes, d, _GATHER_BYTES)
     flat = centers.reshape(n_classes * k, d)
     for start in range(0, x.shape[1], step):
         lab = labels[:, start : start + step]
@@ -625,11 +689,12 @@ def _lloyd_polish(
     active = torch.ones(n_classes, dtype=torch.bool, device=device)
     n_iter = torch.zeros(n_classes, dtype=torch.long, device=device)
     prev = None
+    x_sq = _sq_norms(x)  # once: each assignment then reads x only in its matrix product
     for it in range(max_iter + 1):
-        labels, sq = _assign_batched(x, centers, exact=False)
+        labels, sq = _assign_batched(x, centers, exact=False, x_sq=x_sq)
         counts, sums = _cell_sums(x, labels, weight, k)
         if bool((counts == 0).any()) and _relocate_empty(centers, x, lengths, labels, sq):
-            labels, sq = _assign_batched(x, centers, exact=False)
+            labels, sq = _assign_batched(x, centers, exact=False, x_sq=x_sq)
             counts, sums = _cell_sums(x, labels, weight, k)
             prev = None  # the grid moved: these labels are not comparable with the last
         labels.masked_fill_(~valid, 0)
@@ -672,10 +737,11 @@ def _lloyd_fit(
     k = centers.shape[1]
     offsets = k * torch.arange(n_classes, device=device)[:, None]
     hist: list[tuple[torch.Tensor, ...]] = []
+    x_sq = _sq_norms(x)
     for _ in range(max_iter):
-        labels, sq = _assign_batched(x, centers)
+        labels, sq = _assign_batched(x, centers, x_sq=x_sq)
         if _relocate_empty(centers, x, lengths, labels, sq):
-            labels, sq = _assign_batched(x, centers)
+            labels, sq = _assign_batched(x, centers, x_sq=x_sq)
         flat = (labels + offsets).reshape(-1)
         counts = torch.zeros(n_classes * k, dtype=x.dtype, device=device)
         counts.index_add_(0, flat, validf.reshape(-1))
@@ -722,8 +788,12 @@ class CLVQ(ClusterMixin, BaseEstimator):
     solver : {"clvq", "lloyd"}
         "clvq": mini-batch CLVQ for `max_iter` epochs. "lloyd": full-batch Lloyd
         iterations (k-means) until the centroids move less than `tol`.
-    batch_size : int
-        Mini-batch size B of CLVQ (ignored by Lloyd).
+    batch_size : int or "auto"
+        Mini-batch size B of CLVQ (ignored by Lloyd). "auto" (default): the whole class
+        when it has at most 2,048 points (the ImageNet class size is 1,300), else 256. A
+        whole-class batch makes the epoch one full-batch step (with the 1/count rule, a
+        Lloyd iteration): at that size the mini-batches' savings in matrix products do not
+        pay for their per-step overhead, and k-means++ then seeds from every point.
     max_iter : int
         CLVQ: number of passes (epochs) over the data. Lloyd: maximum iterations.
     init : {"k-means++", "random"} or array (K, d)
@@ -775,7 +845,7 @@ class CLVQ(ClusterMixin, BaseEstimator):
         n_clusters: int = 8,
         *,
         solver: str = "clvq",
-        batch_size: int = 256,
+        batch_size: int | str = "auto",
         max_iter: int = 1,
         init: str | ArrayLike = "k-means++",
         init_size: int | None = None,
@@ -807,6 +877,8 @@ class CLVQ(ClusterMixin, BaseEstimator):
             raise ValueError(f"solver must be 'clvq' or 'lloyd', got {self.solver!r}")
         for name in ("batch_size", "max_iter"):
             value = getattr(self, name)
+            if name == "batch_size" and value == "auto":
+                continue
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.init_size is not None and (
@@ -849,7 +921,13 @@ class CLVQ(ClusterMixin, BaseEstimator):
             return max(min(n, int(self.init_size)), self.n_clusters)
         if self.solver == "lloyd":
             return n
-        return min(n, max(3 * self.batch_size, 3 * self.n_clusters))
+        return min(n, max(3 * self._batch(n), 3 * self.n_clusters))
+
+    def _batch(self, n: int) -> int:
+        """The mini-batch size for a class of n points ("auto": see the class docstring)."""
+        if self.batch_size == "auto":
+            return n if n <= _FULL_BATCH_MAX else 256
+        return int(self.batch_size)
 
     # -- seeding shared by fit, partial_fit and quantize_classes ----------------------
 
@@ -864,16 +942,21 @@ class CLVQ(ClusterMixin, BaseEstimator):
             if given.shape != (k, d):
                 raise ValueError(f"init has shape {tuple(given.shape)}, expected ({k}, {d})")
             return given.expand(n_classes, k, d).clone()
+        sizes = [self._init_size(n) for n in lengths]
+        if self.init == "k-means++" and sizes == list(lengths):
+            # k-means++ on every point: no subset to draw or copy
+            return _kmeans_plusplus_batched(x, lengths, k, generators, n_components=self.init_dim)
         subsets = []
-        for c, (n, g) in enumerate(zip(lengths, generators)):
-            size = self._init_size(n)
+        for c, (n, size, g) in enumerate(zip(lengths, sizes, generators)):
+            if size == n and self.init == "k-means++":
+                subsets.append(x[c, :n])  # as above, class by class
+                continue
             pick = torch.randperm(n, generator=g, device=x.device)[:size]
             subsets.append(x[c, pick])
-        sub = _pad_stack(subsets)
-        sub_lengths = [s.shape[0] for s in subsets]
         if self.init == "random":
             return torch.stack([s[:k] for s in subsets])
-        return _kmeans_plusplus_batched(sub, sub_lengths, k, generators, n_components=self.init_dim)
+        sub = _pad_stack(subsets)
+        return _kmeans_plusplus_batched(sub, sizes, k, generators, n_components=self.init_dim)
 
     # -- fitting --------------------------------------------------------------------------
 
@@ -1009,7 +1092,7 @@ def _fit_batched(estimators: Sequence[CLVQ], data: Sequence[ArrayLike]) -> None:
             lengths,
             centers,
             generators,
-            batch_size=first.batch_size,
+            batch_sizes=[first._batch(n) for n in lengths],
             epochs=first.max_iter,
             step=first.step,
         )
@@ -1025,11 +1108,14 @@ def _fit_batched(estimators: Sequence[CLVQ], data: Sequence[ArrayLike]) -> None:
         )
     else:
         labels, sq = _final_pass(state.centers, x, lengths)  # may re-seed empty cells in place
+    # One device-to-host copy of everything, then per-class views (no per-class syncs).
+    host = _State(**{f: getattr(state, f).cpu() for f in state.__dataclass_fields__})
+    labels, sq = labels.cpu(), sq.cpu()
     for c, (est, X, gen) in enumerate(zip(estimators, data, generators)):
         est.feature_shape_ = tuple(X.shape[1:])
         # Keep the solver state so that partial_fit can continue from the fitted grid.
-        est._state, est._generator, est._window_samples = state.select(c), gen, 0
-        est._publish_state(est._state)
+        est._state, est._generator, est._window_samples = state.view(c), gen, 0
+        est._publish_state(host.view(c))
         if n_iter is not None:  # Lloyd has no online estimates
             est.n_steps_ = int(n_iter[c])
             est.n_samples_seen_ = est.n_steps_ * lengths[c]

@@ -36,6 +36,7 @@ from ddoq.app.state import (
     data_info,
     describe_skipped,
 )
+from ddoq.app.warmup import warm_up
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.data.images import CorruptImageWarning
 
@@ -172,8 +173,20 @@ def pca_view(dataset_name: str, prior_name: str, class_index: int, device: str =
 
 @st.cache_resource(show_spinner=False)
 def _umap_executor() -> ThreadPoolExecutor:
-    """One background worker for UMAP fits, shared by all sessions of the process."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddoq-umap")
+    """One background worker for UMAP fits, shared by all sessions of the process.
+
+    Its first job compiles umap-learn's numba code (or loads it from numba's disk cache,
+    `ddoq.app.warmup`), so it is done before the first map is asked for.
+    """
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddoq-umap")
+    executor.submit(warm_up, background=False)
+    return executor
+
+
+def start_umap_warm_up() -> None:
+    """Start the UMAP worker (and its warm-up) at app start, when UMAP is on."""
+    if st.session_state.get("s_umap"):
+        _umap_executor()
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

@@ -344,3 +344,14 @@ def test_mismatched_dimensions_and_unfitted_use():
         quantize_classes([x, x], n_clusters=2, random_state=[1])
     with pytest.raises(ValueError, match="larger than the number of points"):
         quantize_classes([x, x[:2]], n_clusters=3)
+
+
+def test_auto_batch_parity_across_the_full_batch_threshold(rng):
+    # "auto": one whole-class step up to 2,048 points, mini-batches of 256 above
+    groups = [gaussian_mixture(rng, n, 8, 3, spread=2.0) for n in (300, 2100)]
+    batched = quantize_classes(groups, n_clusters=5, random_state=1)
+    for i, (est, g) in enumerate(zip(batched, groups)):
+        alone = CLVQ(5, random_state=1 + i).fit(g)
+        np.testing.assert_allclose(est.cluster_centers_, alone.cluster_centers_, atol=1e-5)
+        np.testing.assert_array_equal(est.weights_, alone.weights_)
+        assert est.n_steps_ == alone.n_steps_ == (1 if len(g) <= 2048 else 9)

@@ -49,7 +49,7 @@ class DistillConfig:
         (None: the prior's default).
     solver, quantize_iter, quantize_batch
         CLVQ settings (``"clvq"`` or ``"lloyd"``,
-        passes over the data, mini-batch size).
+        passes over the data, mini-batch size or ``"auto"``: see `ddoq.quantize.CLVQ`).
     teacher
         teacher for the soft labels: ``"auto"`` (the one trained for the dataset, or
         another whose class names match), ``"embedded"``, a teacher folder or a
@@ -79,7 +79,7 @@ class DistillConfig:
     guidance: float | None = None
     solver: str = "clvq"
     quantize_iter: int = 1
-    quantize_batch: int = 256
+    quantize_batch: int | str = "auto"
     teacher: str | None = "auto"
     teacher_weights: str | None = None
     temperature: float = 20.0
