@@ -9,6 +9,8 @@ CPU-drawn noise, one training step) must agree within float32 tolerance.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,35 @@ def test_ray_quantize_stage_one_gpu_per_actor(tmp_path, rng):
         assert len(list(tmp_path.glob("class-*.safetensors"))) == len(classes)
     finally:
         ray.shutdown()
+
+
+# ---------------------------------------------------------------- the app
+
+
+def test_app_runs_on_cuda_by_default(tmp_path, monkeypatch):
+    """The app's pages with the default device (auto): CUDA here, for CLVQ and the prior."""
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from ddoq.export import load
+
+    monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("DDOQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DDOQ_APP_UMAP", "0")
+    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    at = AppTest.from_file(app, default_timeout=300)
+    at.session_state["s_dist_ipc"] = 2
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Computing on **cuda**" in c.value for c in at.sidebar.caption)
+    at.button(key="btn_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    live = at.session_state["explore_live"]
+    assert str(live.device).startswith("cuda")
+    for page in ("pages/decoded.py", "pages/wasserstein.py", "pages/distill.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+    at.button(key="dist_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert str(at.session_state["dist_result"]["config"]["device"]).startswith("cuda")
+    assert len(load(at.session_state["dist_result"]["folder"])) == 20
