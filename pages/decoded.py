@@ -7,12 +7,12 @@ and shown with its weight and the real images nearest to it (the paper's Figure 
 
 import numpy as np
 import streamlit as st
+import torch
 
 from ddoq.app.compare import decode_centroids, nearest_points
 from ddoq.app.figures import image_row, to_uint8
 from ddoq.distillation.config import DistillConfig
-from ddoq.distillation.stages import quantize_seed
-from ddoq.quantize import CLVQ
+from ddoq.distillation.stages import select_points
 from pages._common import (
     class_points,
     data_controls,
@@ -27,13 +27,18 @@ N_NEAREST = 3
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def fitted_grid(dataset_name: str, prior_name: str, class_index: int, k: int, device: str):
-    """(centers (K, d), masses (K,)) of a CLVQ fit of the class (`ddoq distill`'s seed)."""
+def fitted_grid(
+    dataset_name: str, prior_name: str, class_index: int, k: int, seed: int, device: str
+):
+    """(centers (K, d), masses (K,)): the points `ddoq distill` exports for the class.
+
+    The distillation's own quantize stage (`select_points`: same quantizer, settings and
+    per-class seed), on the class's latents.
+    """
     pts = class_points(dataset_name, prior_name, class_index, device).points
-    seed = quantize_seed(DistillConfig(), class_index)
-    q = CLVQ(k, batch_size=min(256, len(pts)), max_iter=10, random_state=seed, device=device)
-    q.fit(pts)
-    return q.cluster_centers_, q.weights_
+    config = DistillConfig(dataset=dataset_name, prior=prior_name, ipc=k, seed=seed, device=device)
+    (chosen,) = select_points(config, [class_index], [torch.as_tensor(pts)], [np.arange(len(pts))])
+    return chosen.points.flatten(1).numpy(), chosen.masses
 
 
 st.title("Decoded images")
@@ -79,18 +84,23 @@ steps = setting(
 state = st.session_state
 live = state.get("explore_live")
 cfg = state.get("explore_config")
-use_live = (
+live_matches = (
     live is not None
     and live.started
     and cfg is not None
     and cfg[:4] == (dataset_name, prior_name, class_index, k)
     and live.snapshot is not None
 )
+use_live = live_matches and st.toggle(
+    f"Decode the Explore page's run instead ({live.snapshot.step} CLVQ steps)",
+    key="dec_use_live",
+)
+seed = int(state["s_dist_seed"])
 st.caption(
     f"Centroids from the **Explore page's run** ({live.snapshot.step} CLVQ steps)."
     if use_live
-    else "Centroids from a CLVQ fit of the class (run CLVQ on the Explore page with the "
-    "same class and K to decode that run instead)."
+    else f"The centroids **Distill and export** writes for this class (K = {k}, seed {seed}): "
+    "the same quantizer, settings and seed."
 )
 
 if st.button("Decode", type="primary", icon=":material/image:", key="dec_go"):
@@ -101,7 +111,7 @@ if st.button("Decode", type="primary", icon=":material/image:", key="dec_go"):
                 centers, weights = live.snapshot.centers, live.snapshot.masses
             else:
                 centers, weights = fitted_grid(
-                    dataset_name, prior_name, class_index, k, data.device
+                    dataset_name, prior_name, class_index, k, seed, data.device
                 )
             if prior is None:
                 images = centers.reshape(len(centers), *pts.sample_shape)

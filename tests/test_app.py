@@ -234,10 +234,30 @@ def test_decoded_page_uses_the_explore_run():
     at.button(key="btn_run").click().run()
     steps = at.session_state["explore_live"].snapshot.step
     at.switch_page("pages/decoded.py").run()
+    at.toggle(key="dec_use_live").set_value(True).run()
     assert any(f"({steps} CLVQ steps)" in c.value for c in at.caption)
     at.button(key="dec_go").click().run()
     np.testing.assert_array_equal(
         at.session_state["dec_result"]["weights"], at.session_state["explore_live"].snapshot.masses
+    )
+
+
+def test_decoded_page_shows_what_distill_exports():
+    """By default the Decoded page decodes the centroids `ddoq distill` writes for the class."""
+    from ddoq import DistillConfig, distill
+
+    at = _open(s_k=3, s_class=2)
+    at.button(key="btn_run").click().run()  # an Explore run exists, but is not the default
+    at.switch_page("pages/decoded.py").run()
+    assert any("Distill and export** writes" in c.value for c in at.caption)
+    at.button(key="dec_go").click().run()
+    assert not at.exception and not at.error
+    result = distill(DistillConfig(ipc=3, teacher=None), progress=False)
+    rows = (result.labels == 2).nonzero().flatten()
+    np.testing.assert_allclose(
+        np.sort(at.session_state["dec_result"]["weights"]),
+        np.sort(result.masses[rows].numpy()),
+        rtol=1e-6,
     )
 
 
