@@ -75,19 +75,31 @@ _SHOWN_CLASSES = 12  # class names listed in a one-line error before "..."
 class Teacher(nn.Module):
     """A classifier taking images in [0, 1] of any size and channel count.
 
-    Attributes:
-        net: the wrapped network.
-        image_size, channels: what `net` expects; inputs are resized (bilinear) and
-            converted (gray <-> RGB) to it.
-        num_classes, class_names: its outputs (after `output_index`, if any).
-        source: where it was loaded from; spec: what `load_teacher` loads it from again.
-        fingerprint: hash of its weights, config and output mapping.
-        output_index: the network's output column of each class (None: all, in order);
-            set by `match_teacher` to put the outputs in a dataset's class order.
-        named: False when the class names are made up (``"0".."C-1"``: a torchvision
-            weights file carries none).
-        meta: the teacher folder's config.json (empty for other teachers).
-        selected: why `resolve_teacher` chose it (empty when loaded directly).
+    Attributes
+    ----------
+    net : nn.Module
+        the wrapped network.
+    image_size, channels : int
+        what `net` expects; inputs are resized (bilinear) and
+        converted (gray <-> RGB) to it.
+    num_classes, class_names : int, list[str]
+        its outputs (after `output_index`, if any).
+    source : str
+        where it was loaded from.
+    spec : str
+        what `load_teacher` loads it from again.
+    fingerprint : str
+        hash of its weights, config and output mapping.
+    output_index : list[int] | None
+        the network's output column of each class (None: all, in order);
+        set by `match_teacher` to put the outputs in a dataset's class order.
+    named : bool
+        False when the class names are made up (``"0".."C-1"``: a torchvision
+        weights file carries none).
+    meta : dict
+        the teacher folder's config.json (empty for other teachers).
+    selected : str
+        why `resolve_teacher` chose it (empty when loaded directly).
     """
 
     def __init__(
@@ -262,15 +274,22 @@ def load_teacher(
     The teacher is returned as it is, with its own classes; `resolve_teacher` matches them
     to a dataset's.
 
-    Args:
-        spec: see the module docstring.
-        device: torch device.
-        weights: torchvision teachers only: a local state-dict file, or ``"DEFAULT"``.
-        class_names: display names (torchvision teachers; default the weights' categories
-            or ``"0".."C-1"``).
+    Parameters
+    ----------
+    spec : str | os.PathLike
+        see the module docstring.
+    device : str | torch.device
+        torch device.
+    weights : str | os.PathLike | None
+        torchvision teachers only: a local state-dict file, or ``"DEFAULT"``.
+    class_names : list[str] | None
+        display names (torchvision teachers; default the weights' categories
+        or ``"0".."C-1"``).
 
-    Raises:
-        ValueError: unknown name, missing folder or weights.
+    Raises
+    ------
+    ValueError
+        unknown name, missing folder or weights.
     """
     if str(spec) == AUTO:
         raise ValueError("teacher 'auto' depends on the dataset: use resolve_teacher")
@@ -375,7 +394,9 @@ def class_mapping(
 
     Names are compared without case and surrounding or repeated white space.
 
-    Returns:
+    Returns
+    -------
+    tuple[list[int] | None, str] | None
         None when some dataset class is not among the teacher's; otherwise
         ``(index, how)``: `index` is the teacher's output of each dataset class (None when
         the outputs are the dataset's classes in order), `how` one of ``"same classes"``,
@@ -423,8 +444,10 @@ def match_teacher(
     teacher without real class names (a torchvision weights file) is used by index when it
     has as many outputs as the dataset has classes.
 
-    Raises:
-        ValueError: the classes do not match (one line naming both lists and what to do).
+    Raises
+    ------
+    ValueError
+        the classes do not match (one line naming both lists and what to do).
     """
     names = [str(c) for c in class_names]
     if teacher.output_index is not None:  # already matched: start from the raw outputs
@@ -480,8 +503,10 @@ def teacher_dir_for(dataset_name: str | os.PathLike) -> Path:
     ``<cache dir>/teachers/<name>-<fingerprint>``, keyed by the fingerprint of the dataset's
     train split at its default options, so a changed folder gets a new teacher.
 
-    Raises:
-        ValueError: the dataset does not load.
+    Raises
+    ------
+    ValueError
+        the dataset does not load.
     """
     name, fingerprint = _dataset_key(dataset_name)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "dataset"
@@ -513,24 +538,34 @@ def resolve_teacher(
 ) -> Teacher:
     """The teacher for a dataset with classes `class_names`, outputs in that class order.
 
-    Args:
-        spec: None or ``"auto"`` to choose, in this order: the teacher trained for
-            `dataset` (`teacher_dir_for`), the newest cached teacher with the same classes,
-            the embedded teacher if it has the same classes; then the same three if their
-            classes include the dataset's (restricted to them). Anything else is loaded with
-            `load_teacher` and matched by class name (`match_teacher`).
-        class_names: the dataset's classes, in its label order.
-        device: torch device.
-        weights: weights file of a torchvision teacher.
-        dataset: the dataset's name or folder (finds the teacher trained for it; named in
-            the messages).
+    Parameters
+    ----------
+    spec : str | os.PathLike | None
+        None or ``"auto"`` to choose, in this order: the teacher trained for
+        `dataset` (`teacher_dir_for`), the newest cached teacher with the same classes,
+        the embedded teacher if it has the same classes; then the same three if their
+        classes include the dataset's (restricted to them). Anything else is loaded with
+        `load_teacher` and matched by class name (`match_teacher`).
+    class_names : list[str]
+        the dataset's classes, in its label order.
+    device : str | torch.device
+        torch device.
+    weights : str | os.PathLike | None
+        weights file of a torchvision teacher.
+    dataset : str | os.PathLike | None
+        the dataset's name or folder (finds the teacher trained for it; named in
+        the messages).
 
-    Returns:
+    Returns
+    -------
+    Teacher
         A `Teacher` whose ``selected`` says why it was chosen and whose ``describe()`` is
         the one line the CLI and the app show.
 
-    Raises:
-        ValueError: no teacher fits (one line naming both class lists and what to pass).
+    Raises
+    ------
+    ValueError
+        no teacher fits (one line naming both class lists and what to pass).
     """
     names = [str(c) for c in class_names]
     if spec is not None and str(spec) != AUTO:

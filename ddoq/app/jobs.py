@@ -77,9 +77,11 @@ class TrainJob:
     of soft labels, None with hard labels). `stop()` asks the worker to stop after the
     current epoch. `prior` and `teacher` may be passed already loaded.
 
-    Raises:
-        ValueError: bad settings, or soft labels and no teacher for the dataset's classes
-            (checked here, before the thread starts).
+    Raises
+    ------
+    ValueError
+        bad settings, or soft labels and no teacher for the dataset's classes
+        (checked here, before the thread starts).
     """
 
     def __init__(self, spec: TrainSpec, run_root: str | os.PathLike, *, prior=None, teacher=None):

@@ -66,17 +66,25 @@ class LiveSnapshot:
 class LiveCLVQ:
     """CLVQ on a fixed point set, advanced a few mini-batch steps at a time.
 
-    Args:
-        points: (N, d) or (N, C, H, W) array; N must be at least `n_clusters`.
-        n_clusters: K.
-        batch_size: points per CLVQ step (1 is Alg. 1 literally).
-        steps_per_tick: CLVQ steps taken by each `tick`.
-        step: CLVQ's step rule ("count", a constant gamma in (0, 1], or n -> gamma_n).
-        random_state: seed of the seeding and of the order the points are drawn in.
-        device: torch device of the CLVQ steps (``"auto"``: CUDA when available).
-
     The first step seeds the grid by k-means++ on a sample of max(3 K, batch_size)
     points (CLVQ's rule for its first mini-batch) and steps on that sample.
+
+    Parameters
+    ----------
+    points : np.ndarray
+        (N, d) or (N, C, H, W) array; N must be at least `n_clusters`.
+    n_clusters : int
+        K.
+    batch_size : int
+        points per CLVQ step (1 is Alg. 1 literally).
+    steps_per_tick : int
+        CLVQ steps taken by each `tick`.
+    step : StepRule
+        CLVQ's step rule ("count", a constant gamma in (0, 1], or n -> gamma_n).
+    random_state : int
+        seed of the seeding and of the order the points are drawn in.
+    device : str
+        torch device of the CLVQ steps (``"auto"``: CUDA when available).
     """
 
     def __init__(

@@ -55,15 +55,23 @@ data_fingerprint = array_digest
 class Projection:
     """A 2-D embedding of N points and, when fitted in this process, its reducer.
 
-    Attributes:
-        method: ``"pca"`` or ``"umap"``.
-        embedding: (N, 2) float32 positions of the points.
-        params: the parameters the embedding depends on (part of the cache key).
-        fingerprint: `data_fingerprint` of the points.
-        reducer: the fitted scikit-learn `PCA` or `umap.UMAP`, or None when the embedding
-            came from the disk cache and the method keeps no reducer there (UMAP).
-        from_cache: True when the embedding was read from disk.
-        explained_variance_ratio: PCA only, the share of variance of each of the 2 axes.
+    Attributes
+    ----------
+    method : str
+        ``"pca"`` or ``"umap"``.
+    embedding : np.ndarray
+        (N, 2) float32 positions of the points.
+    params : dict[str, Any]
+        the parameters the embedding depends on (part of the cache key).
+    fingerprint : str
+        `data_fingerprint` of the points.
+    reducer : Any
+        the fitted scikit-learn `PCA` or `umap.UMAP`, or None when the embedding
+        came from the disk cache and the method keeps no reducer there (UMAP).
+    from_cache : bool
+        True when the embedding was read from disk.
+    explained_variance_ratio : np.ndarray | None
+        PCA only, the share of variance of each of the 2 axes.
     """
 
     method: str
@@ -157,20 +165,30 @@ def project(
 ) -> Projection:
     """2-D embedding of `points` (N, d) or (N, C, H, W), from the disk cache when possible.
 
-    Args:
-        points: numpy array or torch tensor, one sample per row.
-        method: ``"pca"`` or ``"umap"``.
-        n_neighbors, min_dist: UMAP's parameters (ignored by PCA).
-        random_state: seed (PCA's randomized solver, UMAP's layout). A fixed UMAP seed
-            makes it single-threaded, which suits a shared machine.
-        cache_dir: cache root (default `default_cache_dir()`); ``False`` disables the cache.
+    Parameters
+    ----------
+    points : Any
+        numpy array or torch tensor, one sample per row.
+    method : str
+        ``"pca"`` or ``"umap"``.
+    n_neighbors, min_dist : int, float
+        UMAP's parameters (ignored by PCA).
+    random_state : int
+        seed (PCA's randomized solver, UMAP's layout). A fixed UMAP seed
+        makes it single-threaded, which suits a shared machine.
+    cache_dir : str | os.PathLike | None | bool
+        cache root (default `default_cache_dir()`); ``False`` disables the cache.
 
-    Returns:
+    Returns
+    -------
+    Projection
         A `Projection`; PCA always carries a usable reducer (its mean and axes are cached
         with the embedding), UMAP only when it was fitted in this call.
 
-    Raises:
-        ValueError: unknown method, or fewer than 3 points.
+    Raises
+    ------
+    ValueError
+        unknown method, or fewer than 3 points.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -241,14 +259,19 @@ def place_centroids(
 ) -> np.ndarray:
     """(K, 2) positions of K centroids on the map of `projection`, without refitting.
 
-    Args:
-        projection: the map of the points.
-        centers: (K, d) centroids in the points' space.
-        labels: (N,) nearest centroid of each point (needed by ``"cell-mean"``).
-        how: ``"transform"`` (the reducer's transform: exact for PCA, about 0.5 s for
-            50 centroids with UMAP), ``"cell-mean"`` (mean 2-D position of each cell,
-            instant; an empty cell falls back to the transform, or NaN without a
-            reducer), or ``"auto"`` (transform for PCA, cell means for UMAP).
+    Parameters
+    ----------
+    projection : Projection
+        the map of the points.
+    centers : Any
+        (K, d) centroids in the points' space.
+    labels : np.ndarray | None
+        (N,) nearest centroid of each point (needed by ``"cell-mean"``).
+    how : str
+        ``"transform"`` (the reducer's transform: exact for PCA, about 0.5 s for
+        50 centroids with UMAP), ``"cell-mean"`` (mean 2-D position of each cell,
+        instant; an empty cell falls back to the transform, or NaN without a
+        reducer), or ``"auto"`` (transform for PCA, cell means for UMAP).
     """
     if how not in ("auto", "transform", "cell-mean"):
         raise ValueError(f"how must be 'auto', 'transform' or 'cell-mean', got {how!r}")

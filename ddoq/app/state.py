@@ -87,11 +87,16 @@ DEFAULTS: dict[str, object] = {
 class DataInfo:
     """What the pages need to know about a dataset to bound their controls.
 
-    Attributes:
-        dataset: the dataset name or folder.
-        classes: readable class names, in label order.
-        counts: training images per class.
-        skipped: ``(path, reason)`` of the files of a folder that were left out.
+    Attributes
+    ----------
+    dataset : str
+        the dataset name or folder.
+    classes : tuple[str, ...]
+        readable class names, in label order.
+    counts : tuple[int, ...]
+        training images per class.
+    skipped : tuple[tuple[str, str], ...]
+        ``(path, reason)`` of the files of a folder that were left out.
     """
 
     dataset: str
@@ -141,8 +146,10 @@ def _as_int(value: object, default: int) -> int:
 class Choices:
     """The view-model of one session's choices, over its settings mapping `store`.
 
-    Args:
-        store: ``st.session_state`` in the app, any mutable mapping elsewhere.
+    Parameters
+    ----------
+    store : MutableMapping
+        ``st.session_state`` in the app, any mutable mapping elsewhere.
     """
 
     def __init__(self, store: MutableMapping) -> None:

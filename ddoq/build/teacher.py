@@ -56,21 +56,33 @@ Progress = Callable[[int, int, dict], None]
 class TeacherConfig:
     """How a teacher is trained (stored in its config.json).
 
-    Attributes:
-        dataset: ``"mnist"``, ``"digits"`` or an image folder; trained on its train split,
-            evaluated on its held-out (test) split.
-        arch: ``"convnet"`` (trained from scratch) or a torchvision classifier name,
-            fine-tuned from `weights` (its last linear layer replaced for the classes).
-        weights: the torchvision model's local state-dict file (None: random init).
-        image_size: side of the images it trains on (and expects).
-        channels: image channels (None: the dataset's default; torchvision models take 3).
-        width, depth: ConvNet size.
-        epochs, batch_size, lr, weight_decay: AdamW with a cosine schedule (lr None: 3e-3
-            for the ConvNet, 1e-4 when fine-tuning).
-        augment: random-crop augmentation (`ddoq.train.loop.AUGMENTATIONS`, or ``"auto"``).
-        seed: everything is seeded by it.
-        limit_per_class: train on at most this many images per class (None: all).
-        device: torch device.
+    Attributes
+    ----------
+    dataset : str
+        ``"mnist"``, ``"digits"`` or an image folder; trained on its train split,
+        evaluated on its held-out (test) split.
+    arch : str
+        ``"convnet"`` (trained from scratch) or a torchvision classifier name,
+        fine-tuned from `weights` (its last linear layer replaced for the classes).
+    weights : str | None
+        the torchvision model's local state-dict file (None: random init).
+    image_size : int
+        side of the images it trains on (and expects).
+    channels : int | None
+        image channels (None: the dataset's default; torchvision models take 3).
+    width, depth : int
+        ConvNet size.
+    epochs, batch_size, lr, weight_decay : int, int, float | None, float
+        AdamW with a cosine schedule (lr None: 3e-3
+        for the ConvNet, 1e-4 when fine-tuning).
+    augment : str
+        random-crop augmentation (`ddoq.train.loop.AUGMENTATIONS`, or ``"auto"``).
+    seed : int
+        everything is seeded by it.
+    limit_per_class : int | None
+        train on at most this many images per class (None: all).
+    device : str
+        torch device.
     """
 
     dataset: str = "mnist"
@@ -143,19 +155,25 @@ def train_teacher(
 ) -> TeacherReport:
     """Train a teacher on `config.dataset` (hard labels, seeded) and write it atomically.
 
-    Args:
-        config: what to train (`TeacherConfig`).
-        out: the teacher folder to write (replaced atomically); None: `teacher_dir_for`
-            the dataset, where ``"auto"`` finds it.
-        progress: True for a progress bar, False for none, or a callback
-            ``progress(epoch, epochs, info)`` called after every epoch (``info`` holds
-            ``loss`` and ``seconds``; the last call adds ``test_accuracy``).
-
     The folder holds ``model.safetensors`` and ``config.json`` (architecture, class names,
     this configuration, held-out accuracy, data fingerprint, the command that rebuilds it).
 
-    Raises:
-        ValueError: a bad setting or a dataset that does not load.
+    Parameters
+    ----------
+    config : TeacherConfig
+        what to train (`TeacherConfig`).
+    out : str | os.PathLike | None
+        the teacher folder to write (replaced atomically); None: `teacher_dir_for`
+        the dataset, where ``"auto"`` finds it.
+    progress : bool | Progress
+        True for a progress bar, False for none, or a callback
+        ``progress(epoch, epochs, info)`` called after every epoch (``info`` holds
+        ``loss`` and ``seconds``; the last call adds ``test_accuracy``).
+
+    Raises
+    ------
+    ValueError
+        a bad setting or a dataset that does not load.
     """
     config.check()
     if config.lr is None:

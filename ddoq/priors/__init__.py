@@ -163,18 +163,25 @@ def load_prior(
 ) -> GenerativePrior:
     """Load a generative prior.
 
-    Args:
-        name_or_path: ``"embedded"`` (the shipped MNIST prior), a local model folder, or a
-            Hugging Face hub id.
-        device: torch device for every component (``"cpu"`` default, ``"cuda"`` when asked).
-        class_names: class vocabulary for a text-conditional (Stable Diffusion) prior, in
-            label order; for class-conditional priors, display names replacing the stored
-            ones (same count).
-        dtype: compute dtype of the networks, ``"float32"`` (default), ``"float16"`` or
-            ``"bfloat16"`` (autocast; inputs and outputs stay float32).
+    Parameters
+    ----------
+    name_or_path : str | os.PathLike
+        ``"embedded"`` (the shipped MNIST prior), a local model folder, or a
+        Hugging Face hub id.
+    device : str | torch.device
+        torch device for every component (``"cpu"`` default, ``"cuda"`` when asked).
+    class_names : Sequence[str] | None
+        class vocabulary for a text-conditional (Stable Diffusion) prior, in
+        label order; for class-conditional priors, display names replacing the stored
+        ones (same count).
+    dtype : str | torch.dtype | None
+        compute dtype of the networks, ``"float32"`` (default), ``"float16"`` or
+        ``"bfloat16"`` (autocast; inputs and outputs stay float32).
 
-    Raises:
-        ValueError: unknown folder layout, missing folder, or an unreachable hub id.
+    Raises
+    ------
+    ValueError
+        unknown folder layout, missing folder, or an unreachable hub id.
     """
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -32,9 +32,11 @@ _UNHASHED_KEYS = ("metrics", "versions")  # run records that do not change the m
 class EmbeddedPrior(DiTPrior):
     """The shipped MNIST prior (or any folder written by `ddoq train-prior`).
 
-    Attributes:
-        meta: the parsed `ddoq_prior.json` (class names, latent statistics, training
-            configuration and metrics, data fingerprint).
+    Attributes
+    ----------
+    meta : dict
+        the parsed `ddoq_prior.json` (class names, latent statistics, training
+        configuration and metrics, data fingerprint).
     """
 
     kind = "embedded"

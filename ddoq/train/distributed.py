@@ -90,8 +90,10 @@ def init_from_env(device: str | torch.device = "cpu") -> torch.device:
     Backend nccl when `device` is CUDA (and the current CUDA device set to
     ``cuda:LOCAL_RANK``), gloo otherwise. Returns the device this process should use.
 
-    Raises:
-        ValueError: ``WORLD_SIZE`` is not above 1, or a variable torchrun sets is missing.
+    Raises
+    ------
+    ValueError
+        ``WORLD_SIZE`` is not above 1, or a variable torchrun sets is missing.
     """
     if env_world_size() < 2:
         raise ValueError(
@@ -163,9 +165,12 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any) -> list[Any]:
     ``MASTER_PORT``); `fn` joins the group itself (`process_group`). `fn`, `args` and the
     results must be picklable, and `fn` importable (a module-level function).
 
-    Raises:
-        ValueError: `nproc` < 1, or a worker raised ValueError (its message, once).
-        RuntimeError: a worker raised anything else or died; the other workers are stopped.
+    Raises
+    ------
+    ValueError
+        `nproc` < 1, or a worker raised ValueError (its message, once).
+    RuntimeError
+        a worker raised anything else or died; the other workers are stopped.
     """
     import multiprocessing.connection as mpc
 

@@ -38,13 +38,19 @@ _SMALL = 64  # images this size or smaller get the small-input adaptations
 class ConvNet(nn.Module):
     """The classic distillation ConvNet: [conv3x3 -> instance norm -> ReLU -> avgpool2] x depth.
 
-    Args:
-        num_classes: outputs of the linear head.
-        in_channels: image channels (1 gray, 3 RGB, any other).
-        image_size: side of the square inputs; the feature map side after `depth` poolings
-            is ``image_size // 2**depth`` (28 px -> 3, 32 px -> 4) and must be >= 1.
-        width: channels of every conv layer (128 classic).
-        depth: number of conv blocks (3 classic).
+    Parameters
+    ----------
+    num_classes : int
+        outputs of the linear head.
+    in_channels : int
+        image channels (1 gray, 3 RGB, any other).
+    image_size : int
+        side of the square inputs; the feature map side after `depth` poolings
+        is ``image_size // 2**depth`` (28 px -> 3, 32 px -> 4) and must be >= 1.
+    width : int
+        channels of every conv layer (128 classic).
+    depth : int
+        number of conv blocks (3 classic).
     """
 
     def __init__(
@@ -112,15 +118,23 @@ def build_student(
 ) -> nn.Module:
     """Build an untrained student network.
 
-    Args:
-        name: one of `STUDENTS`.
-        num_classes: outputs of the classifier.
-        in_channels: image channels; torchvision models get their first conv rebuilt for it.
-        image_size: side of the square inputs (ResNets get a CIFAR-style stem at <= 64 px).
-        width: ConvNet width (ignored by torchvision models).
+    Parameters
+    ----------
+    name : str
+        one of `STUDENTS`.
+    num_classes : int
+        outputs of the classifier.
+    in_channels : int
+        image channels; torchvision models get their first conv rebuilt for it.
+    image_size : int
+        side of the square inputs (ResNets get a CIFAR-style stem at <= 64 px).
+    width : int
+        ConvNet width (ignored by torchvision models).
 
-    Raises:
-        ValueError: unknown name or impossible sizes.
+    Raises
+    ------
+    ValueError
+        unknown name or impossible sizes.
     """
     key = str(name).lower().replace("-", "_")
     if key not in STUDENTS:
