@@ -203,12 +203,12 @@ def test_no_module_shadows_a_public_name():
 
 def test_figures_and_charts_only_draw():
     """Advancing CLVQ, placing centroids and measuring W2 happen in `ddoq.app.live` (its
-    `tick_on_map` / `tick_playground`); the Plotly figures, the Vega-Lite charts and the
-    frames that join a tick to a drawing call none of them themselves."""
-    for name in ("figures", "live_charts", "frames"):
+    `tick_on_map` / `tick_playground`); the Plotly figures and the Vega-Lite charts that
+    draw a tick call none of them themselves."""
+    for name in ("figures", "live_charts"):
         source = (PACKAGE / "app" / f"{name}.py").read_text()
         for call in (".tick(", "place_centroids(", "w2_weighted_vs_uniform("):
             assert call not in source, (name, call)
     assert "voronoi_grid(" not in (PACKAGE / "app" / "figures.py").read_text()
     graph = import_graph()
-    assert "ddoq.app.live" in graph["ddoq.app.frames"] & graph["ddoq.app.live_charts"]
+    assert "ddoq.app.live" in graph["ddoq.app.live_charts"]

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from ddoq.app.compare import compare_w2, load_class_points, w2_against_k
-from ddoq.app.figures import voronoi_map, weights_bars
-from ddoq.app.frames import live_frame
 from ddoq.app.live import LiveCLVQ
 from ddoq.app.live_charts import explore_frame, teach_frame, voronoi_cells
 from ddoq.app.playground import (
@@ -73,22 +71,6 @@ def test_live_errors(rng):
         LiveCLVQ(x, 11)
     with pytest.raises(ValueError, match="batch_size"):
         LiveCLVQ(x, 2, batch_size=0)
-
-
-def test_live_frame_draws_the_grid(rng):
-    x = gaussian_mixture(rng, 400, 256, 5)
-    proj = project(x, "pca", cache_dir=False)
-    live = LiveCLVQ(x, 10, batch_size=32, steps_per_tick=5)
-    empty = live_frame(live, proj, step=False)
-    assert empty.snapshot is None and len(empty.map.data) == 1
-    live_frame(live, proj)
-    frame = live_frame(live, proj, uniform_overlay=True)
-    assert frame.snapshot.step == 10
-    assert [t.name for t in frame.map.data][1:] == [
-        "DDOQ centroids (size = weight)",
-        "D4M barycenter (uniform 1/10)",
-    ]
-    assert list(frame.curve.data[0].y) == live.history.distortion
 
 
 def test_live_clvq_on_the_cpu_device_is_the_default(rng):
@@ -172,9 +154,6 @@ def test_voronoi_grid_labels_nearest_centre():
     assert grid.labels.shape == (41, 41)
     assert (grid.labels[:, grid.xs < -0.01] == 0).all()
     assert (grid.labels[:, grid.xs > 0.01] == 1).all()
-    fig = voronoi_map(centers, grid, centers, np.array([0.5, 0.5]), uniform_overlay=True)
-    assert len(fig.data) == 4
-    assert len(weights_bars(np.array([0.4, 0.6]), np.array([0.5, 0.5])).data) == 3
 
 
 def test_distortion_curve_follows_zador_in_2d():

@@ -2,8 +2,9 @@
 
 Used by the Streamlit pages and usable from a notebook. Every function takes arrays (or the
 small result objects of `ddoq.app.live`, `ddoq.app.playground`, `ddoq.app.compare`) and
-returns a `plotly.graph_objects.Figure`. Advancing CLVQ, placing centroids and measuring W2
-happen before, in `ddoq.app.frames`, which then calls these functions.
+returns a `plotly.graph_objects.Figure`. The live views (Explore, Teach) are drawn with
+Vega-Lite by `ddoq.app.live_charts`; advancing CLVQ, placing centroids and measuring W2
+happen in `ddoq.app.live`.
 """
 
 from __future__ import annotations
@@ -15,22 +16,17 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from ddoq.app.compare import W2Comparison
-from ddoq.app.live import LiveHistory
-from ddoq.app.playground import DistortionCurve, VoronoiGrid
+from ddoq.app.playground import DistortionCurve
 
 __all__ = [
     "PALETTE",
-    "centroid_map",
     "click_canvas",
-    "distortion_history",
     "distortion_vs_k",
     "image_row",
     "to_uint8",
     "train_curves",
-    "voronoi_map",
     "w2_against_k_chart",
     "w2_bars",
-    "weights_bars",
 ]
 
 UNIFORM_COLOR = "#e53e3e"  # the uniform barycenter (D4M) overlay, on every map
@@ -52,29 +48,6 @@ def _log_axis(ticks: Sequence[float] | None = None) -> dict[str, object]:
     return {"type": "log", "dtick": "D2", "exponentformat": "power", "minor": {"showgrid": False}}
 
 
-def _colors(labels: np.ndarray) -> list[str]:
-    return [PALETTE[int(k) % len(PALETTE)] for k in labels]
-
-
-def _discrete_scale(k: int) -> list[list[object]]:
-    """A piecewise-constant colour scale: colour i on [i/K, (i+1)/K) (value i + 0.5)."""
-    scale: list[list[object]] = []
-    for i in range(k):
-        c = PALETTE[i % len(PALETTE)]
-        scale += [[i / k, c], [(i + 1) / k, c]]
-    return scale
-
-
-def _cell_marker(labels: np.ndarray, k: int, **extra: object) -> dict[str, object]:
-    return {
-        "color": np.asarray(labels, dtype=np.float64) + 0.5,
-        "cmin": 0.0,
-        "cmax": float(k),
-        "colorscale": _discrete_scale(k),
-        **extra,
-    }
-
-
 def _figure(traces: list, **layout: object) -> go.Figure:
     """A Figure from traces and a layout given as keywords (``xaxis_title`` style allowed).
 
@@ -94,193 +67,6 @@ def _figure(traces: list, **layout: object) -> go.Figure:
         if isinstance(spec.get(axis), dict) and isinstance(spec[axis].get("title"), str):
             spec[axis]["title"] = {"text": spec[axis]["title"]}
     return go.Figure(data=traces, layout=spec)
-
-
-def _marker_sizes(weights: np.ndarray, k: int, base: float = 16.0) -> np.ndarray:
-    """Marker diameters proportional to sqrt(K w_k): area proportional to the weight."""
-    w = np.clip(np.asarray(weights, dtype=np.float64) * k, 0.0, None)
-    return np.clip(base * np.sqrt(w), 4.0, 60.0)
-
-
-def centroid_map(
-    embedding: np.ndarray,
-    labels: np.ndarray | None,
-    centers_2d: np.ndarray | None,
-    weights: np.ndarray | None,
-    *,
-    uniform_overlay: bool = False,
-    point_ids: np.ndarray | None = None,
-    title: str = "",
-    height: int = 520,
-) -> go.Figure:
-    """Points coloured by Voronoi cell, centroids sized by weight (area ~ weight).
-
-    embedding: (N, 2); labels: (N,) cell of each point or None (one colour);
-    centers_2d: (K, 2) or None; weights: (K,) cell masses; uniform_overlay draws the
-    same centroids as equal hollow circles (the uniform barycenter / D4M weights);
-    point_ids: (N,) dataset index of each point, shown on hover.
-    """
-    traces: list = []
-    k = len(weights) if weights is not None else 1
-    marker = {"color": "#7f8c9d"} if labels is None else _cell_marker(labels, k)
-    ids = np.arange(len(embedding)) if point_ids is None else np.asarray(point_ids)
-    traces.append(
-        go.Scattergl(
-            x=embedding[:, 0],
-            y=embedding[:, 1],
-            mode="markers",
-            marker={"size": 5, "opacity": 0.55, **marker},
-            customdata=np.stack([np.arange(len(embedding)), ids], axis=1),
-            hovertemplate="image %{customdata[0]} (dataset index %{customdata[1]})<extra></extra>",
-            name="points",
-            showlegend=False,
-        )
-    )
-    if centers_2d is not None and weights is not None:
-        ok = ~np.isnan(centers_2d[:, 0])
-        idx = np.flatnonzero(ok)
-        traces.append(
-            go.Scatter(
-                x=centers_2d[ok, 0],
-                y=centers_2d[ok, 1],
-                mode="markers",
-                marker=_cell_marker(
-                    idx,
-                    k,
-                    size=_marker_sizes(weights[ok], k),
-                    line={"color": "#1a202c", "width": 1.5},
-                ),
-                customdata=np.stack([idx, weights[ok]], axis=1),
-                hovertemplate="centroid %{customdata[0]}<br>weight %{customdata[1]:.3f}"
-                "<extra></extra>",
-                name="DDOQ centroids (size = weight)",
-            )
-        )
-        if uniform_overlay:
-            traces.append(
-                go.Scatter(
-                    x=centers_2d[ok, 0],
-                    y=centers_2d[ok, 1],
-                    mode="markers",
-                    marker={
-                        # an open symbol is drawn in the marker colour (its line
-                        # colour is ignored): a transparent colour would draw nothing
-                        "size": np.full(int(ok.sum()), 16.0),
-                        "color": UNIFORM_COLOR,
-                        "line": {"width": 2},
-                        "symbol": "circle-open",
-                    },
-                    hoverinfo="skip",
-                    name=f"D4M barycenter (uniform 1/{k})",
-                )
-            )
-    return _figure(
-        traces,
-        title=title,
-        height=height,
-        legend={"orientation": "h", "y": -0.05},
-        xaxis={"showticklabels": False, "title": ""},
-        yaxis={"showticklabels": False, "title": "", "scaleanchor": "x"},
-    )
-
-
-def distortion_history(
-    history: LiveHistory, title: str = "Distortion against CLVQ steps"
-) -> go.Figure:
-    """Exact distortion D(x) and Alg. 1's running estimate, per tick."""
-    traces: list = []
-    traces.append(
-        go.Scatter(x=history.step, y=history.distortion, mode="lines", name="exact D(x) = W2²")
-    )
-    traces.append(
-        go.Scatter(
-            x=history.step,
-            y=history.running_distortion,
-            mode="lines",
-            line={"dash": "dot"},
-            name="running estimate",
-        )
-    )
-    return _figure(
-        traces,
-        title=title,
-        height=300,
-        xaxis_title="CLVQ steps",
-        yaxis_title="distortion",
-        legend={"orientation": "h", "y": -0.3},
-    )
-
-
-def voronoi_map(
-    points: np.ndarray,
-    grid: VoronoiGrid,
-    centers: np.ndarray | None,
-    masses: np.ndarray | None,
-    *,
-    uniform_overlay: bool = False,
-    height: int = 520,
-) -> go.Figure:
-    """2-D points over their Voronoi cells (a coloured grid) with weight-sized centroids."""
-    k = int(grid.labels.max()) + 1 if centers is None else len(centers)
-    scale = _discrete_scale(k)
-    traces: list = [
-        go.Heatmap(
-            x=grid.xs,
-            y=grid.ys,
-            z=grid.labels + 0.5,
-            zmin=0,
-            zmax=k,
-            colorscale=scale,
-            opacity=0.28,
-            showscale=False,
-            hoverinfo="skip",
-        )
-    ]
-    traces.append(
-        go.Scattergl(
-            x=points[:, 0],
-            y=points[:, 1],
-            mode="markers",
-            marker={"size": 3, "color": "#2d3748", "opacity": 0.45},
-            hoverinfo="skip",
-            name="samples of μ",
-        )
-    )
-    if centers is not None and masses is not None:
-        traces.append(
-            go.Scatter(
-                x=centers[:, 0],
-                y=centers[:, 1],
-                mode="markers",
-                marker=_cell_marker(
-                    np.arange(k),
-                    k,
-                    size=_marker_sizes(masses, k),
-                    line={"color": "#1a202c", "width": 1.5},
-                ),
-                customdata=np.stack([np.arange(k), masses], axis=1),
-                hovertemplate="x_%{customdata[0]}: mass %{customdata[1]:.3f}<extra></extra>",
-                name="centroids (area = cell mass)",
-            )
-        )
-        if uniform_overlay:
-            traces.append(
-                go.Scatter(
-                    x=centers[:, 0],
-                    y=centers[:, 1],
-                    mode="markers",
-                    marker={"size": 16, "symbol": "circle-open", "color": UNIFORM_COLOR},
-                    hoverinfo="skip",
-                    name="uniform barycenter (1/K)",
-                )
-            )
-    return _figure(
-        traces,
-        height=height,
-        xaxis={"range": [grid.xs[0], grid.xs[-1]], "title": ""},
-        yaxis={"range": [grid.ys[0], grid.ys[-1]], "scaleanchor": "x", "title": ""},
-        legend={"orientation": "h", "y": -0.08},
-    )
 
 
 def click_canvas(
@@ -322,31 +108,6 @@ def click_canvas(
         xaxis={"range": [xmin - pad, xmax + pad], "title": ""},
         yaxis={"range": [ymin - pad, ymax + pad], "scaleanchor": "x", "title": ""},
         legend={"orientation": "h", "y": -0.08},
-    )
-
-
-def weights_bars(companion: np.ndarray, masses: np.ndarray) -> go.Figure:
-    """Companion weights p_k beside the exact cell masses w_k they estimate."""
-    k = np.arange(len(masses))
-    traces: list = []
-    traces.append(go.Bar(x=k, y=masses, name="cell mass w_k = μ(C_k)", marker_color="#2b6cb0"))
-    traces.append(go.Bar(x=k, y=companion, name="companion weight p_k", marker_color="#ed8936"))
-    traces.append(
-        go.Scatter(
-            x=[-0.5, len(masses) - 0.5],
-            y=[1 / len(masses)] * 2,
-            mode="lines",
-            line={"dash": "dot", "color": "#1a202c", "width": 1},
-            name="uniform 1/K",
-        )
-    )
-    return _figure(
-        traces,
-        barmode="group",
-        height=300,
-        xaxis_title="centroid k",
-        yaxis_title="weight",
-        legend={"orientation": "h", "y": -0.3},
     )
 
 

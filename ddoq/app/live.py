@@ -179,8 +179,7 @@ class LiveCLVQ:
 
 
 # ---------------------------------------------------------------- one tick of a live view
-# What a view computes per tick, once, for every way of drawing it (the Plotly frames of
-# `ddoq.app.frames`, the Vega-Lite frames of `ddoq.app.live_charts`): those only draw.
+# What a view computes per tick; the Vega-Lite frames of `ddoq.app.live_charts` only draw it.
 
 
 @dataclass
