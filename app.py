@@ -38,6 +38,7 @@ PAGES = [
     st.Page("pages/train.py", title="Train a student", icon=":material/model_training:"),
     st.Page("pages/distill.py", title="Distill and export", icon=":material/compress:"),
     st.Page("pages/teach.py", title="Teach (2-D toy)", icon=":material/school:"),
+    st.Page("pages/findings.py", title="Where the weights help", icon=":material/insights:"),
 ]
 
 device_sidebar()

@@ -76,3 +76,19 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def clvq_passes(est, n: int, d: int) -> float:
+    """Assignment passes' worth of matrix products (2 n K d FLOPs each) one fitted CLVQ made.
+
+    The k-means++ seeding: `draws` seedings, each K steps of 2 + ln K candidates against
+    `init` points, measured in min(d, init_dim) dimensions (the count sketch that gets
+    them there reads the data once and makes no product); then the CLVQ steps (samples
+    seen / n) or Lloyd iterations, the polish iterations and the final assignment.
+    """
+    import math
+
+    k, init = est.n_clusters, est._init_size(n)
+    dim = d if est.init_dim is None else min(d, est.init_dim)
+    seeding = est._draws(d) * (2 + int(math.log(k))) * init * dim / (n * d)
+    return seeding + est.n_samples_seen_ / n + est.n_polish_ + 1

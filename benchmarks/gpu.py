@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import machine_line, markdown_table, write_section
+from _report import clvq_passes, machine_line, markdown_table, write_section
 
 from ddoq.quantize import _assign_batched, quantize_classes
 
@@ -117,18 +117,7 @@ def quantize_part(classes: int, n: int, shape: tuple, ks: list[int], device) -> 
         )
         peak = peak_gib(device)
         ours = float(np.mean([m.distortion_ for m in models]))
-        init = models[0]._init_size(n)
-        passes = float(
-            np.mean(
-                [
-                    0.05 * init / n  # seeding in a 64-d projection: ~64/d of a pass per trial
-                    + m.n_samples_seen_ / n
-                    + m.n_polish_
-                    + 1
-                    for m in models
-                ]
-            )
-        )
+        passes = float(np.mean([clvq_passes(m, n, d) for m in models]))
         one_pass = gemm_pass_seconds(x, k)
         lloyd_s, centers = timed(lambda k=k: torch_lloyd(x, k), device)
         lloyd_d = float(_assign_batched(x, centers)[1].mean())
@@ -306,7 +295,7 @@ def main() -> None:
             f"Quantization of {classes} synthetic classes x {n} latents of "
             f"{'x'.join(map(str, shape))} (float32, TF32 off), all classes in one "
             "`quantize_classes` call with the default quantizer (k-means++ in a 64-d "
-            "projection on every point, one whole-class CLVQ step, Lloyd polish). Passes = "
+            "count sketch on every point, one whole-class CLVQ step, Lloyd polish). Passes = "
             "the assignment passes' "
             "worth of matrix products made (seeding, mini-batches, polish, final pass); "
             "bound = passes x one batched product's time.",

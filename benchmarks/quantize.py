@@ -1,7 +1,7 @@
 """Benchmark the quantization engine against scikit-learn on Gaussian-mixture data.
 
 For each case (N points of dimension d, K centroids; or ten classes at once) it times
-ddoq's default quantizer (CLVQ: k-means++ in a 64-d projection, one epoch of
+ddoq's default quantizer (CLVQ: k-means++ in a 64-d count sketch, one epoch of
 mini-batches or, for classes of at most 2,048 points, one full-batch step, then a Lloyd
 polish), ddoq Lloyd, scikit-learn KMeans (n_init=1 and 10), MiniBatchKMeans and
 faiss-cpu's Kmeans(niter=20) in the same run, each fitted with seeds 0, 1, 2, and reports
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from _report import machine_line, markdown_table, median_time, write_section
+from _report import clvq_passes, machine_line, markdown_table, median_time, write_section
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
@@ -97,23 +97,7 @@ def run_case(case: Case, seeds: tuple[int, ...] = (0, 1, 2)) -> list[list[object
             return quantize_classes(groups, n_clusters=k, random_state=seed, **params)
 
         def passes(models):
-            # Full assignment passes' worth of matrix products: the k-means++ seeding
-            # (2 + ln K candidates per seed, on init_size points), the CLVQ mini-batches
-            # (n_samples_seen / N) or Lloyd iterations, and the final exact pass.
-            # The default seeds in a 64-d projection: the projection (2 init d 64 FLOPs) and,
-            # for small classes, the init x init distance table of the projected points.
-            out = []
-            for m, g in zip(models, groups):
-                init = m._init_size(len(g))
-                seeding = seeding_passes(k, init, len(g))
-                if solver == "clvq" and case.d > 64:
-                    seeding = 64 * init / (k * len(g)) + (
-                        64 * init**2 / (len(g) * k * case.d)
-                        if init**2 * 4 <= 64 * 2**20
-                        else seeding * 64 / case.d
-                    )
-                out.append(seeding + m.n_samples_seen_ / len(g) + m.n_polish_ + 1)
-            return float(np.mean(out))
+            return float(np.mean([clvq_passes(m, len(g), case.d) for m, g in zip(models, groups)]))
 
         return fit, lambda ms: [m.cluster_centers_ for m in ms], passes
 

@@ -3,7 +3,8 @@
 Part 1, quantization of a synthetic ImageNet-shaped latent set (1,000 classes x 1,300
 latents of shape 4x32x32, as Stable Diffusion's VAE gives for 256 px images) at K=50:
 - the local engine: groups of classes through `ddoq.distillation.stages.select_points`
-  (batched CLVQ) and `measure_w2`, in this process, torch with 2 threads (both cores);
+  (CLVQ; on CPU the classes one after another) and `measure_w2`, in this process, torch
+  with 2 threads (both cores);
 - the Ray engine's quantize stage (`ddoq.distillation.ray_engine.quantize_stage`: the same functions
   in Ray tasks, points written to disk) with 2 workers of 1 thread each, on a local
   cluster started beforehand (its start-up time is reported on its own);
@@ -17,8 +18,8 @@ prior and teacher), local engine, and the Ray engine's whole run for comparison.
 
 Part 3, the per-class cost of the quantize stage split into quantize, weighted W2 (the
 square root of the exact distortion) and POT's uniform W2, against the matrix-product
-bound: the assignment passes each fit made x 2 N K d / the batched GEMM rate measured in
-the same run.
+bound: the assignment passes each fit made x 2 N K d / the GEMM rate measured in the same
+run.
 
 Run: `python benchmarks/scale.py` (about 35 minutes on 2 cores); `--classes 200` for a
 shorter run; `--quantize-only --classes 50` for part 3 alone (a few minutes; its own
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import machine_line, markdown_table, write_section
+from _report import clvq_passes, machine_line, markdown_table, write_section
 
 from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.stages import measure_w2, select_points
@@ -85,30 +86,23 @@ def local_quantize(config: DistillConfig, classes: list[int], group: int = 32) -
     return time.perf_counter() - start
 
 
-def batched_gemm_rate(classes: int, n: int, d: int, k: int, repeats: int = 5) -> float:
-    """Float32 FLOP/s of torch's batched product (C, n, d) x (C, d, K), one assignment pass
-    of `classes` classes at once (the local engine's shape), best of `repeats`."""
-    x = torch.randn(classes, n, d)
-    c = torch.randn(classes, d, k)
-    torch.bmm(x, c)
+def gemm_rate(n: int, d: int, k: int, repeats: int = 5) -> float:
+    """Float32 FLOP/s of torch's product for one class's assignment pass, best of `repeats`.
+
+    On CPU `quantize_classes` fits the classes of a group one after another, each
+    assignment one (n, d) x (d, K) product (computed as (K, d) x (d, n) for K <= 32, as
+    `ddoq.quantize` does).
+    """
+    x = torch.randn(n, d)
+    c = torch.randn(k, d)
+    product = (lambda: c @ x.T) if k <= 32 else (lambda: x @ c.T)
+    product()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.bmm(x, c)
+        product()
         best = min(best, time.perf_counter() - start)
-    return 2.0 * classes * n * d * k / best
-
-
-def assignment_passes(est, n: int, d: int) -> float:
-    """Assignment passes' worth of matrix products (2 n K d FLOPs each) one fit made.
-
-    The k-means++ seeding in a 64-d projection costs the projection (2 init d 64) and the
-    init x init distance table of the projected points (2 init^2 64); then the CLVQ
-    steps (samples seen / n), the Lloyd polish iterations and the final assignment.
-    """
-    k, init = est.n_clusters, est._init_size(n)
-    seeding = 64 * init / (n * k) + 64 * init**2 / (n * k * d)
-    return seeding + est.n_samples_seen_ / n + est.n_polish_ + 1
+    return 2.0 * n * d * k / best
 
 
 def per_class_costs(
@@ -116,11 +110,11 @@ def per_class_costs(
 ) -> dict[str, float]:
     """Per-class seconds of the local engine's quantize stage, split by part.
 
-    `select_points` (batched CLVQ, groups of `group` classes) is the quantize part;
+    `select_points` (CLVQ, groups of `group` classes) is the quantize part;
     `measure_w2` without POT is the weighted W2 (the square root of the quantizer's exact
     distortion, Prop. 1); POT's exact uniform W2 is timed on its own (`uniform`). The
-    matrix-product bound is the passes each class's fit made x 2 N K d over the batched
-    GEMM rate measured here at the same shape. Drawing the latents is not counted.
+    matrix-product bound is the passes each class's fit made x 2 N K d over the GEMM rate
+    measured here at one class's shape. Drawing the latents is not counted.
     """
     import ddoq.quantize
     import ddoq.transport
@@ -135,7 +129,7 @@ def per_class_costs(
 
     d = int(np.prod(LATENT_SHAPE))
     n = SyntheticLatents(0).n
-    rate = batched_gemm_rate(min(group, len(classes)), n, d, config.ipc)
+    rate = gemm_rate(n, d, config.ipc)
     quantize = weighted = pot = 0.0
     real_w2 = ddoq.transport.wasserstein2
     ddoq.quantize.quantize_classes = spy
@@ -161,7 +155,7 @@ def per_class_costs(
     finally:
         ddoq.quantize.quantize_classes = original
         ddoq.transport.wasserstein2 = real_w2
-    passes = float(np.mean([assignment_passes(est, n, d) for est in fitted]))
+    passes = float(np.mean([clvq_passes(est, n, d) for est in fitted]))
     count = len(classes)
     return {
         "classes": count,
@@ -205,13 +199,15 @@ def per_class_table(cost: dict[str, float]) -> str:
 def per_class_note(cost: dict[str, float]) -> str:
     return (
         f"Per-class cost of the local engine's quantize stage (K={50}, the default "
-        f"quantizer, groups of {cost['group']} classes in one batched call, torch with "
+        f"quantizer, groups of {cost['group']} classes per call, fitted one after another on "
+        "CPU, torch with "
         f"{torch.get_num_threads()} threads), over {cost['classes']} synthetic "
         "ImageNet-shaped classes (1,300 latents of 4x32x32). Bound = passes (the assignment "
-        "passes' worth of matrix products each fit made: projected k-means++ seeding, CLVQ "
-        "step, Lloyd polish, final pass) x 2 N K d / the batched float32 GEMM rate measured "
-        f"in the same run at that shape ({cost['rate'] / 1e9:.0f} GFLOP/s). The weighted W2 "
-        "is sqrt(distortion_) (Prop. 1); the uniform W2 is POT's exact solver, timed apart."
+        "passes' worth of matrix products each fit made: k-means++ seeding in a count "
+        "sketch, CLVQ step, Lloyd polish, final pass) x 2 N K d / the float32 GEMM rate "
+        f"measured in the same run at one class's shape ({cost['rate'] / 1e9:.0f} GFLOP/s). "
+        "The weighted W2 is sqrt(distortion_) (Prop. 1); the uniform W2 is POT's exact "
+        "solver, timed apart."
     )
 
 

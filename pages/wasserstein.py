@@ -36,10 +36,9 @@ Exact $W_2$ (network simplex).
 )
 st.caption(
     "A lower W2 does not always train a better student: in our study the weights helped on "
-    "contaminated or skewed classes with hard labels, not on balanced MNIST or in pixel space "
-    "(the repository's BENCHMARKS.md, section *When do the weights matter?*, made by "
-    "`benchmarks/regimes.py`)."
+    "contaminated or skewed classes with hard labels, not on balanced MNIST or in pixel space."
 )
+st.page_link("pages/findings.py", label="See the study", icon=":material/insights:")
 
 data = data_controls()
 dataset_name, prior_name, class_index = data.dataset, data.prior_name, data.class_index

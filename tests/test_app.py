@@ -543,3 +543,34 @@ def test_wasserstein_and_distill_report_the_same_w2(tmp_path, monkeypatch):
     at.button(key="dist_go").click().run()
     per_class = at.session_state["dist_result"]["metrics"]["w2_per_class"]
     assert per_class[0]["w2_weighted"] == pytest.approx(w2, rel=1e-4)
+
+
+def test_wasserstein_links_to_the_study_page_which_shows_its_tables_and_plots():
+    at = _open("pages/wasserstein.py")
+    links = [node for node in _walk(at) if getattr(node, "type", None) == "page_link"]
+    assert len(links) == 1
+    assert links[0].proto.page == "findings"
+    assert links[0].proto.label == "See the study"
+    assert any("weights helped" in c.value for c in at.caption)
+    at.switch_page("pages/findings.py").run()
+    assert not at.exception
+    text = "\n".join(m.value for m in at.markdown)
+    # what BENCHMARKS.md's regimes section says, table rows and all
+    section = (Path(APP).parent / "BENCHMARKS.md").read_text().split("<!-- BEGIN regimes -->")[1]
+    first_row = next(line for line in section.splitlines() if line.startswith("| balanced |"))
+    assert first_row in text
+    images = [node for node in _walk(at) if getattr(node, "type", None) == "image"]
+    plots = section.split("<!-- END regimes -->")[0].count("](docs/benchmarks/")
+    assert plots >= 1 and len(images) == plots
+
+
+def _walk(at: AppTest) -> list:
+    found: list = []
+
+    def walk(node) -> None:
+        found.append(node)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return found

@@ -195,6 +195,16 @@ def test_pages_in_a_real_browser(page, app_url, tmp_path):
     _wait_idle(page)
     page.screenshot(path=str(shots / "wasserstein.png"), full_page=True)
 
+    # The one-line finding links to the study's page: its tables and plots are drawn.
+    page.get_by_role("link", name="See the study").click()
+    page.get_by_role("heading", name="Where do the weights help?").wait_for()
+    _wait_idle(page)
+    plots = page.locator('[data-testid="stImage"] img')
+    assert plots.count() >= 2
+    assert all(plots.nth(i).evaluate("i => i.naturalWidth") > 100 for i in range(plots.count()))
+    assert page.locator("table").count() >= 2
+    page.screenshot(path=str(shots / "findings.png"), full_page=True)
+
     page.get_by_role("link", name="Distill and export").click()
     page.get_by_role("button", name="Distil every class").click()
     download_button = page.get_by_role("button", name="Download the distilled set (zip)")
@@ -237,7 +247,7 @@ def test_pages_in_a_real_browser(page, app_url, tmp_path):
     page.get_by_role("button", name="Pause").click()
     _wait_idle(page)
     page.screenshot(path=str(shots / "teach.png"), full_page=True)
-    for name in ("explore", "decoded", "wasserstein", "train", "distill", "teach"):
+    for name in ("explore", "decoded", "wasserstein", "findings", "train", "distill", "teach"):
         assert (shots / f"{name}.png").stat().st_size > 10_000
 
 

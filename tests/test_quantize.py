@@ -112,7 +112,9 @@ def test_distortion_close_to_sklearn_best_of_ten(rng, solver, bound):
         for s in range(3)
     ]
     assert np.mean([m.distortion_ for m in runs]) <= bound * ref
-    assert min(m.distortion_ for m in runs) >= 0.999 * ref  # nobody beats the optimum by much
+    # a better local optimum than sklearn's best of ten is possible, by a little (the
+    # sketched seeding's several draws found one 0.4% lower here), not by much
+    assert min(m.distortion_ for m in runs) >= 0.99 * ref
 
 
 def test_recovers_well_separated_centers_like_sklearn(rng):

@@ -1,0 +1,79 @@
+"""The UMAP warm-up (`ddoq.app.warmup`): numba's disk cache is written, then read back.
+
+Each check runs in a fresh interpreter, since numba compiles once per process: the first
+process compiles umap-learn's functions and writes them to the cache folder; a second one
+must load them from there (numba's own hit and miss counters), not compile them again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("umap")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Enables the cache in a given folder, warms up (in a thread, as the app does), then reports
+# numba's counters over the functions the cache was turned on for.
+SCRIPT = """
+import json, sys
+from ddoq.app.warmup import enable_numba_cache, warm_up
+from numba.core.dispatcher import Dispatcher
+
+count = enable_numba_cache(sys.argv[1])
+thread = warm_up(background=True, cache=False)
+thread.join()
+hits = misses = 0
+for name, module in list(sys.modules.items()):
+    if name.split(".")[0] not in ("umap", "pynndescent") or module is None:
+        continue
+    for obj in list(vars(module).values()):
+        if isinstance(obj, Dispatcher):
+            hits += sum(obj.stats.cache_hits.values())
+            misses += sum(obj.stats.cache_misses.values())
+print(json.dumps({"enabled": count, "hits": hits, "misses": misses}))
+"""
+
+
+def _run(cache: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(cache)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_second_process_loads_umap_code_from_the_disk_cache(tmp_path):
+    cache = tmp_path / "numba"
+    first = _run(cache)
+    assert first["enabled"] > 0
+    assert first["misses"] > 0  # compiled here...
+    written = list(cache.rglob("*.nbi"))
+    assert written, "no numba index files were written"
+    second = _run(cache)
+    # ...and loaded there: all but a few (numba declines to cache some specialisations)
+    assert second["hits"] >= 0.9 * first["misses"]
+    assert second["misses"] <= 0.1 * first["misses"]
+
+
+def test_warm_up_never_raises_without_umap_code(monkeypatch):
+    from ddoq.app import warmup
+
+    def broken() -> None:
+        raise RuntimeError("no umap here")
+
+    monkeypatch.setattr(warmup, "_tiny_fit", broken)
+    thread = warmup.warm_up(background=True, cache=False)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert warmup.warm_up(background=False, cache=False) is None
