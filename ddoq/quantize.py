@@ -37,6 +37,9 @@ _CHUNK_BYTES = 64 * 2**20
 # Rows whose two nearest centroids are closer than this (relative to |x|^2 + |c|^2) are
 # re-assigned in float64: the float32 |x|^2 - 2 x.c + |c|^2 form loses that much to rounding.
 _TIE_RTOL = 1e-5
+# quantize_classes stacks the classes (padded, in lock-step) on CUDA; on CPU only when this
+# is set (the tests set it, so that the batched solvers run where there is no GPU).
+_BATCH_ON_CPU = False
 # Assignments of up to this many centroids compute c.x as centroids times points.
 _CENTROID_MAJOR_K = 32
 # Row gathers (|x - c_label|^2) go in smaller chunks on CPU: a temporary this size stays in
@@ -1203,7 +1206,7 @@ def _fit_batched(
     names = list(names) if names is not None else ["X"] * len(data)
     first = estimators[0]
     dev = resolve_device(first.device)
-    if dev.type == "cpu" and len(estimators) > 1:
+    if dev.type == "cpu" and len(estimators) > 1 and not _BATCH_ON_CPU:
         # On CPU a batched product is no faster than one per class, and a stack of classes
         # costs a padded copy and lock-step waste (every class runs as many polish
         # iterations as the slowest): one class after another gives the same results.

@@ -188,7 +188,15 @@ def test_partial_fit_after_fit_continues_from_the_grid(rng):
 # ---------------------------------------------------------------- batched classes
 
 
-def test_batched_classes_equal_class_by_class(rng):
+@pytest.fixture(params=["one after another", "stacked"])
+def batching(request, monkeypatch):
+    """On CPU the classes are fitted one after another; "stacked" forces the padded,
+    lock-step batched solvers (what CUDA runs) so that they are tested without a GPU."""
+    monkeypatch.setattr(quantize, "_BATCH_ON_CPU", request.param == "stacked")
+    return request.param
+
+
+def test_batched_classes_equal_class_by_class(rng, batching):
     groups = [gaussian_mixture(rng, n, 24, 4, spread=2.0) for n in (300, 517, 260, 64)]
     batched = quantize_classes(groups, n_clusters=7, random_state=3, batch_size=64, max_iter=4)
     for i, (est, g) in enumerate(zip(batched, groups)):
@@ -199,6 +207,27 @@ def test_batched_classes_equal_class_by_class(rng):
         np.testing.assert_allclose(est.companion_weights_, alone.companion_weights_, atol=1e-6)
         assert est.history_.step == alone.history_.step
         assert est.n_steps_ == alone.n_steps_ == 4 * int(np.ceil(len(g) / 64))
+
+
+def test_default_batched_fit_equals_class_by_class(rng, batching):
+    # the default quantizer (whole-class step, polish from the step's sums), classes of
+    # unequal sizes: padding must change nothing
+    groups = [gaussian_mixture(rng, n, 80, 6, spread=2.0) for n in (400, 333, 120)]
+    batched = quantize_classes(groups, n_clusters=9, random_state=11)
+    for i, (est, g) in enumerate(zip(batched, groups)):
+        alone = CLVQ(9, random_state=11 + i).fit(g)
+        np.testing.assert_allclose(est.cluster_centers_, alone.cluster_centers_, atol=1e-5)
+        np.testing.assert_array_equal(est.labels_, alone.labels_)
+        assert est.n_polish_ == alone.n_polish_
+        assert est.distortion_ == pytest.approx(alone.distortion_, rel=1e-6)
+
+
+def test_bad_class_is_named(rng):
+    good = gaussian_mixture(rng, 50, 4, 2)
+    bad = good.copy()
+    bad[7, 2] = np.nan
+    with pytest.raises(ValueError, match=r"X\[1\] contains NaN"):
+        quantize_classes([good, bad, good], n_clusters=3)
 
 
 def test_batched_lloyd_and_labelled_input(rng):
@@ -357,3 +386,72 @@ def test_auto_batch_parity_across_the_full_batch_threshold(rng):
         np.testing.assert_allclose(est.cluster_centers_, alone.cluster_centers_, atol=1e-5)
         np.testing.assert_array_equal(est.weights_, alone.weights_)
         assert est.n_steps_ == alone.n_steps_ == (1 if len(g) <= 2048 else 9)
+
+
+# ---------------------------------------------------------------- seeding and polish
+
+
+def test_count_sketch_preserves_squared_distances_on_average(rng):
+    # E over the signs of |S(a) - S(b)|^2 is |a - b|^2 (an unbiased sketch): checked over
+    # many sign draws against the exact distances, and a single draw stays near them
+    x = torch.as_tensor(gaussian_mixture(rng, 40, 512, 4, spread=1.0))[None]
+    exact = torch.cdist(x[0].double(), x[0].double()).square()
+    off = ~torch.eye(40, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    total = torch.zeros_like(exact)
+    for _ in range(400):
+        signs = torch.randint(0, 2, (1, 512), generator=gen).float() * 2 - 1
+        z = quantize._count_sketch(x, signs, 64)[0].double()
+        one = torch.cdist(z, z).square()
+        total += one
+    ratio = (total / 400)[off] / exact[off]
+    assert ratio.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert (ratio - 1).abs().max().item() < 0.1
+    assert ((one[off] / exact[off]) - 1).abs().median().item() < 0.3  # sqrt(2 / 64) = 0.18
+
+
+def test_init_draws_auto_and_checks():
+    assert CLVQ(10)._draws(4096) == 4  # sketched to 64 dimensions: cheap draws
+    assert CLVQ(50)._draws(4096) == 1
+    assert CLVQ(10, init_dim=None)._draws(4096) == 1  # full-dimensional seeding: one draw
+    assert CLVQ(10, init_dim=None)._draws(32) == 4
+    assert CLVQ(10, init_draws=2)._draws(4096) == 2
+    for bad in (0, 1.5, True, "many"):
+        with pytest.raises(ValueError, match="init_draws"):
+            CLVQ(2, init_draws=bad).fit(np.ones((10, 2)))
+
+
+def test_more_draws_give_a_lower_seeding_potential_in_low_dimensions(rng):
+    # d <= 64: the draws are measured in the data's own space, so the kept seeding's
+    # potential is the lowest of the draws, never above one draw's on the same numbers
+    x = torch.as_tensor(gaussian_mixture(rng, 600, 8, 12, spread=3.0))[None]
+
+    def potential(centers):
+        return torch.cdist(x[0], centers[0]).square().amin(1).sum().item()
+
+    ones, fours = [], []
+    for seed in range(12):
+        for draws, out in ((1, ones), (4, fours)):
+            gen = torch.Generator().manual_seed(seed)
+            seeds = quantize._kmeans_plusplus_batched(x, [600], 10, [gen], draws=draws)
+            out.append(potential(seeds))
+    assert np.mean(fours) < np.mean(ones)
+    assert np.median(fours) <= np.median(ones)
+
+
+def test_polish_from_the_clvq_step_equals_lloyd_from_there(rng):
+    # The polish's shortcuts (the step's labels and sums reused, sums updated with the
+    # points that changed cell) must land where plain Lloyd iterations from the same
+    # centroids land: scikit-learn's Lloyd from those centroids is the reference.
+    x = gaussian_mixture(rng, 700, 16, 9, spread=1.5)
+    model = CLVQ(9, random_state=4, polish_iter=100).fit(x)
+    start = x[np.random.default_rng(4).choice(len(x), 9, replace=False)]
+    ours = CLVQ(9, init=start, random_state=4, polish_iter=100).fit(x)
+    ref = KMeans(9, init=start, n_init=1, max_iter=300, tol=0.0, algorithm="lloyd").fit(x)
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, atol=1e-4)
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    assert ours.distortion_ == pytest.approx(ref.inertia_ / len(x), rel=1e-5)
+    # a grid that is a fixed point already takes no polish move
+    again = CLVQ(9, init=model.cluster_centers_, random_state=0).fit(x)
+    assert again.n_polish_ == 0
+    np.testing.assert_array_equal(again.labels_, model.labels_)
