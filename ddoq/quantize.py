@@ -95,6 +95,7 @@ def _assign_batched(
     *,
     exact: bool = True,
     x_sq: torch.Tensor | None = None,
+    second_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid of every point, for C classes at once.
 
@@ -104,7 +105,9 @@ def _assign_batched(
     index. With `exact` the distances are recomputed as |x - c_label|^2, which has no
     cancellation error; otherwise they come from the matrix-product form (clamped at 0),
     good enough for the online estimates of a CLVQ step. `x_sq` (C, n), the squared norms
-    of x when the caller already has them, saves a pass over x.
+    of x when the caller already has them, saves a pass over x. `second_out` (C, n), when
+    given, receives each point's squared distance to its second-nearest centroid in the
+    matrix-product form (inf for K = 1).
     """
     n_classes, n, d = x.shape
     k = centers.shape[1]
@@ -135,6 +138,10 @@ def _assign_batched(
                 diff = (xb[cls, row].double().unsqueeze(1) - centers[cls].double()).square()
                 lab[cls, row] = diff.sum(-1).argmin(-1)
         labels[:, start : start + step] = lab
+        if second_out is not None:
+            second_out[:, start : start + step] = (
+                (second + xb_sq).clamp_min_(0.0) if k > 1 else float("inf")
+            )
         if not exact:
             sq_dist[:, start : start + step] = (best + xb_sq).clamp_min_(0.0)
     if exact:
@@ -774,13 +781,20 @@ def _lloyd_polish(
         prev, sums = start[0].masked_fill(~valid, 0), start[1]
     if x_sq is None:
         x_sq = _sq_norms(x)  # once: each assignment then reads x only in its matrix product
+    bounds = None  # (upper, lower) distances of one class's points, valid for `centers`
     for it in range(max_iter + 1):
-        labels, sq = _assign_batched(x, centers, exact=False, x_sq=x_sq)
+        if bounds is None:
+            labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, n_classes == 1)
+        else:
+            labels, sq, bounds = _reassign_within_bounds(x, centers, x_sq, prev, *bounds)
         counts = _cell_counts(labels, valid, k)
-        if bool((counts == 0).any()) and _relocate_empty(centers, x, lengths, labels, sq):
-            labels, sq = _assign_batched(x, centers, exact=False, x_sq=x_sq)
-            counts = _cell_counts(labels, valid, k)
-            prev = None  # the grid moved: these labels are not comparable with the last
+        if bool((counts == 0).any()):
+            if sq is None:  # some distances are stale: the relocation needs them all
+                labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, n_classes == 1)
+            if _relocate_empty(centers, x, lengths, labels, sq):
+                labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, n_classes == 1)
+                counts = _cell_counts(labels, valid, k)
+                prev = None  # the grid moved: these labels are not comparable with the last
         labels.masked_fill_(~valid, 0)
         if prev is not None:
             active &= (labels != prev).any(1)
@@ -796,10 +810,80 @@ def _lloyd_polish(
             flat.index_add_(0, prev[cls, row] + k * cls, moved, alpha=-1.0)
         new = sums / counts.clamp_min(1).to(x.dtype).unsqueeze(-1)
         move = active[:, None] & (counts > 0)
-        centers = torch.where(move.unsqueeze(-1), new, centers)
+        new = torch.where(move.unsqueeze(-1), new, centers)
+        if bounds is not None:
+            bounds = _loosen(bounds, labels, _sq_norms(new - centers).sqrt_())
+        centers = new
         n_iter += active.long()
         prev = labels
     return centers, labels, _exact_sq(x, centers, labels), n_iter
+
+
+# Bounds on a point's distances (Hamerly's k-means) carry this relative slack, in squared
+# distance and times |x|^2 + max |c|^2: four times the band within which the matrix-product
+# form can misorder two centroids, so a point the bounds keep is one the full assignment
+# would label the same.
+_BOUND_RTOL = 4 * _TIE_RTOL
+
+
+def _assign_with_bounds(
+    x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor, bounded: bool
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Full assignment; with `bounded` (one class) also the distance bounds for the next.
+
+    Returns labels, squared distances (matrix-product form) and (upper, lower): an upper
+    bound on each point's distance to its centroid and a lower bound on its distance to
+    every other centroid, widened by the float32 error of the matrix-product form.
+    """
+    second = torch.empty_like(x_sq) if bounded and centers.shape[1] > 1 else None
+    labels, sq = _assign_batched(x, centers, exact=False, x_sq=x_sq, second_out=second)
+    if second is None:
+        return labels, sq, None
+    slack = _BOUND_RTOL * (x_sq + _sq_norms(centers).amax(-1, keepdim=True))
+    return labels, sq, ((sq + slack).sqrt_(), (second - slack).clamp_min_(0.0).sqrt_())
+
+
+def _loosen(
+    bounds: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, shift: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds after the centroids moved by `shift` (C, K) (triangle inequality): a point's
+    upper bound grows by its centroid's move, its lower bound shrinks by the largest move
+    of another centroid."""
+    upper, lower = bounds
+    shift = shift * (1.0 + 1e-5)  # the float32 rounding of the shifts themselves
+    top2 = shift.topk(min(2, shift.shape[-1]), dim=-1)
+    biggest, which = top2.values[..., :1], top2.indices[..., :1]
+    runner_up = top2.values[..., -1:]
+    other = torch.where(labels == which, runner_up, biggest)
+    return upper + shift.gather(-1, labels), (lower - other).clamp_min_(0.0)
+
+
+def _reassign_within_bounds(
+    x: torch.Tensor,
+    centers: torch.Tensor,
+    x_sq: torch.Tensor,
+    labels: torch.Tensor,
+    upper: torch.Tensor,
+    lower: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Assignment of one class that recomputes only the points whose bounds overlap.
+
+    A point whose upper bound is below its lower bound keeps its centroid (no other can be
+    nearer). When more than half of the points need a new look, every point gets one.
+    Returns labels, the squared distances (None: only some were recomputed) and the
+    new bounds.
+    """
+    need = (upper >= lower)[0].nonzero().flatten()
+    if len(need) > x.shape[1] // 2:
+        return _assign_with_bounds(x, centers, x_sq, True)
+    labels = labels.clone()
+    upper, lower = upper.clone(), lower.clone()
+    if len(need):
+        sub_labels, _, (sub_upper, sub_lower) = _assign_with_bounds(
+            x[:, need], centers, x_sq[:, need], True
+        )
+        labels[0, need], upper[0, need], lower[0, need] = sub_labels[0], sub_upper[0], sub_lower[0]
+    return labels, None, (upper, lower)
 
 
 def _lloyd_fit(

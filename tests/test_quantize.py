@@ -455,3 +455,31 @@ def test_polish_from_the_clvq_step_equals_lloyd_from_there(rng):
     again = CLVQ(9, init=model.cluster_centers_, random_state=0).fit(x)
     assert again.n_polish_ == 0
     np.testing.assert_array_equal(again.labels_, model.labels_)
+
+
+def test_polish_with_distance_bounds_equals_full_assignments(rng, monkeypatch):
+    # Hamerly's bounds let the polish skip points whose centroid cannot change; the fits
+    # must be the ones where every point is assigned again (bounds never trusted)
+    x = gaussian_mixture(rng, 900, 256, 14, spread=0.6)
+    bounded = [CLVQ(10, random_state=s).fit(x) for s in range(4)]
+    skipped = []
+    original = quantize._reassign_within_bounds
+
+    def spy(x_, centers, x_sq, labels, upper, lower):
+        skipped.append(int((upper < lower).sum()))
+        return original(x_, centers, x_sq, labels, upper, lower)
+
+    monkeypatch.setattr(quantize, "_reassign_within_bounds", spy)
+    monkeypatch.setattr(quantize, "_BOUND_RTOL", 1e30)  # no point is ever skipped
+    full = [CLVQ(10, random_state=s).fit(x) for s in range(4)]
+    for a, b in zip(bounded, full):
+        np.testing.assert_array_equal(a.labels_, b.labels_)
+        np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, atol=1e-6)
+        assert a.n_polish_ == b.n_polish_
+        assert a.distortion_ == pytest.approx(b.distortion_, rel=1e-7)
+    assert sum(skipped) == 0
+    monkeypatch.setattr(quantize, "_BOUND_RTOL", 4 * quantize._TIE_RTOL)
+    skipped.clear()
+    again = CLVQ(10, random_state=0).fit(x)
+    np.testing.assert_array_equal(again.labels_, bounded[0].labels_)
+    assert sum(skipped) > 0  # the bounds did skip points here
