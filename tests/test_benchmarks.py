@@ -4,6 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from ddoq.transport import wasserstein2
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,3 +61,30 @@ def test_quantize_benchmark_quick_mode_runs():
     assert all(float(r["distortion / KMeans(10)"]) > 0 for r in measured)
     after = (ROOT / "BENCHMARKS.md").read_text() if (ROOT / "BENCHMARKS.md").exists() else None
     assert before == after
+
+
+def test_scale_per_class_costs_see_the_quantizer_and_the_identity():
+    """`benchmarks/scale.py --quantize-only`: the pass counts come from the fits the
+    stage made, and the weighted W2 is the quantizer's sqrt(distortion_), not POT's."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import scale
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import math
+
+    from ddoq.distillation.config import DistillConfig
+    from ddoq.distillation.stages import measure_w2, select_points
+
+    config = DistillConfig(ipc=4)
+    cost = scale.per_class_costs(config, [0, 1], group=2, uniform=False)
+    assert math.isfinite(cost["passes"]) and cost["passes"] >= 2  # a step and a final pass
+    assert cost["bound"] > 0 and cost["classes"] == 2
+    # what the timed part computes: the identity, equal to POT's exact weighted W2
+    latents = [scale.SyntheticLatents(c, n=200).read() for c in (0, 1)]
+    selections = select_points(config, [0, 1], latents, [np.arange(200)] * 2)
+    for selection, x in zip(selections, latents):
+        measure_w2(selection, x)
+        exact = wasserstein2(x.flatten(1).numpy(), selection.points.flatten(1).numpy(),
+                             selection.masses)  # fmt: skip
+        assert selection.w2_weighted == pytest.approx(exact, rel=1e-5)
