@@ -84,7 +84,9 @@ def clvq_passes(est, n: int, d: int) -> float:
     The k-means++ seeding: `draws` seedings, each K steps of 2 + ln K candidates against
     `init` points, measured in min(d, init_dim) dimensions (the count sketch that gets
     them there reads the data once and makes no product); then the CLVQ steps (samples
-    seen / n) or Lloyd iterations, the polish iterations and the final assignment.
+    seen / n) or Lloyd iterations, the polish iterations and the final assignment. A
+    polish iteration counts as a full pass even when its distance bounds let it look
+    again at only some of the points (an upper bound on the work).
     """
     import math
 
