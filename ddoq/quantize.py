@@ -593,10 +593,7 @@ def _relocate_empty(
     device = x.device
     len_t = torch.as_tensor(lengths, device=device)
     valid = torch.arange(n, device=device)[None, :] < len_t[:, None]
-    offsets = k * torch.arange(n_classes, device=device)[:, None]
-    flat = torch.where(valid, labels + offsets, n_classes * k)
-    counts = torch.bincount(flat.reshape(-1), minlength=n_classes * k + 1)[:-1].view(n_classes, k)
-    empty = counts == 0
+    empty = _cell_counts(labels, valid, k) == 0
     if not bool(empty.any()):
         return False
     far_sq, far = torch.where(valid, sq, -1.0).sort(dim=1, descending=True, stable=True)
@@ -646,12 +643,13 @@ def _clvq_fit(
     batch_sizes: Sequence[int],
     epochs: int,
     step: StepRule,
-    x_sq: torch.Tensor | None = None,
+    x_sq: torch.Tensor,
 ) -> tuple[_State, list[History], tuple[torch.Tensor, torch.Tensor] | None]:
     """CLVQ over `epochs` shuffled passes of each class, all classes in lock-step.
 
     Class c takes mini-batches of batch_sizes[c] points; the stacked batch is as wide as
-    the largest, with the other classes' extra slots masked. Returns the state, the
+    the largest, with the other classes' extra slots masked; `x_sq` (C, n) holds the
+    squared norms of x, gathered per batch. Returns the state, the
     histories, and, when the fit was one whole-class step with the 1/count rule (each
     centroid then moved to its cell's mean: a Lloyd iteration), that step's labels and
     cell sums, for the polish to continue from (else None).
@@ -666,8 +664,6 @@ def _clvq_fit(
     sizes = torch.as_tensor(batch_sizes, device=device)[:, None]
     slots = torch.arange(widest, device=device)[None, :]
     hist: list[tuple[torch.Tensor, ...]] = []
-    if x_sq is None:
-        x_sq = _sq_norms(x)  # once, gathered per batch
     whole = all(b >= n for n, b in zip(lengths, batch_sizes))
     for _ in range(epochs):
         order = torch.arange(width + 1, device=device).repeat(n_classes, 1)
@@ -749,7 +745,7 @@ def _lloyd_polish(
     lengths: Sequence[int],
     centers: torch.Tensor,
     max_iter: int,
-    x_sq: torch.Tensor | None = None,
+    x_sq: torch.Tensor,
     start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Full-batch Lloyd iterations after CLVQ, ending on the exact final pass.
@@ -760,7 +756,8 @@ def _lloyd_polish(
     last assignment is of the returned centroids, so it doubles as the final pass that
     gives the exact Voronoi masses and distortion. Empty cells are moved onto the
     farthest points (scikit-learn's rule). This removes the bias of the mini-batch steps
-    (which stop short of the fixed point) at the cost of a few passes. `start`: the
+    (which stop short of the fixed point) at the cost of a few passes. `x_sq` (C, n): the
+    squared norms of x. `start`: the
     labels and cell sums of the assignment that gave `centers` as its cell means (a
     whole-class CLVQ step, `_clvq_fit`); the first iteration then compares with those
     labels (unchanged: the centers are a fixed point already, and no move is made) and
@@ -779,20 +776,19 @@ def _lloyd_polish(
     prev = sums = None
     if start is not None:
         prev, sums = start[0].masked_fill(~valid, 0), start[1]
-    if x_sq is None:
-        x_sq = _sq_norms(x)  # once: each assignment then reads x only in its matrix product
+    bounded = n_classes == 1  # distance bounds for one class (its rows gathered directly)
     bounds = None  # (upper, lower) distances of one class's points, valid for `centers`
     for it in range(max_iter + 1):
         if bounds is None:
-            labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, n_classes == 1)
+            labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, bounded)
         else:
             labels, sq, bounds = _reassign_within_bounds(x, centers, x_sq, prev, *bounds)
         counts = _cell_counts(labels, valid, k)
         if bool((counts == 0).any()):
             if sq is None:  # some distances are stale: the relocation needs them all
-                labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, n_classes == 1)
+                labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, bounded)
             if _relocate_empty(centers, x, lengths, labels, sq):
-                labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, n_classes == 1)
+                labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, bounded)
                 counts = _cell_counts(labels, valid, k)
                 prev = None  # the grid moved: these labels are not comparable with the last
         labels.masked_fill_(~valid, 0)
@@ -911,19 +907,14 @@ def _lloyd_fit(
     active = torch.ones(n_classes, dtype=torch.bool, device=device)
     n_iter = torch.zeros(n_classes, dtype=torch.long, device=device)
     k = centers.shape[1]
-    offsets = k * torch.arange(n_classes, device=device)[:, None]
     hist: list[tuple[torch.Tensor, ...]] = []
     x_sq = _sq_norms(x)
     for _ in range(max_iter):
         labels, sq = _assign_batched(x, centers, x_sq=x_sq)
         if _relocate_empty(centers, x, lengths, labels, sq):
             labels, sq = _assign_batched(x, centers, x_sq=x_sq)
-        flat = (labels + offsets).reshape(-1)
-        counts = torch.zeros(n_classes * k, dtype=x.dtype, device=device)
-        counts.index_add_(0, flat, validf.reshape(-1))
-        sums = torch.zeros((n_classes * k, d), dtype=x.dtype, device=device)
-        sums.index_add_(0, flat, (x * validf.unsqueeze(-1)).reshape(-1, d))
-        counts, sums = counts.view(n_classes, k), sums.view(n_classes, k, d)
+        counts = _cell_counts(labels, valid, k).to(x.dtype)
+        sums = _cell_sums(x, labels, k)
         new = torch.where(
             counts.unsqueeze(-1) > 0, sums / counts.clamp_min(1.0).unsqueeze(-1), centers
         )
