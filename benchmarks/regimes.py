@@ -57,13 +57,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from _report import machine_line, markdown_table, write_section
 
 from ddoq.budget import allocate_budget, distortion_curves
 from ddoq.data import load_dataset
 from ddoq.distillation.stages import image_weights
-from ddoq.labels import load_teacher
+from ddoq.labels import load_teacher, soft_labels
 from ddoq.priors import load_prior
 from ddoq.quantize import quantize_classes
 from ddoq.train.loop import TrainConfig, auto_epochs, fit
@@ -303,9 +302,7 @@ class Study:
     def soft_targets(self, regime: str, images: torch.Tensor) -> torch.Tensor:
         """Teacher probabilities at T (pair sums for the mixtures)."""
         teacher = self.weak_teacher() if regime == "weak" else self.teacher
-        with torch.no_grad():
-            logits = torch.cat([teacher(images[s : s + 500]) for s in range(0, len(images), 500)])
-        p = F.softmax(logits.float() / TEMPERATURE, dim=1)
+        p = soft_labels(teacher, images, TEMPERATURE)
         if regime.startswith("mix"):
             p = torch.stack([p[:, a] + p[:, b] for a, b in PAIRS], dim=1)
         return p
@@ -371,18 +368,31 @@ class Study:
         probs = (
             self.soft_targets(cell.regime, regime_set["images"]) if cell.labels == "soft" else None
         )
-        start = time.perf_counter()
-        res = fit(
-            cfg,
-            regime_set["images"],
-            regime_set["labels"],
-            weights=weights,
-            teacher_probs=probs,
-            num_classes=k,
-            test=(tx, ty),
-            progress=False,
-        )
-        return res.test_accuracy, time.perf_counter() - start, epochs * n
+        accuracy, seconds = timed_fit(cfg, regime_set, weights, probs, k, (tx, ty))
+        return accuracy, seconds, epochs * n
+
+
+def timed_fit(
+    cfg: TrainConfig,
+    images_labels: dict,
+    weights: torch.Tensor | None,
+    probs: torch.Tensor | None,
+    num_classes: int,
+    test: tuple,
+) -> tuple[float, float]:
+    """Train a student on a set's "images" and "labels"; (test accuracy, seconds)."""
+    start = time.perf_counter()
+    res = fit(
+        cfg,
+        images_labels["images"],
+        images_labels["labels"],
+        weights=weights,
+        teacher_probs=probs,
+        num_classes=num_classes,
+        test=test,
+        progress=False,
+    )
+    return res.test_accuracy, time.perf_counter() - start
 
 
 def epochs_for(n: int, passes: int, quick: bool) -> int:
@@ -873,11 +883,7 @@ def cross_arch(study: Study, seeds: list[int], done: set, sink, quick: bool) -> 
                     grid = grid or study.distill("balanced", [ipc] * k, seed)
                     s = grid
                     w = class_weights(s["masses"], ALPHAS[m], np.bincount(y.numpy()))
-                with torch.no_grad():
-                    logits = torch.cat(
-                        [teacher(s["images"][i : i + 200]) for i in range(0, len(s["images"]), 200)]
-                    )
-                probs = F.softmax(logits.float() / TEMPERATURE, dim=1)
+                probs = soft_labels(teacher, s["images"], TEMPERATURE)
                 n = len(s["labels"])
                 passes = PASSES if s_arch == "convnet" else CROSS_PASSES
                 epochs = 2 if quick else (auto_epochs(n, passes) if s_arch == "convnet"
@@ -890,26 +896,16 @@ def cross_arch(study: Study, seeds: list[int], done: set, sink, quick: bool) -> 
                     lr=CROSS_LR.get(s_arch, 2e-3),
                     batch_size=64 if s_arch == "convnet" else CROSS_BATCH,
                 )
-                t0 = time.perf_counter()
-                res = fit(
-                    cfg,
-                    s["images"],
-                    s["labels"],
-                    weights=w,
-                    teacher_probs=probs,
-                    num_classes=k,
-                    test=(tx, ty),
-                    progress=False,
-                )
+                accuracy, seconds = timed_fit(cfg, s, w, probs, k, (tx, ty))
                 rec = {
                     "section": "cross-arch",
                     "teacher": t_arch,
                     "student": s_arch,
                     "method": m,
                     "seed": seed,
-                    "acc": res.test_accuracy,
+                    "acc": accuracy,
                     "teacher_acc": t_acc,
-                    "train_s": time.perf_counter() - t0,
+                    "train_s": seconds,
                     "passes": epochs * n,
                     "batch": cfg.batch_size,
                     "lr": cfg.lr,
@@ -921,7 +917,7 @@ def cross_arch(study: Study, seeds: list[int], done: set, sink, quick: bool) -> 
                 done.add(key)
                 print(
                     f"cross-arch {t_arch} -> {s_arch} {m} seed {seed}: "
-                    f"{100 * res.test_accuracy:.1f}% ({rec['train_s']:.1f} s, "
+                    f"{100 * accuracy:.1f}% ({seconds:.1f} s, "
                     f"{epochs * n} image passes)",
                     flush=True,
                 )
