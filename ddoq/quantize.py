@@ -53,6 +53,11 @@ _TABLE_BYTES = 256 * 2**20
 _SKETCH_BYTES = 2 * 2**20
 # batch_size="auto": classes up to this size are processed as one full batch per epoch.
 _FULL_BATCH_MAX = 2048
+# A class fitted as a whole on CPU (one whole-class step, then the polish) goes through the
+# compiled loops of `ddoq._kernels` when one assignment pass is at most this many
+# multiply-adds (N K d); above it the torch solver's products dominate its overhead.
+# 0 turns the compiled path off (the tests do, to run the torch solver on small data).
+_COMPILED_MAX_WORK = 2**40
 
 
 # --------------------------------------------------------------------------------------
@@ -978,9 +983,11 @@ class CLVQ(ClusterMixin, BaseEstimator):
     init_draws : int or "auto"
         k-means++ seedings drawn side by side; the one with the lowest potential (measured
         where the seeding measures, in the sketch by default) is kept. "auto" (default):
-        max(1, 40 // K) when the seeding measures in at most 64 dimensions, else 1. A few
-        draws cost little there (the steps are batched) and matter at small K, where one
-        badly placed seed is a tenth of the grid.
+        up to 40 // K draws, as many as cost at most two assignment passes (one draw
+        measures (K - 1)(2 + ln K) candidates in p dimensions, a pass K centroids in d):
+        4 at K = 10 and d = 4,096 (sketched to 64), 2 at d = 256, 1 at d = 64 or K >= 21.
+        Draws matter at small K, where one badly placed seed is a tenth of the grid, and
+        cost little where the sketch is much smaller than the data.
     polish_iter : int
         CLVQ only: at most this many full-batch Lloyd iterations after the mini-batch
         epochs (default 10; 0 turns the polish off). They remove the mini-batch bias and
@@ -1119,8 +1126,12 @@ class CLVQ(ClusterMixin, BaseEstimator):
         """k-means++ seedings to draw for d-dimensional data ("auto": see the docstring)."""
         if self.init_draws != "auto":
             return int(self.init_draws)
+        k = self.n_clusters
+        if k == 1:
+            return 1
         measured = d if self.init_dim is None else min(d, self.init_dim)
-        return max(1, 40 // self.n_clusters) if measured <= 64 else 1
+        per_draw = (k - 1) * (2 + int(math.log(k))) * measured  # multiply-adds per point
+        return max(1, min(40 // k, (2 * k * d) // per_draw))
 
     def _seed_centers(
         self, x: torch.Tensor, lengths: Sequence[int], generators: Sequence[torch.Generator]
@@ -1255,19 +1266,34 @@ class CLVQ(ClusterMixin, BaseEstimator):
 
     def _publish_state(self, state: _State) -> None:
         """Copy the solver state (C = 1) into the public attributes."""
-        self.cluster_centers_ = state.centers[0].cpu().numpy().copy()
-        self.counts_ = state.counts[0].cpu().numpy().astype(np.int64)
-        self.companion_weights_ = state.companion[0].double().cpu().numpy()
-        self.running_distortion_ = float(state.running[0])
-        self.n_samples_seen_ = int(state.n_seen[0])
-        self.n_steps_ = int(state.n_steps[0])
-        self.n_features_in_ = int(state.centers.shape[-1])
+        host = {f: getattr(state, f)[0].cpu().numpy() for f in ("centers", "counts", "companion")}
+        self._publish(**host, running=float(state.running[0]), n_seen=int(state.n_seen[0]),
+                      n_steps=int(state.n_steps[0]))  # fmt: skip
 
-    def _publish_exact(self, labels: torch.Tensor, sq: torch.Tensor) -> None:
+    def _publish(
+        self,
+        centers: np.ndarray,
+        counts: np.ndarray,
+        companion: np.ndarray,
+        running: float,
+        n_seen: int,
+        n_steps: int,
+    ) -> None:
+        """Set the public attributes of the solver state from host arrays (copied)."""
+        self.cluster_centers_ = np.array(centers, dtype=np.float32)
+        self.counts_ = counts.astype(np.int64)
+        self.companion_weights_ = companion.astype(np.float64)
+        self.running_distortion_ = running
+        self.n_samples_seen_ = n_seen
+        self.n_steps_ = n_steps
+        self.n_features_in_ = int(centers.shape[-1])
+
+    def _publish_exact(self, labels: ArrayLike, sq: ArrayLike) -> None:
         n = labels.shape[0]
-        self.labels_ = labels.cpu().numpy()
+        self.labels_ = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
         self.weights_ = np.bincount(self.labels_, minlength=self.n_clusters).astype(np.float64) / n
-        self.distortion_ = float(sq.double().mean())
+        sq = sq.cpu().numpy() if isinstance(sq, torch.Tensor) else sq
+        self.distortion_ = float(sq.mean(dtype=np.float64))
 
 
 def _fit_batched(
@@ -1281,6 +1307,12 @@ def _fit_batched(
     names = list(names) if names is not None else ["X"] * len(data)
     first = estimators[0]
     dev = resolve_device(first.device)
+    if (
+        len(estimators) == 1
+        and _compiled_applies(first, data[0], dev)
+        and _fit_compiled(first, data[0], names[0])
+    ):
+        return
     if dev.type == "cpu" and len(estimators) > 1 and not _BATCH_ON_CPU:
         # On CPU a batched product is no faster than one per class, and a stack of classes
         # costs a padded copy and lock-step waste (every class runs as many polish
@@ -1341,6 +1373,102 @@ def _fit_batched(
         est.history_ = histories[c]
         est.n_iter_ = est.n_steps_ if n_iter is not None else first.max_iter  # passes over X
         est._publish_exact(labels[c, : lengths[c]], sq[c, : lengths[c]])
+
+
+def _compiled_applies(est: CLVQ, X: ArrayLike, dev: torch.device) -> bool:
+    """Whether `_fit_compiled` runs this fit: CPU, one whole-class CLVQ step with the
+    1/count rule then the polish, work under `_COMPILED_MAX_WORK`, and numba at hand."""
+    n = X.shape[0]
+    d = math.prod(X.shape[1:])
+    if not (
+        dev.type == "cpu"
+        and est.solver == "clvq"
+        and est.max_iter == 1
+        and isinstance(est.step, str)
+        and est.polish_iter > 0
+        and est._batch(n) >= n
+        and n * d * est.n_clusters <= _COMPILED_MAX_WORK
+    ):
+        return False
+    try:
+        from ddoq import _kernels  # noqa: F401
+    except ImportError:  # numba missing: the torch solver does the same fit
+        return False
+    return True
+
+
+def _fit_compiled(est: CLVQ, X: ArrayLike, name: str) -> bool:
+    """`_fit_batched` for one class fitted as a whole, in `ddoq._kernels`' compiled loops.
+
+    The same fit as the torch solver: the same random numbers from the class's generator
+    (so the same seeds up to float rounding), one whole-class step (a Lloyd iteration that
+    also sets Alg. 1's online estimates), the dead-centroid check at the end of the epoch,
+    then the polish, whose last assignment is the exact final pass. Returns False, having
+    done nothing, for data whose squared norms overflow float32 (the torch solver fits it).
+    """
+    from ddoq import _kernels as kern
+
+    if isinstance(X, np.ndarray):
+        x = np.ascontiguousarray(X, dtype=np.float32).reshape(X.shape[0], -1)
+    else:
+        x = _to_tensor(X, torch.device("cpu")).numpy()
+    n, d = x.shape
+    k = est.n_clusters
+    gen = _make_generator(_seed(est.random_state), torch.device("cpu"))
+    trials = 2 + int(math.log(k))
+    width = 0
+    signs = u = np.empty(0, np.float32)
+    init = np.empty((0, d), np.float32)
+    if est.init == "k-means++" and est._init_size(n) == n:
+        draws = est._draws(d)
+        u = torch.rand(draws * (1 + (k - 1) * trials), generator=gen, dtype=torch.float64).numpy()
+        if est.init_dim is not None and est.init_dim < d:
+            width = int(est.init_dim)
+            signs = torch.randint(0, 2, (d,), generator=gen).numpy().astype(np.float32) * 2 - 1
+    else:
+        draws = 1
+        init = est._seed_centers(torch.from_numpy(x)[None], [n], [gen])[0].numpy()
+        u = np.empty(0, np.float64)
+    status, centers, labels, sq, n_polish, won, moved, step_labels, step_sq, sums, x_sq = (
+        kern.fit_whole(x, init, u, signs, width, k, trials, draws, int(est.polish_iter),
+                       _TIE_RTOL, _BOUND_RTOL)  # fmt: skip
+    )
+    if status == 1:
+        if not _all_finite(X):
+            raise ValueError(_NOT_FINITE.format(name=name))
+        return False
+    batch_sq = float(np.float32(step_sq.mean()))
+    wonf = won.astype(np.float32)
+    companion = wonf / np.float32(n)
+    dead = status == 2
+    state = _State(
+        centers=torch.from_numpy(moved if dead else centers)[None],
+        counts=torch.from_numpy(wonf)[None],
+        companion=torch.from_numpy(companion)[None],
+        running=torch.from_numpy(np.array([batch_sq], np.float32)),
+        n_seen=torch.from_numpy(np.array([n], np.float32)),
+        wins_window=torch.from_numpy(np.zeros((1, k), np.float32)),
+        n_steps=torch.from_numpy(np.ones(1, np.int64)),
+    )
+    if dead:  # a centroid won nothing: the torch solver's re-seeding, with the class's generator
+        state.wins_window[0] = torch.from_numpy(wonf)
+        mask = torch.ones((1, n), dtype=torch.bool)
+        _reseed_dead(state, torch.from_numpy(x)[None], mask, torch.from_numpy(step_sq)[None], [gen])
+        centers, labels, sq, n_polish = kern.lloyd_polish(
+            x, x_sq, state.centers[0].numpy(), int(est.polish_iter), step_labels, sums,
+            _TIE_RTOL, _BOUND_RTOL, np.empty(0, np.float32), np.empty(0, np.float32),
+        )  # fmt: skip
+        state.centers = torch.from_numpy(centers)[None]
+        wonf = state.counts[0].numpy()  # re-seeded centroids restart at count 1
+    est.feature_shape_ = tuple(X.shape[1:])
+    est._state, est._generator, est._window_samples = state, gen, 0
+    est._publish(centers, wonf, companion, batch_sq, n, 1)
+    est.n_polish_ = int(n_polish)
+    est.history_ = History(step=[1], n_samples=[n], distortion=[batch_sq],
+                           running_distortion=[batch_sq])  # fmt: skip
+    est.n_iter_ = 1
+    est._publish_exact(labels, sq)
+    return True
 
 
 def quantize_classes(

@@ -1,0 +1,568 @@
+"""Compiled CPU loops of the quantizer, for one class fitted as a whole (numba).
+
+On a class of a few hundred points the torch solver's time goes to Python and operator
+dispatch (about 700 small tensor operations per fit), not to arithmetic: 5 ms for a fit
+whose matrix products take 0.1 ms. These loops run the same fit as
+`ddoq.quantize._fit_batched` does for one class with a whole-class batch (seeding, the
+CLVQ step, the Lloyd polish, the exact final pass) in a few calls, with the matrix
+products in BLAS. They are plain functions of arrays: `ddoq.quantize` owns the estimator,
+the random numbers and the choice of path; nothing here imports ddoq.
+
+Every function is compiled on first use and cached on disk (``cache=True``): the first
+process on a machine pays a few seconds of compilation, later ones load the machine code.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = [
+    "assign",
+    "fit_whole",
+    "cell_sums",
+    "count_sketch",
+    "exact_sq",
+    "kmeans_plusplus",
+    "lloyd_polish",
+    "sq_norms",
+]
+
+# Reassociation lets the compiler vectorize the dot products and sums (results change only
+# in float rounding); NaN and infinity keep their meaning (the code uses inf as a sentinel).
+_jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+# Products a @ b.T with at most this many rows in a are plain loops (measured 2x faster than
+# a BLAS call for 4 rows against 500 x 64: the call's own overhead dominates); more go to BLAS.
+_LOOP_ROWS = 8
+
+
+@_jit
+def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (m, p) times b (n, p) transposed: (m, n) float32."""
+    m, p = a.shape
+    if m > _LOOP_ROWS:
+        return np.dot(a, b.T)
+    n = b.shape[0]
+    out = np.empty((m, n), np.float32)
+    for i in range(n):
+        for w in range(m):
+            acc = np.float32(0.0)
+            for t in range(p):
+                acc += a[w, t] * b[i, t]
+            out[w, i] = acc
+    return out
+@_jit
+def sq_norms(x: np.ndarray) -> np.ndarray:
+    """Squared Euclidean norms of the rows of x (n, d), float32 (accumulated in float64)."""
+    n, d = x.shape
+    out = np.empty(n, np.float32)
+    for i in range(n):
+        acc = np.float32(0.0)
+        for j in range(d):
+            acc += x[i, j] * x[i, j]
+        out[i] = acc
+    return out
+
+
+@_jit
+def count_sketch(x: np.ndarray, signs: np.ndarray, width: int) -> np.ndarray:
+    """Count sketch of the rows of x (n, d): coordinate j times signs[j] goes to j mod width."""
+    n, d = x.shape
+    out = np.zeros((n, width), np.float32)
+    groups = (d + width - 1) // width
+    for i in range(n):
+        for g in range(groups):
+            base = g * width
+            stop = min(width, d - base)
+            for w in range(stop):
+                out[i, w] += signs[base + w] * x[i, base + w]
+    return out
+
+
+@_jit
+def _search_right(cum: np.ndarray, value: float) -> int:
+    """The first index whose cumulative weight exceeds value (numpy's side='right')."""
+    lo, hi = 0, cum.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cum[mid] <= value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@_jit
+def kmeans_plusplus(
+    z: np.ndarray, z_sq: np.ndarray, u: np.ndarray, k: int, trials: int, draws: int
+) -> np.ndarray:
+    """Greedy k-means++ (`trials` candidates per step), `draws` seedings; returns indices.
+
+    The same rule and random numbers as `ddoq.quantize._kmeans_plusplus_batched` for one
+    class: u holds draws x (1 + (K - 1) trials) uniforms, draw r using the r-th block; a
+    candidate is the first point whose cumulative squared distance exceeds u times the
+    total (a uniform point when every point is a seed already); the candidate lowering
+    the potential most is kept; of the draws, the one with the lowest final potential.
+    Distances are in z's space (the data or its sketch), as |a|^2 + |b|^2 - 2 a.b; the
+    draws advance side by side, their candidates measured in one pass over the points.
+    """
+    n, p = z.shape
+    per_draw = 1 + (k - 1) * trials
+    width = draws * trials
+    chosen = np.empty((draws, k), np.int64)
+    closest = np.empty((draws, n), np.float32)
+    cum = np.empty(n, np.float64)
+    cand = np.empty(width, np.int64)
+    picked = np.empty((width, p), np.float32)
+    for r in range(draws):
+        chosen[r, 0] = min(int(u[r * per_draw] * n), n - 1)
+        picked[r] = z[chosen[r, 0]]
+    dots = _products(picked[:draws], z)  # (draws, n)
+    for r in range(draws):
+        c = chosen[r, 0]
+        for i in range(n):
+            closest[r, i] = max(z_sq[i] + z_sq[c] - np.float32(2.0) * dots[r, i], np.float32(0.0))
+    pots = np.empty(width, np.float64)
+    for step in range(1, k):
+        for r in range(draws):
+            acc = 0.0
+            for i in range(n):
+                acc += closest[r, i]
+                cum[i] = acc
+            for t in range(trials):
+                draw = u[r * per_draw + 1 + (step - 1) * trials + t]
+                c = _search_right(cum, draw * acc) if acc > 0 else int(draw * n)
+                cand[r * trials + t] = min(c, n - 1)
+                picked[r * trials + t] = z[cand[r * trials + t]]
+        dots = _products(picked, z)  # (draws x trials, n)
+        for w in range(width):
+            r = w // trials
+            c_sq = z_sq[cand[w]]
+            acc = np.float32(0.0)
+            for i in range(n):
+                dist = max(z_sq[i] + c_sq - np.float32(2.0) * dots[w, i], np.float32(0.0))
+                acc += min(dist, closest[r, i])
+            pots[w] = acc
+        for r in range(draws):
+            bt = r * trials
+            for w in range(r * trials + 1, (r + 1) * trials):
+                if pots[w] < pots[bt]:
+                    bt = w
+            chosen[r, step] = cand[bt]
+            for i in range(n):
+                dist = max(z_sq[i] + z_sq[cand[bt]] - np.float32(2.0) * dots[bt, i], np.float32(0.0))
+                if dist < closest[r, i]:
+                    closest[r, i] = dist
+    best, best_pot = 0, np.inf
+    for r in range(draws):
+        pot = 0.0
+        for i in range(n):
+            pot += closest[r, i]
+        if pot < best_pot:
+            best, best_pot = r, pot
+    return chosen[best].copy()
+
+
+@_jit
+def _decide(
+    x: np.ndarray, i: int, centers: np.ndarray, c_sq: np.ndarray, partial: np.ndarray,
+    x_sq: float, tie_rtol: float, c_max: float,
+) -> tuple[int, float, float]:
+    """Row i's nearest centroid from its partial distances |c|^2 - 2 x.c (K,).
+
+    Lowest index on ties; when the two nearest are within tie_rtol (|x|^2 + max |c|^2),
+    decided again in float64 from the differences. Returns the label and the squared
+    distances (matrix-product form, clamped at 0) to the nearest and the second nearest.
+    """
+    k = partial.shape[0]
+    b = 0
+    bv = partial[0]
+    sv = np.float32(np.inf)
+    for j in range(1, k):
+        v = partial[j]
+        if v < bv:
+            sv = bv
+            bv = v
+            b = j
+        elif v < sv:
+            sv = v
+    best = max(bv + x_sq, np.float32(0.0))
+    second = max(sv + x_sq, np.float32(0.0))
+    if k > 1 and sv - bv <= tie_rtol * (x_sq + c_max):
+        best64 = np.inf
+        for j in range(k):
+            acc = 0.0
+            for m in range(x.shape[1]):
+                diff = np.float64(x[i, m]) - np.float64(centers[j, m])
+                acc += diff * diff
+            if acc < best64:
+                best64 = acc
+                b = j
+    return b, best, second
+
+
+@_jit
+def _decide(
+    x: np.ndarray, i: int, centers: np.ndarray, partial: np.ndarray, x_sq: float,
+    tie_rtol: float, c_max: float,
+) -> tuple[int, float, float]:
+    """Row i's nearest centroid from its partial distances |c|^2 - 2 x.c (K,).
+
+    The rule of `ddoq.quantize._assign_batched`: lowest index on ties, and when the two
+    nearest are within tie_rtol (|x|^2 + max |c|^2), decided again in float64 from the
+    differences. Returns the label and the squared distances (matrix-product form,
+    clamped at 0) to the nearest and the second nearest (inf for K = 1).
+    """
+    k = partial.shape[0]
+    b = 0
+    bv = partial[0]
+    sv = np.float32(np.inf)
+    for j in range(1, k):
+        v = partial[j]
+        if v < sv:
+            if v < bv:
+                sv = bv
+                bv = v
+                b = j
+            else:
+                sv = v
+    best = max(bv + x_sq, np.float32(0.0))
+    second = max(sv + x_sq, np.float32(0.0))
+    if sv - bv <= tie_rtol * (x_sq + c_max):  # rare
+        best64 = np.inf
+        for j in range(k):
+            acc = 0.0
+            for m in range(x.shape[1]):
+                diff = np.float64(x[i, m]) - np.float64(centers[j, m])
+                acc += diff * diff
+            if acc < best64:
+                best64 = acc
+                b = j
+    return b, best, second
+
+
+@_jit
+def assign(
+    x: np.ndarray, x_sq: np.ndarray, centers: np.ndarray, tie_rtol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest centroid of each row of x, and the squared distances (matrix-product form,
+    clamped at 0) to it and to the second nearest (inf for K = 1), by `_decide`'s rule
+    on the products of one BLAS call."""
+    n = x.shape[0]
+    k = centers.shape[0]
+    c_sq = sq_norms(centers)
+    c_max = c_sq.max()
+    dots = np.dot(x, centers.T)  # (n, K)
+    labels = np.empty(n, np.int64)
+    sq = np.empty(n, np.float32)
+    second = np.empty(n, np.float32)
+    partial = np.empty(k, np.float32)
+    for i in range(n):
+        for j in range(k):
+            partial[j] = c_sq[j] - np.float32(2.0) * dots[i, j]
+        labels[i], sq[i], second[i] = _decide(x, i, centers, partial, x_sq[i], tie_rtol, c_max)
+    return labels, sq, second
+
+
+@_jit
+def _bounds(
+    sq: np.ndarray, second: np.ndarray, x_sq: np.ndarray, c_max: float, bound_rtol: float,
+    upper: np.ndarray, lower: np.ndarray,
+) -> None:
+    """Hamerly's bounds from the matrix-product distances, widened by their float32 error
+    (bound_rtol (|x|^2 + max |c|^2) in squared distance): upper on the distance to the
+    own centroid, lower on the distance to every other."""
+    for i in range(sq.shape[0]):
+        slack = bound_rtol * (x_sq[i] + c_max)
+        upper[i] = np.sqrt(sq[i] + slack)
+        lower[i] = np.sqrt(max(second[i] - slack, 0.0))
+
+
+@_jit
+def _loosen(upper: np.ndarray, lower: np.ndarray, labels: np.ndarray, shift: np.ndarray) -> None:
+    """Bounds after the centroids moved by `shift` (K,) (triangle inequality): a point's
+    upper bound grows by its centroid's move, its lower bound shrinks by the largest move
+    of another centroid."""
+    top, runner, which = 0.0, 0.0, 0
+    for c in range(shift.shape[0]):
+        if shift[c] > top:
+            runner = top
+            top = shift[c]
+            which = c
+        elif shift[c] > runner:
+            runner = shift[c]
+    for i in range(upper.shape[0]):
+        upper[i] += shift[labels[i]]
+        lower[i] = max(lower[i] - (runner if labels[i] == which else top), 0.0)
+
+
+@_jit
+def _reassign_within_bounds(
+    x: np.ndarray, x_sq: np.ndarray, centers: np.ndarray, labels: np.ndarray,
+    upper: np.ndarray, lower: np.ndarray, tie_rtol: float, bound_rtol: float,
+) -> bool:
+    """Hamerly's assignment, in place: a point whose upper bound, made tight, is below its
+    lower bound keeps its centroid; the others are assigned again. The bounds carry the
+    float32 slack, so the labels are those of a full assignment (`assign`). Returns False,
+    having changed nothing, when more than half of the points need a new look (then a
+    full assignment is cheaper)."""
+    n, d = x.shape
+    k = centers.shape[0]
+    c_sq = sq_norms(centers)
+    c_max = c_sq.max()
+    need = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        if upper[i] >= lower[i]:
+            c = labels[i]
+            acc = np.float32(0.0)
+            for t in range(d):
+                acc += x[i, t] * centers[c, t]
+            own = max(x_sq[i] + c_sq[c] - np.float32(2.0) * acc, np.float32(0.0))
+            upper[i] = np.sqrt(own + bound_rtol * (x_sq[i] + c_max))
+            if upper[i] >= lower[i]:
+                need[m] = i
+                m += 1
+    if m > n // 2:
+        return False
+    partial = np.empty(k, np.float32)
+    for q in range(m):
+        i = need[q]
+        for j in range(k):
+            acc = np.float32(0.0)
+            for t in range(d):
+                acc += x[i, t] * centers[j, t]
+            partial[j] = c_sq[j] - np.float32(2.0) * acc
+        b, best, sec = _decide(x, i, centers, partial, x_sq[i], tie_rtol, c_max)
+        labels[i] = b
+        slack = bound_rtol * (x_sq[i] + c_max)
+        upper[i] = np.sqrt(best + slack)
+        lower[i] = np.sqrt(max(sec - slack, 0.0))
+    return True
+
+
+@_jit
+def cell_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points per cell (K,) and per-cell coordinate sums (K, d), float64."""
+    n, d = x.shape
+    counts = np.zeros(k, np.int64)
+    sums = np.zeros((k, d), np.float64)
+    for i in range(n):
+        c = labels[i]
+        counts[c] += 1
+        for m in range(d):
+            sums[c, m] += x[i, m]
+    return counts, sums
+
+
+@_jit
+def exact_sq(x: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """|x_i - c_label(i)|^2 from the differences (no cancellation error), float32."""
+    n, d = x.shape
+    out = np.empty(n, np.float32)
+    for i in range(n):
+        acc = np.float32(0.0)
+        c = labels[i]
+        for m in range(d):
+            diff = x[i, m] - centers[c, m]
+            acc += diff * diff
+        out[i] = acc
+    return out
+
+
+@_jit
+def _relocate_empty(
+    centers: np.ndarray, x: np.ndarray, counts: np.ndarray, sq: np.ndarray
+) -> bool:
+    """The j-th empty cell takes the j-th farthest point, unless it sits on a centroid."""
+    k = centers.shape[0]
+    order = np.argsort(-sq, kind="mergesort")  # farthest first; ties keep the lower index
+    rank = 0
+    moved = False
+    for c in range(k):
+        if counts[c] == 0:
+            pick = order[min(rank, order.shape[0] - 1)]
+            rank += 1
+            if sq[pick] > 0:
+                centers[c] = x[pick]
+                moved = True
+    return moved
+
+
+@_jit
+def _counts(labels: np.ndarray, k: int) -> np.ndarray:
+    counts = np.zeros(k, np.int64)
+    for i in range(labels.shape[0]):
+        counts[labels[i]] += 1
+    return counts
+
+
+@_jit
+def lloyd_polish(
+    x: np.ndarray,
+    x_sq: np.ndarray,
+    centers: np.ndarray,
+    max_iter: int,
+    start_labels: np.ndarray,
+    start_sums: np.ndarray,
+    tie_rtol: float,
+    bound_rtol: float,
+    start_upper: np.ndarray,
+    start_lower: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Lloyd iterations from `centers`, the cell means of the labelling `start_labels`
+    (whose cell sums are `start_sums`), as `ddoq.quantize._lloyd_polish` for one class.
+
+    Stops when no label changes (the centers are then a Lloyd fixed point, and that
+    assignment is exact for them) or after `max_iter` moves; empty cells are moved onto
+    the farthest points first. Cell sums are updated with the points that changed cell.
+    Hamerly's bounds (`_reassign_within_bounds`) skip the points that cannot have changed
+    cell; the labels are those a full assignment gives. `start_upper` and `start_lower`
+    (N,), when not empty, are such bounds for `centers` and the start labels, and the
+    first assignment is bounded too. Returns (centers, labels, exact squared distances,
+    iterations).
+    """
+    n, d = x.shape
+    k = centers.shape[0]
+    centers = centers.copy()
+    prev = start_labels.copy()
+    has_prev = True
+    sums = start_sums.copy()
+    n_iter = 0
+    shift = np.empty(k, np.float64)
+    sq = np.empty(n, np.float32)
+    if start_upper.shape[0] == n:
+        labels = start_labels.copy()
+        upper, lower = start_upper.copy(), start_lower.copy()
+        fresh = False
+    else:
+        labels, sq, second = assign(x, x_sq, centers, tie_rtol)
+        upper = np.empty(n, np.float32)
+        lower = np.empty(n, np.float32)
+        _bounds(sq, second, x_sq, sq_norms(centers).max(), bound_rtol, upper, lower)
+        fresh = True  # sq holds every point's distance for the current centers
+    for it in range(max_iter + 1):
+        if it > 0 or not fresh:
+            labels = labels.copy()
+            fresh = not _reassign_within_bounds(
+                x, x_sq, centers, labels, upper, lower, tie_rtol, bound_rtol
+            )
+            if fresh:
+                labels, sq, second = assign(x, x_sq, centers, tie_rtol)
+                _bounds(sq, second, x_sq, sq_norms(centers).max(), bound_rtol, upper, lower)
+        counts = _counts(labels, k)
+        if counts.min() == 0:
+            if not fresh:  # the relocation needs every point's distance
+                labels, sq, second = assign(x, x_sq, centers, tie_rtol)
+            if _relocate_empty(centers, x, counts, sq):
+                labels, sq, second = assign(x, x_sq, centers, tie_rtol)
+                counts = _counts(labels, k)
+                has_prev = False  # the grid moved: these labels are not comparable
+            _bounds(sq, second, x_sq, sq_norms(centers).max(), bound_rtol, upper, lower)
+            fresh = True
+        if has_prev:
+            changed = False
+            for i in range(n):
+                if labels[i] != prev[i]:
+                    changed = True
+                    break
+            if not changed:
+                break
+        if it == max_iter:
+            break
+        if has_prev:  # move the rows of the points that changed cell
+            for i in range(n):
+                a, b = prev[i], labels[i]
+                if a != b:
+                    for t in range(d):
+                        sums[b, t] += x[i, t]
+                        sums[a, t] -= x[i, t]
+        else:
+            sums[:] = 0.0
+            for i in range(n):
+                c = labels[i]
+                for t in range(d):
+                    sums[c, t] += x[i, t]
+        for c in range(k):  # move the centroids; the bounds follow
+            acc = 0.0
+            if counts[c] > 0:
+                for t in range(d):
+                    new = np.float32(sums[c, t] / counts[c])
+                    diff = np.float64(new) - np.float64(centers[c, t])
+                    acc += diff * diff
+                    centers[c, t] = new
+            shift[c] = np.sqrt(acc) * (1.0 + 1e-5)
+        _loosen(upper, lower, labels, shift)
+        n_iter += 1
+        prev[:] = labels
+        has_prev = True
+    return centers, labels, exact_sq(x, centers, labels), n_iter
+
+
+@_jit
+def fit_whole(
+    x: np.ndarray,
+    init: np.ndarray,
+    u: np.ndarray,
+    signs: np.ndarray,
+    width: int,
+    k: int,
+    trials: int,
+    draws: int,
+    polish_iter: int,
+    tie_rtol: float,
+    bound_rtol: float,
+):
+    """One class's whole fit: seeding, the whole-class CLVQ step, the polish.
+
+    Seeds by `kmeans_plusplus` with the uniforms u (in the count sketch to `width`
+    dimensions with `signs` when width > 0), or starts from `init` when u is empty. The
+    step moves every centroid that wins points to their mean (a Lloyd iteration, and with
+    the 1/count rule exactly CLVQ's step); then `lloyd_polish`, whose bounds start from
+    the step's distances.
+
+    Returns (status, centers, labels, sq, n_polish, won, step_centers, step_labels,
+    step_sq, sums, x_sq), status 0 when done; 1 when a squared norm is not finite (nothing
+    else is computed); 2 when a centroid won no point in the step (the polish is not run:
+    the caller re-seeds it first, and the arrays are the step's).
+    """
+    n, d = x.shape
+    x_sq = sq_norms(x)
+    labels = np.zeros(n, np.int64)
+    sq = np.zeros(n, np.float32)
+    won = np.zeros(k, np.int64)
+    sums = np.zeros((k, d), np.float64)
+    for i in range(n):
+        if not np.isfinite(x_sq[i]):
+            return 1, init, labels, sq, 0, won, init, labels, sq, sums, x_sq
+    if u.shape[0] > 0:
+        z, z_sq = x, x_sq
+        if width > 0:
+            z = count_sketch(x, signs, width)
+            z_sq = sq_norms(z)
+        centers = x[kmeans_plusplus(z, z_sq, u, k, trials, draws)]
+    else:
+        centers = init.copy()
+    labels, sq, second = assign(x, x_sq, centers, tie_rtol)
+    won, sums = cell_sums(x, labels, k)
+    moved = centers.copy()
+    shift = np.zeros(k, np.float64)
+    for c in range(k):
+        if won[c] > 0:
+            acc = 0.0
+            for t in range(d):
+                moved[c, t] = sums[c, t] / won[c]
+                diff = np.float64(moved[c, t]) - np.float64(centers[c, t])
+                acc += diff * diff
+            shift[c] = np.sqrt(acc) * (1.0 + 1e-5)
+    if won.min() == 0:
+        return 2, moved, labels, sq, 0, won, moved, labels, sq, sums, x_sq
+    # the step's distances bound those to the moved centroids (triangle inequality)
+    upper = np.empty(n, np.float32)
+    lower = np.empty(n, np.float32)
+    _bounds(sq, second, x_sq, sq_norms(centers).max(), bound_rtol, upper, lower)
+    _loosen(upper, lower, labels, shift)
+    out, out_labels, out_sq, n_polish = lloyd_polish(
+        x, x_sq, moved, polish_iter, labels, sums, tie_rtol, bound_rtol, upper, lower
+    )
+    return 0, out, out_labels, out_sq, n_polish, won, moved, labels, sq, sums, x_sq
