@@ -197,7 +197,7 @@ def run_case(case: Case, seeds: tuple[int, ...] = (0, 1, 2)) -> list[list[object
             [
                 case.name,
                 name,
-                f"{seconds:.3f}",
+                f"{seconds * 1e3:.2f}",
                 f"{dist / ref1:.4f}",
                 f"{dist / ref10:.4f}" if ref10 else "-",
                 f"{n_pass:.1f}",
@@ -213,7 +213,7 @@ DDOQ = "ddoq CLVQ (default)"
 HEADER = [
     "case",
     "method",
-    "median s",
+    "median ms",
     "distortion / KMeans(1)",
     "distortion / KMeans(10)",
     "passes",
@@ -227,6 +227,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run, no BENCHMARKS.md")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help="run only the cases whose name contains this text (no BENCHMARKS.md)",
     )
     args = parser.parse_args()
     if args.threads:
@@ -247,6 +252,8 @@ def main() -> None:
             Case("N=13000 d=4096 K=50", 13000, 4096, 50),
             Case("10 classes x N=1300 d=4096 K=50", 1300, 4096, 50, classes=10, repeats=1),
         ]
+    if args.cases:
+        cases = [c for c in cases if args.cases in c.name]
     rows, rates = [], []
     load_start = os.getloadavg()[0]
     for case in cases:
@@ -265,7 +272,7 @@ def main() -> None:
         "worth of matrix products, k-means++ seeding included.\n\n" + markdown_table(HEADER, rows)
     )
     print(body)
-    if not args.quick:
+    if not args.quick and not args.cases:
         write_section("quantize", body)
 
 

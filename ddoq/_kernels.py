@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "assign",
     "fit_whole",
+    "seeding_stream",
     "cell_sums",
     "count_sketch",
     "exact_sq",
@@ -31,26 +32,67 @@ __all__ = [
 # Reassociation lets the compiler vectorize the dot products and sums (results change only
 # in float rounding); NaN and infinity keep their meaning (the code uses inf as a sentinel).
 _jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
-# Products a @ b.T with at most this many rows in a are plain loops (measured 2x faster than
-# a BLAS call for 4 rows against 500 x 64: the call's own overhead dominates); more go to BLAS.
-_LOOP_ROWS = 8
+# Products of at most this many multiply-adds are plain loops; larger ones go to BLAS. At
+# these sizes a loop is as fast as the BLAS call (measured at 500 x 64 x 10: 15 us both,
+# and at 4 x 64 x 500: 5 against 12 us), and it never wakes BLAS's thread pool, whose
+# wake-up after idle time cost more than the product itself in a benchmark loop.
+_LOOP_PRODUCT = 2**22
 
 
 @_jit
 def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a (m, p) times b (n, p) transposed: (m, n) float32."""
     m, p = a.shape
-    if m > _LOOP_ROWS:
-        return np.dot(a, b.T)
     n = b.shape[0]
+    if m * n * p > _LOOP_PRODUCT:
+        return np.dot(a, b.T)
     out = np.empty((m, n), np.float32)
-    for i in range(n):
-        for w in range(m):
+    for w in range(0, m - 3, 4):  # four rows of a share each load of b's row
+        for i in range(n):
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            a2 = np.float32(0.0)
+            a3 = np.float32(0.0)
+            for t in range(p):
+                bv = b[i, t]
+                a0 += a[w, t] * bv
+                a1 += a[w + 1, t] * bv
+                a2 += a[w + 2, t] * bv
+                a3 += a[w + 3, t] * bv
+            out[w, i] = a0
+            out[w + 1, i] = a1
+            out[w + 2, i] = a2
+            out[w + 3, i] = a3
+    for w in range(m - m % 4, m):
+        for i in range(n):
             acc = np.float32(0.0)
             for t in range(p):
                 acc += a[w, t] * b[i, t]
             out[w, i] = acc
     return out
+
+
+@_jit
+def seeding_stream(seed: np.uint64, n: int) -> np.ndarray:
+    """n uniforms in [0, 1) (float64) from a seed: splitmix64 (Steele, Lea and Flood 2014)
+    on the counter seed + i (the golden-ratio increment), top 53 bits.
+
+    k-means++ draws its uniforms and count-sketch signs from this stream in both solvers
+    (the torch one on any device, and `fit_whole`), so a seed gives the same seeding in
+    both, and the compiled fit needs no torch generator.
+    """
+    out = np.empty(n, np.float64)
+    state = np.uint64(seed)
+    for i in range(n):
+        state = state + np.uint64(0x9E3779B97F4A7C15)
+        z = state
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        out[i] = np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return out
+
+
 @_jit
 def sq_norms(x: np.ndarray) -> np.ndarray:
     """Squared Euclidean norms of the rows of x (n, d), float32 (accumulated in float64)."""
@@ -252,7 +294,7 @@ def assign(
     k = centers.shape[0]
     c_sq = sq_norms(centers)
     c_max = c_sq.max()
-    dots = np.dot(x, centers.T)  # (n, K)
+    dots = _products(x, centers)  # (n, K)
     labels = np.empty(n, np.int64)
     sq = np.empty(n, np.float32)
     second = np.empty(n, np.float32)
@@ -409,7 +451,7 @@ def lloyd_polish(
     bound_rtol: float,
     start_upper: np.ndarray,
     start_lower: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
     """Lloyd iterations from `centers`, the cell means of the labelling `start_labels`
     (whose cell sums are `start_sums`), as `ddoq.quantize._lloyd_polish` for one class.
 
@@ -420,7 +462,7 @@ def lloyd_polish(
     cell; the labels are those a full assignment gives. `start_upper` and `start_lower`
     (N,), when not empty, are such bounds for `centers` and the start labels, and the
     first assignment is bounded too. Returns (centers, labels, exact squared distances,
-    iterations).
+    iterations, points per cell).
     """
     n, d = x.shape
     k = centers.shape[0]
@@ -496,15 +538,14 @@ def lloyd_polish(
         n_iter += 1
         prev[:] = labels
         has_prev = True
-    return centers, labels, exact_sq(x, centers, labels), n_iter
+    return centers, labels, exact_sq(x, centers, labels), n_iter, counts
 
 
 @_jit
 def fit_whole(
     x: np.ndarray,
     init: np.ndarray,
-    u: np.ndarray,
-    signs: np.ndarray,
+    seed: np.uint64,
     width: int,
     k: int,
     trials: int,
@@ -515,14 +556,16 @@ def fit_whole(
 ):
     """One class's whole fit: seeding, the whole-class CLVQ step, the polish.
 
-    Seeds by `kmeans_plusplus` with the uniforms u (in the count sketch to `width`
-    dimensions with `signs` when width > 0), or starts from `init` when u is empty. The
+    Seeds by `kmeans_plusplus` with `draws` x (1 + (K - 1) trials) uniforms of
+    `seeding_stream(seed)` (in the count sketch to `width` dimensions when width > 0, its
+    signs the stream's next d values: -1 below 1/2, else +1), or starts from `init` when
+    it has K rows. The
     step moves every centroid that wins points to their mean (a Lloyd iteration, and with
     the 1/count rule exactly CLVQ's step); then `lloyd_polish`, whose bounds start from
     the step's distances.
 
-    Returns (status, centers, labels, sq, n_polish, won, step_centers, step_labels,
-    step_sq, sums, x_sq), status 0 when done; 1 when a squared norm is not finite (nothing
+    Returns (status, centers, labels, sq, n_polish, counts, won, step_centers,
+    step_labels, step_sq, sums, x_sq), status 0 when done; 1 when a squared norm is not finite (nothing
     else is computed); 2 when a centroid won no point in the step (the polish is not run:
     the caller re-seeds it first, and the arrays are the step's).
     """
@@ -534,13 +577,16 @@ def fit_whole(
     sums = np.zeros((k, d), np.float64)
     for i in range(n):
         if not np.isfinite(x_sq[i]):
-            return 1, init, labels, sq, 0, won, init, labels, sq, sums, x_sq
-    if u.shape[0] > 0:
+            return 1, init, labels, sq, 0, won, won, init, labels, sq, sums, x_sq
+    if init.shape[0] != k:
+        n_u = draws * (1 + (k - 1) * trials)
+        stream = seeding_stream(seed, n_u + (d if width > 0 else 0))
         z, z_sq = x, x_sq
         if width > 0:
+            signs = np.where(stream[n_u:] < 0.5, np.float32(-1.0), np.float32(1.0))
             z = count_sketch(x, signs, width)
             z_sq = sq_norms(z)
-        centers = x[kmeans_plusplus(z, z_sq, u, k, trials, draws)]
+        centers = x[kmeans_plusplus(z, z_sq, stream[:n_u], k, trials, draws)]
     else:
         centers = init.copy()
     labels, sq, second = assign(x, x_sq, centers, tie_rtol)
@@ -556,13 +602,13 @@ def fit_whole(
                 acc += diff * diff
             shift[c] = np.sqrt(acc) * (1.0 + 1e-5)
     if won.min() == 0:
-        return 2, moved, labels, sq, 0, won, moved, labels, sq, sums, x_sq
+        return 2, moved, labels, sq, 0, won, won, moved, labels, sq, sums, x_sq
     # the step's distances bound those to the moved centroids (triangle inequality)
     upper = np.empty(n, np.float32)
     lower = np.empty(n, np.float32)
     _bounds(sq, second, x_sq, sq_norms(centers).max(), bound_rtol, upper, lower)
     _loosen(upper, lower, labels, shift)
-    out, out_labels, out_sq, n_polish = lloyd_polish(
+    out, out_labels, out_sq, n_polish, counts = lloyd_polish(
         x, x_sq, moved, polish_iter, labels, sums, tie_rtol, bound_rtol, upper, lower
     )
-    return 0, out, out_labels, out_sq, n_polish, won, moved, labels, sq, sums, x_sq
+    return 0, out, out_labels, out_sq, n_polish, counts, won, moved, labels, sq, sums, x_sq

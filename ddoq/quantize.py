@@ -188,25 +188,26 @@ def _kmeans_plusplus_batched(
     fraction of the cost. With `draws` > 1 each class draws that many seedings side by
     side and keeps the one whose potential (the sum of squared distances to the nearest
     seed, in the space the seeding measures in) is lowest. Every random number is drawn up
-    front from each class's own generator, and the draws are inverse-CDF look-ups, so the
-    K sequential steps are a few batched tensor operations each, whatever C and `draws`
-    are. Returns centers (C, K, d).
+    front from the stream of each class's seed (`_seeding_stream` of its generator's
+    seed, the stream the compiled fit uses too), and the draws are inverse-CDF look-ups,
+    so the K sequential steps are a few batched tensor operations each, whatever C and
+    `draws` are. Returns centers (C, K, d).
     """
     n_classes, n, d = x.shape
     device = x.device
     trials = n_local_trials or 2 + int(math.log(n_clusters))
     per_draw = 1 + (n_clusters - 1) * trials
+    sketch = n_components is not None and n_components < d
+    n_u = draws * per_draw
+    streams = torch.from_numpy(
+        np.stack([_seeding_stream(g, n_u + (d if sketch else 0)) for g in generators])
+    ).to(device)
     # rows of the search: class c's draw r is row c * draws + r
-    u = torch.stack(
-        [torch.rand(draws * per_draw, generator=g, device=device, dtype=torch.float64)
-         for g in generators]
-    ).view(n_classes * draws, per_draw)  # fmt: skip
+    u = streams[:, :n_u].reshape(n_classes * draws, per_draw)
     z = x
-    if n_components is not None and n_components < d:
-        signs = torch.stack(
-            [torch.randint(0, 2, (d,), generator=g, device=device) for g in generators]
-        )
-        z = _count_sketch(x, signs.to(x.dtype).mul_(2.0).sub_(1.0), n_components)
+    if sketch:
+        signs = torch.where(streams[:, n_u:] < 0.5, -1.0, 1.0).to(x.dtype)
+        z = _count_sketch(x, signs, n_components)
     len_t = torch.as_tensor(lengths, device=device)
     if draws > 1:
         z, len_t = z.repeat_interleave(draws, 0), len_t.repeat_interleave(draws)
@@ -260,6 +261,13 @@ def _kmeans_plusplus_batched(
         keep = closest.double().sum(-1).view(n_classes, draws).argmin(1)
         chosen = chosen.view(n_classes, draws, n_clusters)[torch.arange(n_classes), keep]
     return x[torch.arange(n_classes, device=device)[:, None], chosen]
+
+
+def _seeding_stream(gen: torch.Generator, n: int) -> np.ndarray:
+    """The k-means++ uniforms of a class: `ddoq._kernels.seeding_stream` of its seed."""
+    from ddoq._kernels import seeding_stream
+
+    return seeding_stream(np.uint64(gen.initial_seed() % 2**64), n)
 
 
 def _count_sketch(x: torch.Tensor, signs: torch.Tensor, width: int) -> torch.Tensor:
@@ -1194,6 +1202,8 @@ class CLVQ(ClusterMixin, BaseEstimator):
             self._window_samples = 0
         else:
             self._check_features(X)
+            if self._generator is None:  # fitted by the compiled path, which needed none
+                self._generator = _make_generator(self._seed_value, dev)
         x = _to_tensor(X, dev)[None]
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=dev)
         _, sq, _ = _clvq_step(self._state, x, mask, self.step)
@@ -1240,6 +1250,32 @@ class CLVQ(ClusterMixin, BaseEstimator):
         return centers if as_tensor else centers.cpu().numpy()
 
     # -- internals --------------------------------------------------------------------
+
+    @property
+    def _state(self) -> _State:
+        """The solver state (C = 1) that `partial_fit` continues from.
+
+        The compiled fit leaves it as host arrays (`_host_state`): tensors are made of them
+        on first use, so that a fit nobody continues does not pay for them.
+        """
+        state = self.__dict__.get("_solver_state")
+        if state is None:
+            host = self.__dict__.pop("_host_state", None)
+            if host is None:
+                raise AttributeError("_state")
+            state = _State(**{f: torch.from_numpy(a)[None] for f, a in host.items()})
+            self.__dict__["_solver_state"] = state
+        return state
+
+    @_state.setter
+    def _state(self, state: _State) -> None:
+        self.__dict__.pop("_host_state", None)
+        self.__dict__["_solver_state"] = state
+
+    def _keep_host_state(self, host: dict[str, np.ndarray]) -> None:
+        """Set the solver state as host arrays, one per `_State` field (without the C axis)."""
+        self.__dict__.pop("_solver_state", None)
+        self.__dict__["_host_state"] = host
 
     def _centers(self) -> torch.Tensor:
         if hasattr(self, "_state"):
@@ -1288,10 +1324,16 @@ class CLVQ(ClusterMixin, BaseEstimator):
         self.n_steps_ = n_steps
         self.n_features_in_ = int(centers.shape[-1])
 
-    def _publish_exact(self, labels: ArrayLike, sq: ArrayLike) -> None:
+    def _publish_exact(
+        self, labels: ArrayLike, sq: ArrayLike, counts: np.ndarray | None = None
+    ) -> None:
+        """Set labels_, weights_ (from `counts`, the points per cell, when known) and
+        distortion_ from an exact pass."""
         n = labels.shape[0]
         self.labels_ = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
-        self.weights_ = np.bincount(self.labels_, minlength=self.n_clusters).astype(np.float64) / n
+        if counts is None:
+            counts = np.bincount(self.labels_, minlength=self.n_clusters)
+        self.weights_ = counts / float(n)
         sq = sq.cpu().numpy() if isinstance(sq, torch.Tensor) else sq
         self.distortion_ = float(sq.mean(dtype=np.float64))
 
@@ -1377,7 +1419,7 @@ def _fit_batched(
 
 def _compiled_applies(est: CLVQ, X: ArrayLike, dev: torch.device) -> bool:
     """Whether `_fit_compiled` runs this fit: CPU, one whole-class CLVQ step with the
-    1/count rule then the polish, work under `_COMPILED_MAX_WORK`, and numba at hand."""
+    1/count rule then the polish, and work under `_COMPILED_MAX_WORK`."""
     n = X.shape[0]
     d = math.prod(X.shape[1:])
     if not (
@@ -1389,10 +1431,6 @@ def _compiled_applies(est: CLVQ, X: ArrayLike, dev: torch.device) -> bool:
         and est._batch(n) >= n
         and n * d * est.n_clusters <= _COMPILED_MAX_WORK
     ):
-        return False
-    try:
-        from ddoq import _kernels  # noqa: F401
-    except ImportError:  # numba missing: the torch solver does the same fit
         return False
     return True
 
@@ -1414,24 +1452,20 @@ def _fit_compiled(est: CLVQ, X: ArrayLike, name: str) -> bool:
         x = _to_tensor(X, torch.device("cpu")).numpy()
     n, d = x.shape
     k = est.n_clusters
-    gen = _make_generator(_seed(est.random_state), torch.device("cpu"))
+    seed = _seed(est.random_state)
     trials = 2 + int(math.log(k))
-    width = 0
-    signs = u = np.empty(0, np.float32)
+    width, draws = 0, est._draws(d)
     init = np.empty((0, d), np.float32)
+    gen = None  # the torch generator: made only when something needs it
     if est.init == "k-means++" and est._init_size(n) == n:
-        draws = est._draws(d)
-        u = torch.rand(draws * (1 + (k - 1) * trials), generator=gen, dtype=torch.float64).numpy()
         if est.init_dim is not None and est.init_dim < d:
             width = int(est.init_dim)
-            signs = torch.randint(0, 2, (d,), generator=gen).numpy().astype(np.float32) * 2 - 1
     else:
-        draws = 1
+        gen = _make_generator(seed, torch.device("cpu"))
         init = est._seed_centers(torch.from_numpy(x)[None], [n], [gen])[0].numpy()
-        u = np.empty(0, np.float64)
-    status, centers, labels, sq, n_polish, won, moved, step_labels, step_sq, sums, x_sq = (
-        kern.fit_whole(x, init, u, signs, width, k, trials, draws, int(est.polish_iter),
-                       _TIE_RTOL, _BOUND_RTOL)  # fmt: skip
+    status, centers, labels, sq, n_polish, counts, won, moved, step_labels, step_sq, sums, x_sq = (
+        kern.fit_whole(x, init, np.uint64(seed % 2**64), width, k, trials, draws,
+                       int(est.polish_iter), _TIE_RTOL, _BOUND_RTOL)  # fmt: skip
     )
     if status == 1:
         if not _all_finite(X):
@@ -1441,33 +1475,38 @@ def _fit_compiled(est: CLVQ, X: ArrayLike, name: str) -> bool:
     wonf = won.astype(np.float32)
     companion = wonf / np.float32(n)
     dead = status == 2
-    state = _State(
-        centers=torch.from_numpy(moved if dead else centers)[None],
-        counts=torch.from_numpy(wonf)[None],
-        companion=torch.from_numpy(companion)[None],
-        running=torch.from_numpy(np.array([batch_sq], np.float32)),
-        n_seen=torch.from_numpy(np.array([n], np.float32)),
-        wins_window=torch.from_numpy(np.zeros((1, k), np.float32)),
-        n_steps=torch.from_numpy(np.ones(1, np.int64)),
-    )
+    # the solver state (C = 1) as host arrays: `CLVQ._state` makes tensors of them if asked
+    host = {
+        "centers": moved if dead else centers,
+        "counts": wonf,
+        "companion": companion,
+        "running": np.array(batch_sq, np.float32),
+        "n_seen": np.array(n, np.float32),
+        "wins_window": np.zeros(k, np.float32),
+        "n_steps": np.array(1, np.int64),
+    }
+    est._keep_host_state(host)
+    est._generator, est._window_samples = gen, 0
     if dead:  # a centroid won nothing: the torch solver's re-seeding, with the class's generator
+        gen = est._generator = _make_generator(seed, torch.device("cpu"))
+        state = est._state
         state.wins_window[0] = torch.from_numpy(wonf)
         mask = torch.ones((1, n), dtype=torch.bool)
         _reseed_dead(state, torch.from_numpy(x)[None], mask, torch.from_numpy(step_sq)[None], [gen])
-        centers, labels, sq, n_polish = kern.lloyd_polish(
+        centers, labels, sq, n_polish, counts = kern.lloyd_polish(
             x, x_sq, state.centers[0].numpy(), int(est.polish_iter), step_labels, sums,
             _TIE_RTOL, _BOUND_RTOL, np.empty(0, np.float32), np.empty(0, np.float32),
         )  # fmt: skip
         state.centers = torch.from_numpy(centers)[None]
         wonf = state.counts[0].numpy()  # re-seeded centroids restart at count 1
     est.feature_shape_ = tuple(X.shape[1:])
-    est._state, est._generator, est._window_samples = state, gen, 0
+    est._seed_value = seed  # partial_fit makes the generator from it if it continues
     est._publish(centers, wonf, companion, batch_sq, n, 1)
     est.n_polish_ = int(n_polish)
     est.history_ = History(step=[1], n_samples=[n], distortion=[batch_sq],
                            running_distortion=[batch_sq])  # fmt: skip
     est.n_iter_ = 1
-    est._publish_exact(labels, sq)
+    est._publish_exact(labels, sq, counts)
     return True
 
 
