@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from pages._common import device_sidebar, keep_settings, start_umap_warm_up
+from pages._common import device_sidebar, keep_settings, start_warm_ups
 
 
 def _favicon() -> Image.Image:
@@ -27,7 +27,7 @@ def _favicon() -> Image.Image:
 
 st.set_page_config(page_title="ddoq", page_icon=_favicon(), layout="wide")
 keep_settings()
-start_umap_warm_up()  # UMAP's numba compile runs in the background from the start
+start_warm_ups()  # numba's compiles (quantizer, UMAP) run in the background from the start
 
 PAGES = [
     st.Page(

@@ -192,7 +192,9 @@ def kmeans_plusplus(
                     bt = w
             chosen[r, step] = cand[bt]
             for i in range(n):
-                dist = max(z_sq[i] + z_sq[cand[bt]] - np.float32(2.0) * dots[bt, i], np.float32(0.0))
+                dist = max(
+                    z_sq[i] + z_sq[cand[bt]] - np.float32(2.0) * dots[bt, i], np.float32(0.0)
+                )
                 if dist < closest[r, i]:
                     closest[r, i] = dist
     best, best_pot = 0, np.inf
@@ -207,8 +209,14 @@ def kmeans_plusplus(
 
 @_jit
 def _decide(
-    x: np.ndarray, i: int, centers: np.ndarray, c_sq: np.ndarray, partial: np.ndarray,
-    x_sq: float, tie_rtol: float, c_max: float,
+    x: np.ndarray,
+    i: int,
+    centers: np.ndarray,
+    c_sq: np.ndarray,
+    partial: np.ndarray,
+    x_sq: float,
+    tie_rtol: float,
+    c_max: float,
 ) -> tuple[int, float, float]:
     """Row i's nearest centroid from its partial distances |c|^2 - 2 x.c (K,).
 
@@ -245,8 +253,13 @@ def _decide(
 
 @_jit
 def _decide(
-    x: np.ndarray, i: int, centers: np.ndarray, partial: np.ndarray, x_sq: float,
-    tie_rtol: float, c_max: float,
+    x: np.ndarray,
+    i: int,
+    centers: np.ndarray,
+    partial: np.ndarray,
+    x_sq: float,
+    tie_rtol: float,
+    c_max: float,
 ) -> tuple[int, float, float]:
     """Row i's nearest centroid from its partial distances |c|^2 - 2 x.c (K,).
 
@@ -308,8 +321,13 @@ def assign(
 
 @_jit
 def _bounds(
-    sq: np.ndarray, second: np.ndarray, x_sq: np.ndarray, c_max: float, bound_rtol: float,
-    upper: np.ndarray, lower: np.ndarray,
+    sq: np.ndarray,
+    second: np.ndarray,
+    x_sq: np.ndarray,
+    c_max: float,
+    bound_rtol: float,
+    upper: np.ndarray,
+    lower: np.ndarray,
 ) -> None:
     """Hamerly's bounds from the matrix-product distances, widened by their float32 error
     (bound_rtol (|x|^2 + max |c|^2) in squared distance): upper on the distance to the
@@ -340,8 +358,14 @@ def _loosen(upper: np.ndarray, lower: np.ndarray, labels: np.ndarray, shift: np.
 
 @_jit
 def _reassign_within_bounds(
-    x: np.ndarray, x_sq: np.ndarray, centers: np.ndarray, labels: np.ndarray,
-    upper: np.ndarray, lower: np.ndarray, tie_rtol: float, bound_rtol: float,
+    x: np.ndarray,
+    x_sq: np.ndarray,
+    centers: np.ndarray,
+    labels: np.ndarray,
+    upper: np.ndarray,
+    lower: np.ndarray,
+    tie_rtol: float,
+    bound_rtol: float,
 ) -> bool:
     """Hamerly's assignment, in place: a point whose upper bound, made tight, is below its
     lower bound keeps its centroid; the others are assigned again. The bounds carry the
@@ -367,14 +391,14 @@ def _reassign_within_bounds(
                 m += 1
     if m > n // 2:
         return False
+    if m == 0:
+        return True
+    dots = _products(x[need[:m]], centers)  # (m, K): the gathered rows in one product
     partial = np.empty(k, np.float32)
     for q in range(m):
         i = need[q]
         for j in range(k):
-            acc = np.float32(0.0)
-            for t in range(d):
-                acc += x[i, t] * centers[j, t]
-            partial[j] = c_sq[j] - np.float32(2.0) * acc
+            partial[j] = c_sq[j] - np.float32(2.0) * dots[q, j]
         b, best, sec = _decide(x, i, centers, partial, x_sq[i], tie_rtol, c_max)
         labels[i] = b
         slack = bound_rtol * (x_sq[i] + c_max)
@@ -413,9 +437,7 @@ def exact_sq(x: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> np.ndarr
 
 
 @_jit
-def _relocate_empty(
-    centers: np.ndarray, x: np.ndarray, counts: np.ndarray, sq: np.ndarray
-) -> bool:
+def _relocate_empty(centers: np.ndarray, x: np.ndarray, counts: np.ndarray, sq: np.ndarray) -> bool:
     """The j-th empty cell takes the j-th farthest point, unless it sits on a centroid."""
     k = centers.shape[0]
     order = np.argsort(-sq, kind="mergesort")  # farthest first; ties keep the lower index
@@ -565,9 +587,9 @@ def fit_whole(
     the step's distances.
 
     Returns (status, centers, labels, sq, n_polish, counts, won, step_centers,
-    step_labels, step_sq, sums, x_sq), status 0 when done; 1 when a squared norm is not finite (nothing
-    else is computed); 2 when a centroid won no point in the step (the polish is not run:
-    the caller re-seeds it first, and the arrays are the step's).
+    step_labels, step_sq, sums, x_sq): status 0 when done; 1 when a squared norm is not
+    finite (nothing else is computed); 2 when a centroid won no point in the step (the
+    polish is not run: the caller re-seeds it first, and the arrays are the step's).
     """
     n, d = x.shape
     x_sq = sq_norms(x)
@@ -612,3 +634,19 @@ def fit_whole(
         x, x_sq, moved, polish_iter, labels, sums, tie_rtol, bound_rtol, upper, lower
     )
     return 0, out, out_labels, out_sq, n_polish, counts, won, moved, labels, sq, sums, x_sq
+
+
+def warm_up() -> None:
+    """Compile, or load from numba's disk cache, every entry point `ddoq.quantize` calls.
+
+    On tiny data, with the argument types of the real calls. The first process on a
+    machine compiles (about 15 s of CPU); later ones load the machine code (well under a
+    second). The app runs this in the background at start.
+    """
+    x = (np.arange(120, dtype=np.float32).reshape(40, 3) % 7).astype(np.float32)
+    empty = np.empty(0, np.float32)
+    fit_whole(x, np.empty((0, 3), np.float32), np.uint64(0), 0, 4, 3, 1, 2, 1e-5, 4e-5)
+    labels = np.zeros(40, np.int64)
+    sums = np.zeros((4, 3), np.float64)
+    lloyd_polish(x, sq_norms(x), x[:4].copy(), 1, labels, sums, 1e-5, 4e-5, empty, empty)
+    seeding_stream(np.uint64(0), 4)

@@ -12,6 +12,7 @@ arrays). Cached functions are pure functions of their arguments: they never read
 from __future__ import annotations
 
 import os
+import threading
 import traceback
 import uuid
 import warnings
@@ -36,7 +37,7 @@ from ddoq.app.state import (
     data_info,
     describe_skipped,
 )
-from ddoq.app.warmup import warm_up
+from ddoq.app.warmup import warm_up, warm_up_quantizer
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.data.images import CorruptImageWarning
 
@@ -183,8 +184,16 @@ def _umap_executor() -> ThreadPoolExecutor:
     return executor
 
 
-def start_umap_warm_up() -> None:
-    """Start the UMAP worker (and its warm-up) at app start, when UMAP is on."""
+@st.cache_resource(show_spinner=False)
+def _quantizer_warm_up() -> threading.Thread | None:
+    """Once per process, in the background: the quantizer's compiled loops are loaded from
+    numba's disk cache (compiled, the first time on a machine) before the first fit."""
+    return warm_up_quantizer(background=True)
+
+
+def start_warm_ups() -> None:
+    """At app start: the quantizer's warm-up, and the UMAP worker's when UMAP is on."""
+    _quantizer_warm_up()
     if st.session_state.get("s_umap"):
         _umap_executor()
 

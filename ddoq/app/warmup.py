@@ -9,6 +9,10 @@ umap-learn compiles its numba functions on the first fit in every new process: a
   code (measured on 2 loaded cores: first fit 87 s -> 6 s of wall time).
 - `warm_up` does that and one tiny fit in a daemon thread, so a process (the app) pays
   the remaining compile time while the user reads the first page, not on the first map.
+
+The quantizer's own compiled loops (`ddoq._kernels`) are cached by numba already;
+`warm_up_quantizer` loads them (or compiles them, the first time on a machine) in the
+same way, so that the first CLVQ fit of the app does not wait for them.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["enable_numba_cache", "warm_up"]
+__all__ = ["enable_numba_cache", "warm_up", "warm_up_quantizer"]
 
 
 def enable_numba_cache(cache_dir: str | os.PathLike | None = None) -> int:
@@ -73,16 +78,36 @@ def warm_up(background: bool = True, cache: bool = True) -> threading.Thread | N
     """
 
     def work() -> None:
+        if cache:
+            enable_numba_cache()
+        _tiny_fit()
+
+    return _run(work, background, "ddoq-umap-warm-up")
+
+
+def warm_up_quantizer(background: bool = True) -> threading.Thread | None:
+    """Load (the first time on a machine: compile) the quantizer's compiled loops.
+
+    As `warm_up`: in a daemon thread, which is returned, with `background`; failures are
+    ignored (the first fit then compiles as it would have).
+    """
+    from ddoq import _kernels
+
+    return _run(_kernels.warm_up, background, "ddoq-quantizer-warm-up")
+
+
+def _run(work: Callable[[], None], background: bool, name: str) -> threading.Thread | None:
+    """Run `work` here or in a daemon thread (returned), never letting it raise."""
+
+    def guarded() -> None:
         try:
-            if cache:
-                enable_numba_cache()
-            _tiny_fit()
+            work()
         except Exception:  # noqa: BLE001 - a warm-up must never break its caller
             pass
 
     if not background:
-        work()
+        guarded()
         return None
-    thread = threading.Thread(target=work, name="ddoq-umap-warm-up", daemon=True)
+    thread = threading.Thread(target=guarded, name=name, daemon=True)
     thread.start()
     return thread

@@ -1,0 +1,181 @@
+"""The compiled single-class fit (`ddoq._kernels`) against the torch solver and brute force.
+
+On integer-valued data every squared distance, norm and cell sum is exact in float32, so
+the two solvers, which draw the same k-means++ stream, must agree to the last bit on the
+labels and the seeds, and to float rounding (the cell means) on the rest.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import ddoq._kernels as kern
+import ddoq.quantize as quantize
+from ddoq.quantize import CLVQ, quantize_classes
+from tests.conftest import gaussian_mixture
+
+
+def fit_both(x, k, monkeypatch, **params):
+    """The same fit by the compiled loops and by the torch solver."""
+    monkeypatch.setattr(quantize, "_COMPILED_ON_CPU", True)
+    compiled = CLVQ(k, **params).fit(x)
+    monkeypatch.setattr(quantize, "_COMPILED_ON_CPU", False)
+    reference = CLVQ(k, **params).fit(x)
+    monkeypatch.setattr(quantize, "_COMPILED_ON_CPU", True)
+    return compiled, reference
+
+
+def assert_same_fit(a: CLVQ, b: CLVQ, x: np.ndarray) -> None:
+    # the torch solver's squared norms go through a square root (torch's vector_norm):
+    # its matrix-form distances, hence the step's online estimates, carry an error of a
+    # few float32 ulps of |x|^2, which the exact data do not remove
+    tol = 1e-6 * float((x.astype(np.float64) ** 2).sum(1).mean())
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.weights_, b.weights_)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-6, atol=1e-5)
+    assert a.distortion_ == pytest.approx(b.distortion_, rel=1e-6)
+    assert a.n_polish_ == b.n_polish_
+    assert a.n_iter_ == b.n_iter_ and a.n_steps_ == b.n_steps_
+    assert a.n_samples_seen_ == b.n_samples_seen_
+    np.testing.assert_array_equal(a.counts_, b.counts_)
+    np.testing.assert_allclose(a.companion_weights_, b.companion_weights_, rtol=1e-6)
+    assert a.running_distortion_ == pytest.approx(b.running_distortion_, rel=1e-6, abs=tol)
+    assert a.history_.step == b.history_.step
+    assert a.history_.n_samples == b.history_.n_samples
+    np.testing.assert_allclose(a.history_.distortion, b.history_.distortion, rtol=1e-6, atol=tol)
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "k"),
+    [
+        (500, 64, 10),  # one k-means++ draw, no sketch
+        (500, 256, 10),  # sketched to 64 dimensions, two draws
+        (300, 100, 50),
+        (257, 7, 1),
+        (40, 3, 40),  # K = N
+        (700, 5, 3),  # many draws (13) in low dimensions
+    ],
+)
+def test_compiled_fit_equals_the_torch_solver_on_exact_data(n, d, k, monkeypatch):
+    rng = np.random.default_rng(n + d + k)
+    # a wide range in few dimensions: no exact ties between two candidates' k-means++
+    # potentials (torch's argmin may take any of them, the compiled loop the first)
+    hi = 7 if d > 16 else 100
+    x = rng.integers(-hi, hi, size=(n, d)).astype(np.float32)
+    for seed in range(3):
+        compiled, reference = fit_both(x, k, monkeypatch, random_state=seed)
+        assert_same_fit(compiled, reference, x)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"init": "random"},
+        {"init_size": 60},  # k-means++ on a random subset
+        {"polish_iter": 1},
+        {"init_dim": None},
+        {"init_draws": 3},
+    ],
+)
+def test_compiled_fit_equals_the_torch_solver_with_other_settings(params, monkeypatch):
+    x = np.random.default_rng(5).integers(-9, 10, size=(400, 90)).astype(np.float32)
+    compiled, reference = fit_both(x, 12, monkeypatch, random_state=7, **params)
+    assert_same_fit(compiled, reference, x)
+    start = x[:12] + 0.5
+    compiled, reference = fit_both(x, 12, monkeypatch, init=start, random_state=0)
+    assert_same_fit(compiled, reference, x)
+
+
+def test_dead_centroids_and_empty_cells_follow_the_torch_rules(monkeypatch):
+    # 5 distinct points and K = 8: the seeding runs out of distinct points, duplicate
+    # seeds win nothing in the step (re-seeded with the class's torch generator) and
+    # cells stay empty (moved onto the farthest points): both solvers alike, all finite
+    x = np.repeat(np.arange(5, dtype=np.float32)[:, None] * [1.0, 2.0], 30, axis=0)
+    for seed in range(4):
+        compiled, reference = fit_both(x, 8, monkeypatch, random_state=seed)
+        assert_same_fit(compiled, reference, x)
+        assert np.isfinite(compiled.cluster_centers_).all()
+        assert compiled.distortion_ == pytest.approx(0.0, abs=1e-6)
+
+
+def test_seeding_stream_is_splitmix64():
+    # an independent implementation with Python integers (Steele, Lea and Flood 2014)
+    def reference(seed: int, n: int) -> list[float]:
+        mask, out, state = 2**64 - 1, [], seed
+        for _ in range(n):
+            state = (state + 0x9E3779B97F4A7C15) & mask
+            z = state
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+            z ^= z >> 31
+            out.append((z >> 11) / 2.0**53)
+        return out
+
+    for seed in (0, 1, 12345, 2**63 + 7, 2**64 - 1):
+        ours = kern.seeding_stream(np.uint64(seed), 50)
+        assert ours.tolist() == reference(seed, 50)
+    u = kern.seeding_stream(np.uint64(3), 100_000)
+    assert u.min() >= 0.0 and u.max() < 1.0
+    assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
+
+
+def test_assign_matches_brute_force_with_lowest_index_ties():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 33)).astype(np.float32)
+    c = rng.normal(size=(9, 33)).astype(np.float32)
+    c[5] = c[2]  # an exact tie: the lower index wins
+    x[:20] = c[2]
+    labels, sq, second = kern.assign(x, kern.sq_norms(x), c, quantize._TIE_RTOL)
+    d2 = ((x[:, None, :].astype(np.float64) - c[None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, d2.argmin(1))
+    assert (labels != 5).all()
+    np.testing.assert_allclose(sq, d2.min(1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(second, np.sort(d2, 1)[:, 1], rtol=1e-4, atol=1e-4)
+
+
+def test_bounds_are_trusted_and_skip_the_points_they_cover():
+    # Points whose bounds say "keep" are not looked at again (even if the bounds lie);
+    # the others get the brute-force label.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 16)).astype(np.float32)
+    c = rng.normal(size=(6, 16)).astype(np.float32)
+    x_sq = kern.sq_norms(x)
+    truth = ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+    wrong = (truth + 1) % 6
+    labels = wrong.copy()
+    upper = np.zeros(200, np.float32)
+    lower = np.ones(200, np.float32)  # "keep" everywhere
+    assert kern._reassign_within_bounds(x, x_sq, c, labels, upper, lower, 1e-5, 4e-5)
+    np.testing.assert_array_equal(labels, wrong)  # skipped: the (false) bounds were trusted
+    upper[:50], lower[:50] = 1e9, 0.0  # the first 50 must be looked at again
+    assert kern._reassign_within_bounds(x, x_sq, c, labels, upper, lower, 1e-5, 4e-5)
+    np.testing.assert_array_equal(labels[:50], truth[:50])
+    np.testing.assert_array_equal(labels[50:], wrong[50:])
+
+
+def test_bad_values_are_named_and_huge_norms_fall_back(monkeypatch):
+    x = np.random.default_rng(2).normal(size=(100, 8)).astype(np.float32)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"X\[1\] contains NaN"):
+        quantize_classes([x, bad], n_clusters=3, random_state=0)
+    # finite, but the squared norms overflow float32: the torch solver takes the fit
+    huge = x * np.float32(1e19)
+    compiled, reference = fit_both(huge, 4, monkeypatch, random_state=0)
+    np.testing.assert_array_equal(compiled.labels_, reference.labels_)
+    assert compiled.distortion_ == reference.distortion_
+
+
+def test_partial_fit_continues_the_compiled_fit_like_the_torch_one(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = gaussian_mixture(rng, 400, 12, 5, spread=2.0).astype(np.float32)
+    x = np.round(x * 4)  # exact arithmetic, as above
+    more = np.round(gaussian_mixture(rng, 64, 12, 5, spread=2.0).astype(np.float32) * 4)
+    compiled, reference = fit_both(x, 6, monkeypatch, random_state=9)
+    for batch in np.split(more, 4):
+        compiled.partial_fit(batch)
+        reference.partial_fit(batch)
+    np.testing.assert_allclose(compiled.cluster_centers_, reference.cluster_centers_, atol=1e-5)
+    np.testing.assert_array_equal(compiled.counts_, reference.counts_)
+    assert compiled.n_samples_seen_ == reference.n_samples_seen_ == 400 + 64
+    assert isinstance(compiled._state.centers, torch.Tensor)
