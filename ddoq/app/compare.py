@@ -97,10 +97,11 @@ class W2Comparison:
         return 1.0 - self.weighted / self.uniform if self.uniform > 0 else 0.0
 
 
-def compare_w2(points: np.ndarray, k: int, *, seed: int = 0, max_iter: int = 10) -> W2Comparison:
-    """Quantize `points` (N, d) with CLVQ (K centroids) and measure the three W2 values."""
+def compare_w2(points: np.ndarray, k: int, *, seed: int = 0) -> W2Comparison:
+    """Quantize `points` (N, d) with the default CLVQ (K centroids, the distillation's
+    quantizer: the same grid as a distillation with this seed) and measure the three W2."""
     x = np.asarray(points, dtype=np.float32).reshape(len(points), -1)
-    q = CLVQ(int(k), batch_size=min(256, len(x)), max_iter=max_iter, random_state=seed).fit(x)
+    q = CLVQ(int(k), random_state=seed).fit(x)
     pick = np.random.default_rng(seed).choice(len(x), size=int(k), replace=False)
     return W2Comparison(
         k=int(k),
