@@ -3,8 +3,10 @@
 For each case (N points of dimension d, K centroids; or ten classes at once) it times
 ddoq's default quantizer (CLVQ: k-means++ in a 64-d count sketch, one epoch of
 mini-batches or, for classes of at most 2,048 points, one full-batch step, then a Lloyd
-polish), ddoq Lloyd, scikit-learn KMeans (n_init=1 and 10), MiniBatchKMeans and
-faiss-cpu's Kmeans(niter=20) in the same run, each fitted with seeds 0, 1, 2, and reports
+polish; on CPU a class fitted whole runs in the compiled loops of `ddoq._kernels`, and
+the ten-class case one class after another), ddoq Lloyd (the torch solver),
+scikit-learn KMeans (n_init=1 and 10), MiniBatchKMeans and faiss-cpu's
+Kmeans(niter=20) in the same run, each fitted with seeds 0, 1, 2, and reports
 - the median wall time over the seeds (after one warm-up fit; methods whose fit takes
   under half a second are timed in two more rounds, interleaved with each other, and the
   median is over all their timings, so that a slow spell of the shared machine does not
@@ -22,7 +24,8 @@ faiss-cpu is a benchmark-only dependency (`pip install faiss-cpu`); without it i
 say so and the rest runs.
 
 Run: `python benchmarks/quantize.py --threads 2` (about 10 minutes on 2 cores); `--quick`
-for a small smoke run that does not touch BENCHMARKS.md.
+for a small smoke run and `--cases TEXT` for the cases whose name holds TEXT, neither of
+which touches BENCHMARKS.md.
 """
 
 from __future__ import annotations

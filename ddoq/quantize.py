@@ -1278,6 +1278,9 @@ class CLVQ(ClusterMixin, BaseEstimator):
         self.__dict__["_host_state"] = host
 
     def _centers(self) -> torch.Tensor:
+        host = self.__dict__.get("_host_state")
+        if host is not None:  # read without making the state's tensors (predict is read-only)
+            return torch.from_numpy(host["centers"])
         if hasattr(self, "_state"):
             return self._state.centers[0]
         if not hasattr(self, "cluster_centers_"):

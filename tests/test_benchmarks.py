@@ -55,9 +55,9 @@ def test_quantize_benchmark_quick_mode_runs():
     # faiss-cpu is a benchmark-only dependency: its rows are measured, or say it is missing
     faiss = [r for r in rows if r["method"].startswith("faiss")]
     assert faiss and all(
-        r["median s"].startswith("not installed") or float(r["median s"]) >= 0 for r in faiss
+        r["median ms"].startswith("not installed") or float(r["median ms"]) >= 0 for r in faiss
     )
-    measured = [r for r in rows if not r["median s"].startswith("not installed")]
+    measured = [r for r in rows if not r["median ms"].startswith("not installed")]
     assert all(float(r["distortion / KMeans(10)"]) > 0 for r in measured)
     after = (ROOT / "BENCHMARKS.md").read_text() if (ROOT / "BENCHMARKS.md").exists() else None
     assert before == after
