@@ -8,6 +8,7 @@ must load them from there (numba's own hit and miss counters), not compile them 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,53 @@ def test_warm_up_never_raises_without_umap_code(monkeypatch):
     thread.join(timeout=60)
     assert not thread.is_alive()
     assert warmup.warm_up(background=False, cache=False) is None
+
+
+# The quantizer's compiled loops: numba's own disk cache (cache=True), in a given folder.
+KERNELS_SCRIPT = """
+import json
+import os
+from ddoq.app.warmup import warm_up_quantizer
+from ddoq import _kernels
+
+assert warm_up_quantizer(background=False) is None
+stats = {name: getattr(_kernels, name).stats for name in ("fit_whole", "lloyd_polish")}
+print(json.dumps({name: [sum(s.cache_hits.values()), sum(s.cache_misses.values())]
+                  for name, s in stats.items()}))
+"""
+
+
+@pytest.mark.slow
+def test_quantizer_warm_up_compiles_once_then_loads_from_the_disk_cache(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+
+    def run() -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", KERNELS_SCRIPT],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env=env,
+            timeout=600,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run()
+    assert all(misses >= 1 for _, misses in first.values())  # compiled in the first process
+    second = run()
+    assert all(hits >= 1 and misses == 0 for hits, misses in second.values())  # loaded
+
+
+def test_quantizer_warm_up_never_raises(monkeypatch):
+    from ddoq import _kernels
+    from ddoq.app import warmup
+
+    def broken() -> None:
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(_kernels, "warm_up", broken)
+    thread = warmup.warm_up_quantizer(background=True)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert warmup.warm_up_quantizer(background=False) is None
