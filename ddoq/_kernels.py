@@ -212,50 +212,6 @@ def _decide(
     x: np.ndarray,
     i: int,
     centers: np.ndarray,
-    c_sq: np.ndarray,
-    partial: np.ndarray,
-    x_sq: float,
-    tie_rtol: float,
-    c_max: float,
-) -> tuple[int, float, float]:
-    """Row i's nearest centroid from its partial distances |c|^2 - 2 x.c (K,).
-
-    Lowest index on ties; when the two nearest are within tie_rtol (|x|^2 + max |c|^2),
-    decided again in float64 from the differences. Returns the label and the squared
-    distances (matrix-product form, clamped at 0) to the nearest and the second nearest.
-    """
-    k = partial.shape[0]
-    b = 0
-    bv = partial[0]
-    sv = np.float32(np.inf)
-    for j in range(1, k):
-        v = partial[j]
-        if v < bv:
-            sv = bv
-            bv = v
-            b = j
-        elif v < sv:
-            sv = v
-    best = max(bv + x_sq, np.float32(0.0))
-    second = max(sv + x_sq, np.float32(0.0))
-    if k > 1 and sv - bv <= tie_rtol * (x_sq + c_max):
-        best64 = np.inf
-        for j in range(k):
-            acc = 0.0
-            for m in range(x.shape[1]):
-                diff = np.float64(x[i, m]) - np.float64(centers[j, m])
-                acc += diff * diff
-            if acc < best64:
-                best64 = acc
-                b = j
-    return b, best, second
-
-
-@_jit
-def _decide(
-    x: np.ndarray,
-    i: int,
-    centers: np.ndarray,
     partial: np.ndarray,
     x_sq: float,
     tie_rtol: float,

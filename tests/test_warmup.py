@@ -42,12 +42,18 @@ print(json.dumps({"enabled": count, "hits": hits, "misses": misses}))
 
 
 def _run(cache: Path) -> dict:
+    return _run_script(SCRIPT, str(cache))
+
+
+def _run_script(script: str, *args: str, env: dict | None = None) -> dict:
+    """Run a script in a fresh interpreter; its last line of output, read as JSON."""
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(cache)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
+        env=env,
         timeout=600,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -99,16 +105,7 @@ def test_quantizer_warm_up_compiles_once_then_loads_from_the_disk_cache(tmp_path
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
 
     def run() -> dict:
-        out = subprocess.run(
-            [sys.executable, "-c", KERNELS_SCRIPT],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-            env=env,
-            timeout=600,
-        )
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return _run_script(KERNELS_SCRIPT, env=env)
 
     first = run()
     assert all(misses >= 1 for _, misses in first.values())  # compiled in the first process
