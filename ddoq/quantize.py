@@ -1448,10 +1448,12 @@ def _fit_compiled(est: CLVQ, X: ArrayLike, name: str) -> bool:
 
     if isinstance(X, np.ndarray):
         x = np.ascontiguousarray(X, dtype=np.float32).reshape(X.shape[0], -1)
+        if not x.flags.writeable:  # numba would compile the read-only type apart (seconds)
+            x = x.copy()
     else:
         x = _to_tensor(X, torch.device("cpu")).numpy()
     n, d = x.shape
-    k = est.n_clusters
+    k = int(est.n_clusters)
     seed = _seed(est.random_state)
     trials = 2 + int(math.log(k))
     width, draws = 0, est._draws(d)

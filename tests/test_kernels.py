@@ -179,3 +179,18 @@ def test_partial_fit_continues_the_compiled_fit_like_the_torch_one(monkeypatch):
     np.testing.assert_array_equal(compiled.counts_, reference.counts_)
     assert compiled.n_samples_seen_ == reference.n_samples_seen_ == 400 + 64
     assert isinstance(compiled._state.centers, torch.Tensor)
+
+
+def test_read_only_and_strided_input_reuse_the_compiled_code():
+    # every input layout reaches the loops as one type (C-contiguous, writable float32):
+    # a new type would make numba compile the whole fit again, for seconds
+    x = np.random.default_rng(4).normal(size=(300, 40))
+    reference = CLVQ(5, random_state=0).fit(x.astype(np.float32))
+    frozen = x.astype(np.float32)
+    frozen.flags.writeable = False
+    for variant in (frozen, x, np.asfortranarray(x), np.repeat(x, 2, axis=1)[:, ::2]):
+        fitted = CLVQ(5, random_state=0).fit(variant)
+        np.testing.assert_array_equal(fitted.labels_, reference.labels_)
+    fitted = CLVQ(np.int32(5), random_state=np.int16(0)).fit(x)  # numpy scalars as settings
+    np.testing.assert_array_equal(fitted.labels_, reference.labels_)
+    assert len(kern.fit_whole.signatures) == 1
