@@ -10,10 +10,14 @@ Reading order:
                      quantize_classes
   batched solvers    _clvq_step, _clvq_fit, _lloyd_fit (shape (C, N, d): C classes at once)
   the estimator      CLVQ (scikit-learn style: fit, partial_fit, predict, attributes_)
+  the compiled fit   _fit_compiled (one class on CPU, over ddoq._kernels)
 
-Every solver works on a stack of C classes padded to a common N, so quantizing many classes
-at once keeps a GPU busy; a single class is the case C = 1 of the same code, which is why
-`quantize_classes` gives exactly what class-by-class `CLVQ.fit` gives with the same seeds.
+Every torch solver works on a stack of C classes padded to a common N, so quantizing many
+classes at once keeps a GPU busy; a single class is the case C = 1 of the same code, which
+is why `quantize_classes` gives exactly what class-by-class `CLVQ.fit` gives with the same
+seeds. On CPU a class fitted as a whole runs the same fit in the compiled loops of
+`ddoq._kernels` (`_fit_compiled`), and `quantize_classes` fits classes one after another
+there, so the two still agree.
 """
 
 from __future__ import annotations
