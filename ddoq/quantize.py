@@ -199,7 +199,7 @@ def _kmeans_plusplus_batched(
     """
     n_classes, n, d = x.shape
     device = x.device
-    trials = n_local_trials or 2 + int(math.log(n_clusters))
+    trials = n_local_trials or _kpp_trials(n_clusters)
     per_draw = 1 + (n_clusters - 1) * trials
     sketch = n_components is not None and n_components < d
     n_u = draws * per_draw
@@ -265,6 +265,11 @@ def _kmeans_plusplus_batched(
         keep = closest.double().sum(-1).view(n_classes, draws).argmin(1)
         chosen = chosen.view(n_classes, draws, n_clusters)[torch.arange(n_classes), keep]
     return x[torch.arange(n_classes, device=device)[:, None], chosen]
+
+
+def _kpp_trials(n_clusters: int) -> int:
+    """Greedy k-means++ candidates per step: scikit-learn's 2 + ln K."""
+    return 2 + int(math.log(n_clusters))
 
 
 def _seeding_stream(gen: torch.Generator, n: int) -> np.ndarray:
@@ -1142,7 +1147,7 @@ class CLVQ(ClusterMixin, BaseEstimator):
         if k == 1:
             return 1
         measured = d if self.init_dim is None else min(d, self.init_dim)
-        per_draw = (k - 1) * (2 + int(math.log(k))) * measured  # multiply-adds per point
+        per_draw = (k - 1) * _kpp_trials(k) * measured  # multiply-adds per point
         return max(1, min(40 // k, (2 * k * d) // per_draw))
 
     def _seed_centers(
@@ -1459,7 +1464,7 @@ def _fit_compiled(est: CLVQ, X: ArrayLike, name: str) -> bool:
     n, d = x.shape
     k = int(est.n_clusters)
     seed = _seed(est.random_state)
-    trials = 2 + int(math.log(k))
+    trials = _kpp_trials(k)
     width, draws = 0, est._draws(d)
     init = np.empty((0, d), np.float32)
     gen = None  # the torch generator: made only when something needs it
@@ -1501,10 +1506,11 @@ def _fit_compiled(est: CLVQ, X: ArrayLike, name: str) -> bool:
         "wins_window": np.zeros(k, np.float32),
         "n_steps": np.array(1, np.int64),
     }
+    if dead and gen is None:  # the re-seeding below draws from the class's generator
+        gen = _make_generator(seed, torch.device("cpu"))
     est._keep_host_state(host)
     est._generator, est._window_samples = gen, 0
-    if dead:  # a centroid won nothing: the torch solver's re-seeding, with the class's generator
-        gen = est._generator = _make_generator(seed, torch.device("cpu"))
+    if dead:  # a centroid won nothing: the torch solver's re-seeding, with that generator
         state = est._state
         state.wins_window[0] = torch.from_numpy(wonf)
         mask = torch.ones((1, n), dtype=torch.bool)

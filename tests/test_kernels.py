@@ -5,6 +5,8 @@ the two solvers, which draw the same k-means++ stream, must agree to the last bi
 labels and the seeds, and to float rounding (the cell means) on the rest.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -91,8 +93,10 @@ def test_dead_centroids_and_empty_cells_follow_the_torch_rules(monkeypatch):
     # seeds win nothing in the step (re-seeded with the class's torch generator) and
     # cells stay empty (moved onto the farthest points): both solvers alike, all finite
     x = np.repeat(np.arange(5, dtype=np.float32)[:, None] * [1.0, 2.0], 30, axis=0)
-    for seed in range(4):
-        compiled, reference = fit_both(x, 8, monkeypatch, random_state=seed)
+    # with init="random" the seeding draws from the torch generator first, and the
+    # re-seeding must continue that generator, as the torch solver does
+    for seed, init in itertools.product(range(4), ("k-means++", "random")):
+        compiled, reference = fit_both(x, 8, monkeypatch, random_state=seed, init=init)
         assert_same_fit(compiled, reference, x)
         assert np.isfinite(compiled.cluster_centers_).all()
         assert compiled.distortion_ == pytest.approx(0.0, abs=1e-6)
