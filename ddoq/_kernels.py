@@ -4,9 +4,10 @@ On a class of a few hundred points the torch solver's time goes to Python and op
 dispatch (about 700 small tensor operations per fit), not to arithmetic: 5 ms for a fit
 whose matrix products take 0.1 ms. These loops run the same fit as
 `ddoq.quantize._fit_batched` does for one class with a whole-class batch (seeding, the
-CLVQ step, the Lloyd polish, the exact final pass) in a few calls, with the matrix
-products in BLAS. They are plain functions of arrays: `ddoq.quantize` owns the estimator,
-the random numbers and the choice of path; nothing here imports ddoq.
+CLVQ step, the Lloyd polish, the exact final pass) in a few calls, with small matrix
+products as plain loops and large ones in BLAS. They are plain functions of arrays:
+`ddoq.quantize` owns the estimator, the random numbers and the choice of path; nothing
+here imports ddoq.
 
 Every function is compiled on first use and cached on disk (``cache=True``): the first
 process on a machine pays a few seconds of compilation, later ones load the machine code.
@@ -95,7 +96,8 @@ def seeding_stream(seed: np.uint64, n: int) -> np.ndarray:
 
 @_jit
 def sq_norms(x: np.ndarray) -> np.ndarray:
-    """Squared Euclidean norms of the rows of x (n, d), float32 (accumulated in float64)."""
+    """Squared Euclidean norms of the rows of x (n, d), float32 (summed directly, with no
+    square root in between: exact on integer-valued data)."""
     n, d = x.shape
     out = np.empty(n, np.float32)
     for i in range(n):
@@ -258,7 +260,7 @@ def assign(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest centroid of each row of x, and the squared distances (matrix-product form,
     clamped at 0) to it and to the second nearest (inf for K = 1), by `_decide`'s rule
-    on the products of one BLAS call."""
+    on the products of one `_products` call."""
     n = x.shape[0]
     k = centers.shape[0]
     c_sq = sq_norms(centers)
@@ -410,6 +412,24 @@ def _relocate_empty(centers: np.ndarray, x: np.ndarray, counts: np.ndarray, sq: 
 
 
 @_jit
+def _move_to_means(centers: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Move each centroid with points to its cell's mean, in place; returns how far each
+    moved (K,), widened by the float32 rounding of the move (1e-5 relative)."""
+    k, d = centers.shape
+    shift = np.zeros(k, np.float64)
+    for c in range(k):
+        if counts[c] > 0:
+            acc = 0.0
+            for t in range(d):
+                new = np.float32(sums[c, t] / counts[c])
+                diff = np.float64(new) - np.float64(centers[c, t])
+                acc += diff * diff
+                centers[c, t] = new
+            shift[c] = np.sqrt(acc) * (1.0 + 1e-5)
+    return shift
+
+
+@_jit
 def _counts(labels: np.ndarray, k: int) -> np.ndarray:
     counts = np.zeros(k, np.int64)
     for i in range(labels.shape[0]):
@@ -449,7 +469,6 @@ def lloyd_polish(
     has_prev = True
     sums = start_sums.copy()
     n_iter = 0
-    shift = np.empty(k, np.float64)
     sq = np.empty(n, np.float32)
     if start_upper.shape[0] == n:
         labels = start_labels.copy()
@@ -498,21 +517,8 @@ def lloyd_polish(
                         sums[b, t] += x[i, t]
                         sums[a, t] -= x[i, t]
         else:
-            sums[:] = 0.0
-            for i in range(n):
-                c = labels[i]
-                for t in range(d):
-                    sums[c, t] += x[i, t]
-        for c in range(k):  # move the centroids; the bounds follow
-            acc = 0.0
-            if counts[c] > 0:
-                for t in range(d):
-                    new = np.float32(sums[c, t] / counts[c])
-                    diff = np.float64(new) - np.float64(centers[c, t])
-                    acc += diff * diff
-                    centers[c, t] = new
-            shift[c] = np.sqrt(acc) * (1.0 + 1e-5)
-        _loosen(upper, lower, labels, shift)
+            _, sums = cell_sums(x, labels, k)
+        _loosen(upper, lower, labels, _move_to_means(centers, sums, counts))  # bounds follow
         n_iter += 1
         prev[:] = labels
         has_prev = True
@@ -537,10 +543,9 @@ def fit_whole(
     Seeds by `kmeans_plusplus` with `draws` x (1 + (K - 1) trials) uniforms of
     `seeding_stream(seed)` (in the count sketch to `width` dimensions when width > 0, its
     signs the stream's next d values: -1 below 1/2, else +1), or starts from `init` when
-    it has K rows. The
-    step moves every centroid that wins points to their mean (a Lloyd iteration, and with
-    the 1/count rule exactly CLVQ's step); then `lloyd_polish`, whose bounds start from
-    the step's distances.
+    it has K rows. The step moves every centroid that wins points to their mean (a Lloyd
+    iteration, and with the 1/count rule exactly CLVQ's step); then `lloyd_polish`, whose
+    bounds start from the step's distances.
 
     Returns (status, centers, labels, sq, n_polish, counts, won, step_centers,
     step_labels, step_sq, sums, x_sq): status 0 when done; 1 when a squared norm is not
@@ -570,15 +575,7 @@ def fit_whole(
     labels, sq, second = assign(x, x_sq, centers, tie_rtol)
     won, sums = cell_sums(x, labels, k)
     moved = centers.copy()
-    shift = np.zeros(k, np.float64)
-    for c in range(k):
-        if won[c] > 0:
-            acc = 0.0
-            for t in range(d):
-                moved[c, t] = sums[c, t] / won[c]
-                diff = np.float64(moved[c, t]) - np.float64(centers[c, t])
-                acc += diff * diff
-            shift[c] = np.sqrt(acc) * (1.0 + 1e-5)
+    shift = _move_to_means(moved, sums, won)
     if won.min() == 0:
         return 2, moved, labels, sq, 0, won, won, moved, labels, sq, sums, x_sq
     # the step's distances bound those to the moved centroids (triangle inequality)
@@ -599,7 +596,7 @@ def warm_up() -> None:
     machine compiles (about 15 s of CPU); later ones load the machine code (well under a
     second). The app runs this in the background at start.
     """
-    x = (np.arange(120, dtype=np.float32).reshape(40, 3) % 7).astype(np.float32)
+    x = np.arange(120, dtype=np.float32).reshape(40, 3) % 7
     empty = np.empty(0, np.float32)
     fit_whole(x, np.empty((0, 3), np.float32), np.uint64(0), 0, 4, 3, 1, 2, 1e-5, 4e-5)
     labels = np.zeros(40, np.int64)
