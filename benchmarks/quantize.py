@@ -80,6 +80,15 @@ def gemm_rate(n: int, d: int, k: int, repeats: int = 20) -> float:
     return 2.0 * n * d * k / min(times)
 
 
+def faiss_fit(x: np.ndarray, k: int, seed: int):
+    """faiss-cpu's Kmeans(niter=20) fitted on x (the reference row; seeds from 1)."""
+    import faiss  # benchmark-only: imported when its row runs (skipped if missing)
+
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed + 1, verbose=False)
+    km.train(x)
+    return km
+
+
 def seeding_passes(k: int, init_size: int, n: int) -> float:
     """Greedy k-means++ work in assignment passes: K seeds x (2 + ln K) candidates each,
     against init_size points, is (2 + ln K) init_size / N passes of N x K distances."""
@@ -126,14 +135,7 @@ def run_case(case: Case, seeds: tuple[int, ...] = (0, 1, 2)) -> list[list[object
 
     def faiss_kmeans():
         def fit(seed):
-            import faiss  # benchmark-only: imported when its row runs (skipped if missing)
-
-            out = []
-            for g in groups:
-                km = faiss.Kmeans(case.d, k, niter=20, seed=seed + 1, verbose=False)
-                km.train(g)
-                out.append(km)
-            return out
+            return [faiss_fit(g, k, seed) for g in groups]
 
         def passes(models):  # random init; one assignment per iteration (it stops early)
             return float(np.mean([len(m.iteration_stats) for m in models]))
@@ -232,11 +234,9 @@ def seed_spread(case: Case, seeds: range = range(12)) -> list[list[object]]:
         import faiss
 
         faiss.omp_set_num_threads(torch.get_num_threads())
-        values["faiss-cpu Kmeans(niter=20)"] = []
-        for s in seeds:
-            km = faiss.Kmeans(case.d, case.k, niter=20, seed=s + 1, verbose=False)
-            km.train(x)
-            values["faiss-cpu Kmeans(niter=20)"].append(distortion(x64, km.centroids))
+        values["faiss-cpu Kmeans(niter=20)"] = [
+            distortion(x64, faiss_fit(x, case.k, s).centroids) for s in seeds
+        ]
     except ImportError:
         pass
     ref = float(np.median(values["sklearn KMeans(n_init=1)"]))
