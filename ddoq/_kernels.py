@@ -27,6 +27,7 @@ __all__ = [
     "exact_sq",
     "kmeans_plusplus",
     "lloyd_polish",
+    "split_merge",
     "sq_norms",
 ]
 
@@ -438,6 +439,170 @@ def _counts(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 @_jit
+def _lloyd_in(
+    z: np.ndarray, z_sq: np.ndarray, centers: np.ndarray, tie_rtol: float, max_iter: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Plain Lloyd iterations in z from `centers` until no label changes (or `max_iter`);
+    empty cells move onto the farthest points. Returns (centers, labels, sum of squared
+    distances (float64) of that assignment)."""
+    k = centers.shape[0]
+    centers = centers.copy()
+    labels, sq, _ = assign(z, z_sq, centers, tie_rtol)
+    for _ in range(max_iter):
+        counts, sums = cell_sums(z, labels, k)
+        _move_to_means(centers, sums, counts)
+        if counts.min() == 0:
+            _relocate_empty(centers, z, counts, sq)
+        new, sq, _ = assign(z, z_sq, centers, tie_rtol)
+        same = True
+        for i in range(labels.shape[0]):
+            if new[i] != labels[i]:
+                same = False
+                break
+        labels = new
+        if same and counts.min() > 0:
+            break
+    total = 0.0
+    for i in range(sq.shape[0]):
+        total += sq[i]
+    return centers, labels, total
+
+
+@_jit
+def _split(z: np.ndarray, members: np.ndarray, center: np.ndarray) -> tuple[float, np.ndarray]:
+    """Two-means split of the points z[members] around their mean `center`.
+
+    Starts from the sign of each point along the cell's principal direction (three power
+    iterations from the all-ones vector), then two-means moves until stable (at most 10).
+    Returns (the fall in the sum of squared distances, side of each member (bool));
+    gain 0 when the points do not split.
+    """
+    m = members.shape[0]
+    p = z.shape[1]
+    v = np.ones(p, np.float64)
+    proj = np.zeros(m, np.float64)
+    side = np.zeros(m, np.bool_)
+    for _ in range(3):
+        w = np.zeros(p, np.float64)
+        for a in range(m):
+            i = members[a]
+            acc = 0.0
+            for t in range(p):
+                acc += (z[i, t] - center[t]) * v[t]
+            proj[a] = acc
+            for t in range(p):
+                w[t] += acc * (z[i, t] - center[t])
+        norm = np.sqrt((w * w).sum())
+        if norm == 0.0:
+            return 0.0, side
+        v = w / norm
+    for a in range(m):
+        side[a] = proj[a] > 0.0
+    halves = np.zeros((2, p), np.float64)
+    sizes = np.zeros(2, np.int64)
+    for _ in range(10):
+        halves[:] = 0.0
+        sizes[:] = 0
+        for a in range(m):
+            h = 0 if side[a] else 1
+            sizes[h] += 1
+            halves[h] += z[members[a]]
+        if sizes.min() == 0:
+            return 0.0, side
+        halves[0] /= sizes[0]
+        halves[1] /= sizes[1]
+        changed = False
+        for a in range(m):
+            i = members[a]
+            d0 = 0.0
+            d1 = 0.0
+            for t in range(p):
+                d0 += (z[i, t] - halves[0, t]) ** 2
+                d1 += (z[i, t] - halves[1, t]) ** 2
+            if (d0 < d1) != side[a]:
+                side[a] = d0 < d1
+                changed = True
+        if not changed:
+            break
+    gain = 0.0
+    for a in range(m):
+        i = members[a]
+        h = 0 if side[a] else 1
+        for t in range(p):
+            gain += (z[i, t] - center[t]) ** 2 - (z[i, t] - halves[h, t]) ** 2
+    return gain, side
+
+
+@_jit
+def split_merge(
+    z: np.ndarray, z_sq: np.ndarray, seeds: np.ndarray, swaps: int, tie_rtol: float
+) -> np.ndarray:
+    """Labels of z after Lloyd from `seeds` and at most `swaps` split-merge moves.
+
+    A move merges the two cells whose merge raises the sum of squared distances least
+    (Ward's cost n_a n_b / (n_a + n_b) |c_a - c_b|^2) and splits the cell whose two-means
+    split (`_split`) lowers it most, when the split gains more than the merge costs; Lloyd
+    then runs again, and the move is kept only if the sum fell (else the search stops).
+    Lloyd alone keeps two modes under one centroid when the seeding put them so; the moves
+    take a centroid from where it is least needed to where it is most (the cell swap of
+    Ismkhan's I-k-means-+, 2018). Returns labels (N,) int64.
+    """
+    n, p = z.shape
+    k = seeds.shape[0]
+    centers, labels, total = _lloyd_in(z, z_sq, seeds, tie_rtol, 50)
+    if k < 3:
+        return labels
+    for _ in range(swaps):
+        counts = _counts(labels, k)
+        order = np.argsort(labels, kind="mergesort")
+        starts = np.zeros(k + 1, np.int64)
+        for c in range(k):
+            starts[c + 1] = starts[c] + counts[c]
+        best, best_gain = -1, 0.0
+        for c in range(k):
+            if counts[c] >= 2:
+                gain, _ = _split(z, order[starts[c] : starts[c + 1]], centers[c])
+                if gain > best_gain:
+                    best, best_gain = c, gain
+        if best < 0:
+            break
+        a, b, cost = -1, -1, np.inf
+        for i in range(k):
+            for j in range(i + 1, k):
+                if i == best or j == best or counts[i] == 0 or counts[j] == 0:
+                    continue
+                dist = 0.0
+                for t in range(p):
+                    dist += (np.float64(centers[i, t]) - centers[j, t]) ** 2
+                w = counts[i] * counts[j] / (counts[i] + counts[j]) * dist
+                if w < cost:
+                    a, b, cost = i, j, w
+        if a < 0 or best_gain <= cost:
+            break
+        members = order[starts[best] : starts[best + 1]]
+        _, side = _split(z, members, centers[best])
+        trial = centers.copy()
+        for t in range(p):
+            trial[a, t] = (counts[a] * np.float64(centers[a, t]) + counts[b] * centers[b, t]) / (
+                counts[a] + counts[b]
+            )
+        halves = np.zeros((2, p), np.float64)
+        sizes = np.zeros(2, np.int64)
+        for e in range(members.shape[0]):
+            h = 0 if side[e] else 1
+            sizes[h] += 1
+            halves[h] += z[members[e]]
+        for t in range(p):
+            trial[b, t] = halves[0, t] / sizes[0]
+            trial[best, t] = halves[1, t] / sizes[1]
+        moved, moved_labels, moved_total = _lloyd_in(z, z_sq, trial, tie_rtol, 50)
+        if not moved_total < total:
+            break
+        centers, labels, total = moved, moved_labels, moved_total
+    return labels
+
+
+@_jit
 def lloyd_polish(
     x: np.ndarray,
     x_sq: np.ndarray,
@@ -534,6 +699,7 @@ def fit_whole(
     k: int,
     trials: int,
     draws: int,
+    swaps: int,
     polish_iter: int,
     tie_rtol: float,
     bound_rtol: float,
@@ -543,7 +709,9 @@ def fit_whole(
     Seeds by `kmeans_plusplus` with `draws` x (1 + (K - 1) trials) uniforms of
     `seeding_stream(seed)` (in the count sketch to `width` dimensions when width > 0, its
     signs the stream's next d values: -1 below 1/2, else +1), or starts from `init` when
-    it has K rows. The step moves every centroid that wins points to their mean (a Lloyd
+    it has K rows. With `swaps` > 0 the k-means++ seeds go through `split_merge` where
+    they were measured, and the start is the means of the cells it found (a cell left
+    empty keeps its seed). The step moves every centroid that wins points to their mean (a Lloyd
     iteration, and with the 1/count rule exactly CLVQ's step); then `lloyd_polish`, whose
     bounds start from the step's distances.
 
@@ -569,7 +737,11 @@ def fit_whole(
             signs = np.where(stream[n_u:] < 0.5, np.float32(-1.0), np.float32(1.0))
             z = count_sketch(x, signs, width)
             z_sq = sq_norms(z)
-        centers = x[kmeans_plusplus(z, z_sq, stream[:n_u], k, trials, draws)]
+        seeds = kmeans_plusplus(z, z_sq, stream[:n_u], k, trials, draws)
+        centers = x[seeds]
+        if swaps > 0:
+            cells, cell_total = cell_sums(x, split_merge(z, z_sq, z[seeds], swaps, tie_rtol), k)
+            _move_to_means(centers, cell_total, cells)
     else:
         centers = init.copy()
     labels, sq, second = assign(x, x_sq, centers, tie_rtol)
@@ -598,7 +770,7 @@ def warm_up() -> None:
     """
     x = np.arange(120, dtype=np.float32).reshape(40, 3) % 7
     empty = np.empty(0, np.float32)
-    fit_whole(x, np.empty((0, 3), np.float32), np.uint64(0), 0, 4, 3, 1, 2, 1e-5, 4e-5)
+    fit_whole(x, np.empty((0, 3), np.float32), np.uint64(0), 0, 4, 3, 1, 1, 2, 1e-5, 4e-5)
     labels = np.zeros(40, np.int64)
     sums = np.zeros((4, 3), np.float64)
     lloyd_polish(x, sq_norms(x), x[:4].copy(), 1, labels, sums, 1e-5, 4e-5, empty, empty)

@@ -180,6 +180,7 @@ def _kmeans_plusplus_batched(
     n_local_trials: int | None = None,
     n_components: int | None = None,
     draws: int = 1,
+    swaps: int = 0,
 ) -> torch.Tensor:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) for C classes at once.
 
@@ -195,7 +196,8 @@ def _kmeans_plusplus_batched(
     front from the stream of each class's seed (`_seeding_stream` of its generator's
     seed, the stream the compiled fit uses too), and the draws are inverse-CDF look-ups,
     so the K sequential steps are a few batched tensor operations each, whatever C and
-    `draws` are. Returns centers (C, K, d).
+    `draws` are. With `swaps` > 0 the seeds then go through `_split_merge_start`.
+    Returns centers (C, K, d).
     """
     n_classes, n, d = x.shape
     device = x.device
@@ -212,6 +214,7 @@ def _kmeans_plusplus_batched(
     if sketch:
         signs = torch.where(streams[:, n_u:] < 0.5, -1.0, 1.0).to(x.dtype)
         z = _count_sketch(x, signs, n_components)
+    measured = z  # one row per class (the draws repeat it below)
     len_t = torch.as_tensor(lengths, device=device)
     if draws > 1:
         z, len_t = z.repeat_interleave(draws, 0), len_t.repeat_interleave(draws)
@@ -264,7 +267,34 @@ def _kmeans_plusplus_batched(
     if draws > 1:
         keep = closest.double().sum(-1).view(n_classes, draws).argmin(1)
         chosen = chosen.view(n_classes, draws, n_clusters)[torch.arange(n_classes), keep]
+    if swaps > 0:
+        return _split_merge_start(x, measured, lengths, chosen, swaps)
     return x[torch.arange(n_classes, device=device)[:, None], chosen]
+
+
+def _split_merge_start(
+    x: torch.Tensor, z: torch.Tensor, lengths: Sequence[int], seeds: torch.Tensor, swaps: int
+) -> torch.Tensor:
+    """Start centers (C, K, d): the means in x of the cells that `ddoq._kernels.split_merge`
+    finds in z (the space the seeding measured in) from the seed indices (C, K); a cell
+    left empty keeps its seed. z is small (the sketch), so it goes to the host for the
+    compiled search wherever x is; the means are taken on x's device, in float64 then
+    rounded (as the compiled fit does)."""
+    from ddoq._kernels import split_merge, sq_norms
+
+    k = seeds.shape[1]
+    centers = x[torch.arange(x.shape[0], device=x.device)[:, None], seeds]
+    for c, n in enumerate(lengths):
+        zc = np.ascontiguousarray(z[c, :n].cpu().numpy(), dtype=np.float32)
+        start = zc[seeds[c].cpu().numpy()]
+        labels = torch.from_numpy(split_merge(zc, sq_norms(zc), start, swaps, _TIE_RTOL))
+        labels = labels.to(x.device)
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros((k, x.shape[-1]), dtype=torch.float64, device=x.device)
+        sums.index_add_(0, labels, x[c, :n].double())
+        means = (sums / counts.clamp_min(1)[:, None]).float()
+        centers[c] = torch.where((counts > 0)[:, None], means, centers[c])
+    return centers
 
 
 def _kpp_trials(n_clusters: int) -> int:
@@ -994,9 +1024,9 @@ class CLVQ(ClusterMixin, BaseEstimator):
     init_dim : int or None
         k-means++ measures its distances in a count sketch of the data to this many
         dimensions when the data have more (64 by default; None: in the data's own
-        dimension). The seeds are data points either way; the sketch reads the data once
-        (no matrix product), so at d = 4,096 the seeding costs a fraction of one
-        assignment pass instead of about 2 + ln K of them.
+        dimension). The seeds are data points either way (`init_swaps` may then move
+        them); the sketch reads the data once (no matrix product), so at d = 4,096 the
+        seeding costs a fraction of one assignment pass instead of about 2 + ln K of them.
     init_draws : int or "auto"
         k-means++ seedings drawn side by side; the one with the lowest potential (measured
         where the seeding measures, in the sketch by default) is kept. "auto" (default):
@@ -1005,6 +1035,16 @@ class CLVQ(ClusterMixin, BaseEstimator):
         4 at K = 10 and d = 4,096 (sketched to 64), 2 at d = 256, 1 at d = 64 or K >= 21.
         Draws matter at small K, where one badly placed seed is a tenth of the grid, and
         cost little where the sketch is much smaller than the data.
+    init_swaps : int or "auto"
+        After k-means++ (not with init="random" or given centroids), Lloyd iterations where
+        the seeding measured (the sketch by default) and then at most this many
+        split-merge moves there: the two cells whose merge costs least become one, the
+        cell whose two-means split gains most becomes two, and the move is kept if the
+        distortion falls. The fit then starts from the means of those cells in the data.
+        Lloyd keeps two modes under one centroid when the seeding put them so, and at
+        small K that is a tenth of the grid. "auto" (default): 3 when the seeding is
+        sketched and 3 <= K <= 20 (in the sketch the moves cost a fraction of one
+        assignment pass), else 0.
     polish_iter : int
         CLVQ only: at most this many full-batch Lloyd iterations after the mini-batch
         epochs (default 10; 0 turns the polish off). They remove the mini-batch bias and
@@ -1049,6 +1089,7 @@ class CLVQ(ClusterMixin, BaseEstimator):
         init_size: int | None = None,
         init_dim: int | None = 64,
         init_draws: int | str = "auto",
+        init_swaps: int | str = "auto",
         polish_iter: int = 10,
         step: StepRule = "count",
         tol: float = 1e-4,
@@ -1063,6 +1104,7 @@ class CLVQ(ClusterMixin, BaseEstimator):
         self.init_size = init_size
         self.init_dim = init_dim
         self.init_draws = init_draws
+        self.init_swaps = init_swaps
         self.polish_iter = polish_iter
         self.step = step
         self.tol = tol
@@ -1098,6 +1140,14 @@ class CLVQ(ClusterMixin, BaseEstimator):
         ):
             raise ValueError(
                 f"init_draws must be 'auto' or an integer >= 1, got {self.init_draws!r}"
+            )
+        if self.init_swaps != "auto" and (
+            isinstance(self.init_swaps, bool)
+            or not isinstance(self.init_swaps, int | np.integer)
+            or self.init_swaps < 0
+        ):
+            raise ValueError(
+                f"init_swaps must be 'auto' or an integer >= 0, got {self.init_swaps!r}"
             )
         if (
             isinstance(self.polish_iter, bool)
@@ -1150,6 +1200,13 @@ class CLVQ(ClusterMixin, BaseEstimator):
         per_draw = (k - 1) * _kpp_trials(k) * measured  # multiply-adds per point
         return max(1, min(40 // k, (2 * k * d) // per_draw))
 
+    def _swaps(self, d: int) -> int:
+        """Split-merge moves after k-means++ for d-dimensional data ("auto": see the docstring)."""
+        if self.init_swaps != "auto":
+            return int(self.init_swaps)
+        sketched = self.init_dim is not None and self.init_dim < d
+        return 3 if sketched and 3 <= self.n_clusters <= 20 else 0
+
     def _seed_centers(
         self, x: torch.Tensor, lengths: Sequence[int], generators: Sequence[torch.Generator]
     ) -> torch.Tensor:
@@ -1165,7 +1222,13 @@ class CLVQ(ClusterMixin, BaseEstimator):
         if self.init == "k-means++" and sizes == list(lengths):
             # k-means++ on every point: no subset to draw or copy
             return _kmeans_plusplus_batched(
-                x, lengths, k, generators, n_components=self.init_dim, draws=self._draws(d)
+                x,
+                lengths,
+                k,
+                generators,
+                n_components=self.init_dim,
+                draws=self._draws(d),
+                swaps=self._swaps(d),
             )
         subsets = []
         for c, (n, size, g) in enumerate(zip(lengths, sizes, generators)):
@@ -1178,7 +1241,13 @@ class CLVQ(ClusterMixin, BaseEstimator):
             return torch.stack([s[:k] for s in subsets])
         sub = _pad_stack(subsets)
         return _kmeans_plusplus_batched(
-            sub, sizes, k, generators, n_components=self.init_dim, draws=self._draws(d)
+            sub,
+            sizes,
+            k,
+            generators,
+            n_components=self.init_dim,
+            draws=self._draws(d),
+            swaps=self._swaps(d),
         )
 
     # -- fitting --------------------------------------------------------------------------
@@ -1483,6 +1552,7 @@ def _fit_compiled(est: CLVQ, X: ArrayLike, name: str) -> bool:
             k,
             trials,
             draws,
+            est._swaps(d),
             int(est.polish_iter),
             _TIE_RTOL,
             _BOUND_RTOL,

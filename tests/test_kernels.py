@@ -88,6 +88,48 @@ def test_compiled_fit_equals_the_torch_solver_with_other_settings(params, monkey
     assert_same_fit(compiled, reference, x)
 
 
+def test_compiled_fit_equals_the_torch_solver_with_split_merge_moves(monkeypatch):
+    # sketched, K = 10: both solvers start from the cells split_merge finds (the same
+    # compiled search on the same sketch) and the moves change the fit here
+    x = np.random.default_rng(8).integers(-7, 7, size=(500, 256)).astype(np.float32)
+    for seed in range(3):
+        compiled, reference = fit_both(x, 10, monkeypatch, random_state=seed, init_swaps=3)
+        assert_same_fit(compiled, reference, x)
+        plain = CLVQ(10, random_state=seed, init_swaps=0).fit(x)
+        assert (compiled.labels_ != plain.labels_).any()
+
+
+def _sum_sq(z, labels, k):
+    means = np.stack([z[labels == c].mean(0) for c in range(k)])
+    return float(((z - means[labels]) ** 2).sum())
+
+
+def test_split_merge_moves_a_centroid_to_the_mode_the_seeds_missed():
+    # four tight, far-apart blobs; two seeds in blob 0, none in blob 3: Lloyd keeps blob 3
+    # under a neighbour's centroid, one move (merge the two cells of blob 0, split the
+    # cell holding two blobs) finds the blobs
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0], [40, 0], [0, 40], [40, 40]], np.float64)
+    truth = np.repeat(np.arange(4), 50)
+    z = (centers[truth] + rng.normal(size=(200, 2))).astype(np.float32)
+    seeds = z[[0, 1, 50, 100]].copy()
+    z_sq = kern.sq_norms(z)
+    lloyd = kern.split_merge(z, z_sq, seeds, 0, quantize._TIE_RTOL)
+    moved = kern.split_merge(z, z_sq, seeds, 1, quantize._TIE_RTOL)
+    pairs = set(zip(moved.tolist(), truth.tolist()))
+    assert len(pairs) == 4 and len({a for a, _ in pairs}) == 4  # one cell per blob
+    assert len(set(zip(lloyd.tolist(), truth.tolist()))) != 4  # Lloyd alone does not
+    assert _sum_sq(z, moved, 4) < _sum_sq(z, lloyd, 4) / 10
+    # on overlapping data a move is kept only if it lowers the sum: never above Lloyd's
+    for seed in range(5):
+        r = np.random.default_rng(seed)
+        w = r.normal(size=(300, 6)).astype(np.float32)
+        start = w[r.choice(300, 7, replace=False)]
+        a = kern.split_merge(w, kern.sq_norms(w), start, 0, quantize._TIE_RTOL)
+        b = kern.split_merge(w, kern.sq_norms(w), start, 3, quantize._TIE_RTOL)
+        assert _sum_sq(w, b, 7) <= _sum_sq(w, a, 7) * (1 + 1e-6)
+
+
 def test_dead_centroids_and_empty_cells_follow_the_torch_rules(monkeypatch):
     # 5 distinct points and K = 8: the seeding runs out of distinct points, duplicate
     # seeds win nothing in the step (re-seeded with the class's torch generator) and

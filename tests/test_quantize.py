@@ -433,6 +433,37 @@ def test_init_draws_auto_and_checks():
             CLVQ(2, init_draws=bad).fit(np.ones((10, 2)))
 
 
+def test_init_swaps_auto_and_checks():
+    # split-merge moves where the seeding is sketched and K is small (3 to 20)
+    assert CLVQ(10)._swaps(4096) == 3
+    assert CLVQ(3)._swaps(65) == 3
+    assert CLVQ(10)._swaps(64) == 0  # not sketched: the moves would cost full passes
+    assert CLVQ(21)._swaps(4096) == 0
+    assert CLVQ(2)._swaps(4096) == 0  # a merge and a split need three cells
+    assert CLVQ(10, init_dim=None)._swaps(4096) == 0
+    assert CLVQ(10, init_swaps=5)._swaps(64) == 5
+    for bad in (-1, 1.5, True, "many"):
+        with pytest.raises(ValueError, match="init_swaps"):
+            CLVQ(2, init_swaps=bad).fit(np.ones((10, 2)))
+
+
+def test_split_merge_start_lowers_the_distortion_at_small_k():
+    # the benchmark's kind of data: 32 overlapping modes of unequal weights, K = 10. Over
+    # 8 seeds the default fit (split-merge start) is at or below scikit-learn's
+    # KMeans(n_init=1) in median distortion, and below the same fit without the moves
+    rng = np.random.default_rng(3)
+    means = rng.normal(scale=3.0 / np.sqrt(2), size=(32, 512))
+    comp = rng.choice(32, size=1000, p=rng.dirichlet(np.full(32, 2.0)))
+    x = (means[comp] + rng.normal(size=(1000, 512))).astype(np.float32)
+    seeds = range(8)
+    moved = np.median([CLVQ(10, random_state=s).fit(x).distortion_ for s in seeds])
+    kept = np.median([CLVQ(10, random_state=s, init_swaps=0).fit(x).distortion_ for s in seeds])
+    x64 = x.astype(np.float64)
+    sk = np.median([KMeans(10, n_init=1, random_state=s).fit(x64).inertia_ / 1000 for s in seeds])
+    assert moved <= sk
+    assert moved < kept
+
+
 def test_more_draws_give_a_lower_seeding_potential_in_low_dimensions(rng):
     # d <= 64: the draws are measured in the data's own space, so the kept seeding's
     # potential is the lowest of the draws, never above one draw's on the same numbers
@@ -471,9 +502,10 @@ def test_polish_from_the_clvq_step_equals_lloyd_from_there(rng):
 
 def test_polish_with_distance_bounds_equals_full_assignments(rng, monkeypatch, single_class_solver):
     # Hamerly's bounds let the polish skip points whose centroid cannot change; the fits
-    # must be the ones where every point is assigned again (bounds never trusted)
+    # must be the ones where every point is assigned again (bounds never trusted). No
+    # split-merge start: from it the polish has little left to do here
     x = gaussian_mixture(rng, 900, 256, 14, spread=0.6)
-    bounded = [CLVQ(10, random_state=s).fit(x) for s in range(4)]
+    bounded = [CLVQ(10, random_state=s, init_swaps=0).fit(x) for s in range(4)]
     skipped = []
     original = quantize._reassign_within_bounds
 
@@ -483,7 +515,7 @@ def test_polish_with_distance_bounds_equals_full_assignments(rng, monkeypatch, s
 
     monkeypatch.setattr(quantize, "_reassign_within_bounds", spy)
     monkeypatch.setattr(quantize, "_BOUND_RTOL", 1e30)  # no point is ever skipped
-    full = [CLVQ(10, random_state=s).fit(x) for s in range(4)]
+    full = [CLVQ(10, random_state=s, init_swaps=0).fit(x) for s in range(4)]
     for a, b in zip(bounded, full):
         np.testing.assert_array_equal(a.labels_, b.labels_)
         np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, atol=1e-6)
@@ -492,7 +524,7 @@ def test_polish_with_distance_bounds_equals_full_assignments(rng, monkeypatch, s
     assert sum(skipped) == 0
     monkeypatch.setattr(quantize, "_BOUND_RTOL", 4 * quantize._TIE_RTOL)
     skipped.clear()
-    again = CLVQ(10, random_state=0).fit(x)
+    again = CLVQ(10, random_state=0, init_swaps=0).fit(x)
     np.testing.assert_array_equal(again.labels_, bounded[0].labels_)
     if single_class_solver == "torch":  # the compiled loops' skipping: tests/test_kernels.py
         assert sum(skipped) > 0  # the bounds did skip points here
