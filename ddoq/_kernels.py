@@ -140,8 +140,8 @@ def _search_right(cum: np.ndarray, value: float) -> int:
 @_jit
 def kmeans_plusplus(
     z: np.ndarray, z_sq: np.ndarray, u: np.ndarray, k: int, trials: int, draws: int
-) -> np.ndarray:
-    """Greedy k-means++ (`trials` candidates per step), `draws` seedings; returns indices.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy k-means++ (`trials` candidates per step), `draws` seedings.
 
     The same rule and random numbers as `ddoq.quantize._kmeans_plusplus_batched` for one
     class: u holds draws x (1 + (K - 1) trials) uniforms, draw r using the r-th block; a
@@ -150,12 +150,19 @@ def kmeans_plusplus(
     the potential most is kept; of the draws, the one with the lowest final potential.
     Distances are in z's space (the data or its sketch), as |a|^2 + |b|^2 - 2 a.b; the
     draws advance side by side, their candidates measured in one pass over the points.
+
+    Returns the kept draw's seed indices (K,) and, for every point, the seed it is
+    nearest to (the first on ties), the squared distance to that seed and to the second
+    nearest (inf for K = 1): an assignment to the seeds, which the search has measured
+    anyway.
     """
     n, p = z.shape
     per_draw = 1 + (k - 1) * trials
     width = draws * trials
     chosen = np.empty((draws, k), np.int64)
     closest = np.empty((draws, n), np.float32)
+    second = np.full((draws, n), np.inf, np.float32)
+    nearest = np.zeros((draws, n), np.int64)
     cum = np.empty(n, np.float64)
     cand = np.empty(width, np.int64)
     picked = np.empty((width, p), np.float32)
@@ -198,8 +205,10 @@ def kmeans_plusplus(
                 dist = max(
                     z_sq[i] + z_sq[cand[bt]] - np.float32(2.0) * dots[bt, i], np.float32(0.0)
                 )
-                if dist < closest[r, i]:
-                    closest[r, i] = dist
+                near = closest[r, i]  # branch-free, so that the loop vectorizes
+                second[r, i] = min(second[r, i], max(dist, near))
+                nearest[r, i] = step if dist < near else nearest[r, i]
+                closest[r, i] = min(near, dist)
     best, best_pot = 0, np.inf
     for r in range(draws):
         pot = 0.0
@@ -207,7 +216,35 @@ def kmeans_plusplus(
             pot += closest[r, i]
         if pot < best_pot:
             best, best_pot = r, pot
-    return chosen[best].copy()
+    return chosen[best].copy(), nearest[best].copy(), closest[best].copy(), second[best].copy()
+
+
+@_jit
+def _settle_ties(
+    x: np.ndarray,
+    x_sq: np.ndarray,
+    centers: np.ndarray,
+    labels: np.ndarray,
+    sq: np.ndarray,
+    second: np.ndarray,
+    tie_rtol: float,
+) -> None:
+    """Make an assignment measured elsewhere (`kmeans_plusplus`'s) the one `assign` gives:
+    where the two nearest are within tie_rtol (|x|^2 + max |c|^2), decide again in float64,
+    lowest index on ties (`_decide`'s rule), in place. Outside that band float32 rounding
+    cannot reorder two centroids, so the other labels already agree."""
+    c_max = sq_norms(centers).max()
+    for i in range(x.shape[0]):
+        if second[i] - sq[i] <= tie_rtol * (x_sq[i] + c_max):
+            best64 = np.inf
+            for j in range(centers.shape[0]):
+                acc = 0.0
+                for m in range(x.shape[1]):
+                    diff = np.float64(x[i, m]) - np.float64(centers[j, m])
+                    acc += diff * diff
+                if acc < best64:
+                    best64 = acc
+                    labels[i] = j
 
 
 @_jit
@@ -737,14 +774,19 @@ def fit_whole(
             signs = np.where(stream[n_u:] < 0.5, np.float32(-1.0), np.float32(1.0))
             z = count_sketch(x, signs, width)
             z_sq = sq_norms(z)
-        seeds = kmeans_plusplus(z, z_sq, stream[:n_u], k, trials, draws)
+        seeds, labels, sq, second = kmeans_plusplus(z, z_sq, stream[:n_u], k, trials, draws)
         centers = x[seeds]
         if swaps > 0:
             cells, cell_total = cell_sums(x, split_merge(z, z_sq, z[seeds], swaps, tie_rtol), k)
             _move_to_means(centers, cell_total, cells)
+        assigned = width == 0 and swaps == 0  # the seeding measured every point in x
     else:
         centers = init.copy()
-    labels, sq, second = assign(x, x_sq, centers, tie_rtol)
+        assigned = False
+    if assigned:  # the step's assignment is the seeding's, ties settled
+        _settle_ties(x, x_sq, centers, labels, sq, second, tie_rtol)
+    else:
+        labels, sq, second = assign(x, x_sq, centers, tie_rtol)
     won, sums = cell_sums(x, labels, k)
     moved = centers.copy()
     shift = _move_to_means(moved, sums, won)

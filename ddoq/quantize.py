@@ -1416,7 +1416,7 @@ class CLVQ(ClusterMixin, BaseEstimator):
             counts = np.bincount(self.labels_, minlength=self.n_clusters)
         self.weights_ = counts / float(n)
         sq = sq.cpu().numpy() if isinstance(sq, torch.Tensor) else sq
-        self.distortion_ = float(sq.mean(dtype=np.float64))
+        self.distortion_ = float(np.add.reduce(sq, dtype=np.float64)) / n  # ndarray.mean: 3x slower
 
 
 def _fit_batched(
@@ -1562,7 +1562,7 @@ def _fit_compiled(est: CLVQ, X: ArrayLike, name: str) -> bool:
         if not _all_finite(X):
             raise ValueError(_NOT_FINITE.format(name=name))
         return False
-    batch_sq = float(np.float32(step_sq.mean()))
+    batch_sq = float(np.float32(np.add.reduce(step_sq, dtype=np.float64) / n))
     wonf = won.astype(np.float32)
     companion = wonf / np.float32(n)
     dead = status == 2

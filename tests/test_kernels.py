@@ -130,6 +130,29 @@ def test_split_merge_moves_a_centroid_to_the_mode_the_seeds_missed():
         assert _sum_sq(w, b, 7) <= _sum_sq(w, a, 7) * (1 + 1e-6)
 
 
+def test_seeding_assignment_with_ties_settled_is_the_assignment_to_the_seeds():
+    # the compiled fit's step takes k-means++'s own nearest-seed bookkeeping instead of
+    # assigning again: after the near ties are settled it must be `assign`'s labelling.
+    # Float data; a grid with exact ties between seeds; the same grid far from the origin,
+    # where float32 rounding of |x|^2 + |c|^2 - 2 x.c reorders hundreds of near ties
+    rng = np.random.default_rng(2)
+    grid = np.stack(np.meshgrid(np.arange(30), np.arange(30)), -1).reshape(-1, 2)
+    far = (grid * 0.1 + 1000.7).astype(np.float32)
+    for x in (rng.normal(size=(700, 9)).astype(np.float32), grid.astype(np.float32), far):
+        x_sq = kern.sq_norms(x)
+        for seed in range(4):
+            for draws in (1, 3):
+                u = kern.seeding_stream(np.uint64(seed), draws * (1 + 9 * 4))
+                seeds, labels, sq, second = kern.kmeans_plusplus(x, x_sq, u, 10, 4, draws)
+                kern._settle_ties(x, x_sq, x[seeds], labels, sq, second, quantize._TIE_RTOL)
+                want, want_sq, want_second = kern.assign(x, x_sq, x[seeds], quantize._TIE_RTOL)
+                np.testing.assert_array_equal(labels, want)
+                # both are matrix-form distances: equal up to their float32 error band
+                band = quantize._TIE_RTOL * (x_sq + x_sq[seeds].max())
+                assert (np.abs(sq - want_sq) <= band).all()
+                assert (np.abs(second - want_second) <= band).all()
+
+
 def test_dead_centroids_and_empty_cells_follow_the_torch_rules(monkeypatch):
     # 5 distinct points and K = 8: the seeding runs out of distinct points, duplicate
     # seeds win nothing in the step (re-seeded with the class's torch generator) and
