@@ -277,24 +277,42 @@ def _split_merge_start(
 ) -> torch.Tensor:
     """Start centers (C, K, d): the means in x of the cells that `ddoq._kernels.split_merge`
     finds in z (the space the seeding measured in) from the seed indices (C, K); a cell
-    left empty keeps its seed. z is small (the sketch), so it goes to the host for the
-    compiled search wherever x is; the means are taken on x's device, in float64 then
-    rounded (as the compiled fit does)."""
+    left empty keeps its seed.
+
+    z is small (the sketch): it goes to the host in one copy wherever x is, and the
+    classes' searches (compiled, without the GIL) run on the host's threads side by side.
+    The means are taken on x's device in one batched sum, in float64 then rounded (as the
+    compiled fit does).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from ddoq._kernels import split_merge, sq_norms
 
+    n_classes, n, d = x.shape
     k = seeds.shape[1]
-    centers = x[torch.arange(x.shape[0], device=x.device)[:, None], seeds]
-    for c, n in enumerate(lengths):
-        zc = np.ascontiguousarray(z[c, :n].cpu().numpy(), dtype=np.float32)
-        start = zc[seeds[c].cpu().numpy()]
-        labels = torch.from_numpy(split_merge(zc, sq_norms(zc), start, swaps, _TIE_RTOL))
-        labels = labels.to(x.device)
-        counts = torch.bincount(labels, minlength=k)
-        sums = torch.zeros((k, x.shape[-1]), dtype=torch.float64, device=x.device)
-        sums.index_add_(0, labels, x[c, :n].double())
-        means = (sums / counts.clamp_min(1)[:, None]).float()
-        centers[c] = torch.where((counts > 0)[:, None], means, centers[c])
-    return centers
+    z_host = z.float().cpu().numpy()
+    seeds_host = seeds.cpu().numpy()
+
+    def search(c: int) -> np.ndarray:
+        zc = np.ascontiguousarray(z_host[c, : lengths[c]])
+        cells = np.full(n, k, np.int64)  # padding rows: a bucket past the K cells
+        cells[: lengths[c]] = split_merge(zc, sq_norms(zc), zc[seeds_host[c]], swaps, _TIE_RTOL)
+        return cells
+
+    workers = min(n_classes, torch.get_num_threads())
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            found = list(pool.map(search, range(n_classes)))
+    else:
+        found = [search(c) for c in range(n_classes)]
+    cells = torch.from_numpy(np.stack(found)).to(x.device)
+    flat = (cells + (k + 1) * torch.arange(n_classes, device=x.device)[:, None]).flatten()
+    sums = torch.zeros((n_classes * (k + 1), d), dtype=torch.float64, device=x.device)
+    sums.index_add_(0, flat, x.reshape(-1, d).double())
+    counts = torch.bincount(flat, minlength=n_classes * (k + 1)).view(n_classes, k + 1)[:, :k]
+    means = (sums.view(n_classes, k + 1, d)[:, :k] / counts.clamp_min(1)[..., None]).float()
+    start = x[torch.arange(n_classes, device=x.device)[:, None], seeds]
+    return torch.where((counts > 0)[..., None], means, start)
 
 
 def _kpp_trials(n_clusters: int) -> int:
