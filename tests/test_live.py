@@ -7,7 +7,9 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
+import ddoq.quantize as quantize
 from ddoq.app.compare import compare_w2, load_class_points, w2_against_k
 from ddoq.app.live import LiveCLVQ
 from ddoq.app.live_charts import explore_frame, teach_frame, voronoi_cells
@@ -20,8 +22,26 @@ from ddoq.app.playground import (
     w2_weighted_vs_uniform,
 )
 from ddoq.app.projection import project
+from ddoq.quantize import CLVQ
 from ddoq.transport import distortion, voronoi_masses
 from tests.conftest import gaussian_mixture
+
+
+def test_live_view_starts_from_the_kmeans_plusplus_seeds(rng):
+    # the default quantizer improves its seeds in the sketch before the first step (high-
+    # dimensional data, small K); the live view shows CLVQ from the seeds themselves
+    x = gaussian_mixture(rng, 600, 256, 30, spread=0.8)
+
+    def start(est):
+        gen = quantize._make_generator(1, torch.device("cpu"))
+        return est._seed_centers(torch.from_numpy(x)[None], [600], [gen])[0].numpy()
+
+    def data_points(centers):
+        return sum(bool((np.abs(x - c).max(1) == 0).any()) for c in centers)
+
+    live = LiveCLVQ(x, 8, batch_size=600, random_state=1)
+    assert data_points(start(live.estimator)) == 8
+    assert data_points(start(CLVQ(8, batch_size=600, random_state=1))) < 8
 
 
 def test_tick_advances_and_reports_exact_masses(rng):

@@ -124,6 +124,7 @@ class LiveCLVQ:
         self.estimator = CLVQ(
             self.n_clusters,
             batch_size=self.batch_size,
+            init_swaps=0,  # the view shows CLVQ's own steps from the k-means++ seeds
             step=self.step,
             random_state=self.random_state,
             device=self.device,
