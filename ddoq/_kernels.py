@@ -236,15 +236,7 @@ def _settle_ties(
     c_max = sq_norms(centers).max()
     for i in range(x.shape[0]):
         if second[i] - sq[i] <= tie_rtol * (x_sq[i] + c_max):
-            best64 = np.inf
-            for j in range(centers.shape[0]):
-                acc = 0.0
-                for m in range(x.shape[1]):
-                    diff = np.float64(x[i, m]) - np.float64(centers[j, m])
-                    acc += diff * diff
-                if acc < best64:
-                    best64 = acc
-                    labels[i] = j
+            labels[i] = _nearest64(x, i, centers)
 
 
 @_jit
@@ -280,16 +272,22 @@ def _decide(
     best = max(bv + x_sq, np.float32(0.0))
     second = max(sv + x_sq, np.float32(0.0))
     if sv - bv <= tie_rtol * (x_sq + c_max):  # rare
-        best64 = np.inf
-        for j in range(k):
-            acc = 0.0
-            for m in range(x.shape[1]):
-                diff = np.float64(x[i, m]) - np.float64(centers[j, m])
-                acc += diff * diff
-            if acc < best64:
-                best64 = acc
-                b = j
+        b = _nearest64(x, i, centers)
     return b, best, second
+
+
+@_jit
+def _nearest64(x: np.ndarray, i: int, centers: np.ndarray) -> int:
+    """Row i's nearest centroid from float64 differences; the lowest index on ties."""
+    best, best64 = 0, np.inf
+    for j in range(centers.shape[0]):
+        acc = 0.0
+        for m in range(x.shape[1]):
+            diff = np.float64(x[i, m]) - np.float64(centers[j, m])
+            acc += diff * diff
+        if acc < best64:
+            best, best64 = j, acc
+    return best
 
 
 @_jit
