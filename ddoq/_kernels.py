@@ -474,42 +474,12 @@ def _counts(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 @_jit
-def _lloyd_in(
-    z: np.ndarray, z_sq: np.ndarray, centers: np.ndarray, tie_rtol: float, max_iter: int
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Plain Lloyd iterations in z from `centers` until no label changes (or `max_iter`);
-    empty cells move onto the farthest points. Returns (centers, labels, sum of squared
-    distances (float64) of that assignment)."""
-    k = centers.shape[0]
-    centers = centers.copy()
-    labels, sq, _ = assign(z, z_sq, centers, tie_rtol)
-    for _ in range(max_iter):
-        counts, sums = cell_sums(z, labels, k)
-        _move_to_means(centers, sums, counts)
-        if counts.min() == 0:
-            _relocate_empty(centers, z, counts, sq)
-        new, sq, _ = assign(z, z_sq, centers, tie_rtol)
-        same = True
-        for i in range(labels.shape[0]):
-            if new[i] != labels[i]:
-                same = False
-                break
-        labels = new
-        if same and counts.min() > 0:
-            break
-    total = 0.0
-    for i in range(sq.shape[0]):
-        total += sq[i]
-    return centers, labels, total
-
-
-@_jit
 def _split(z: np.ndarray, members: np.ndarray, center: np.ndarray) -> tuple[float, np.ndarray]:
     """Two-means split of the points z[members] around their mean `center`.
 
     Starts from the sign of each point along the cell's principal direction (three power
     iterations from the all-ones vector), then two-means moves until stable (at most 10).
-    Returns (the fall in the sum of squared distances, side of each member (bool));
+    Returns (the fall in the sum of squared distances, the two halves' means (2, p));
     gain 0 when the points do not split.
     """
     m = members.shape[0]
@@ -517,6 +487,7 @@ def _split(z: np.ndarray, members: np.ndarray, center: np.ndarray) -> tuple[floa
     v = np.ones(p, np.float64)
     proj = np.zeros(m, np.float64)
     side = np.zeros(m, np.bool_)
+    halves = np.zeros((2, p), np.float64)
     for _ in range(3):
         w = np.zeros(p, np.float64)
         for a in range(m):
@@ -529,13 +500,12 @@ def _split(z: np.ndarray, members: np.ndarray, center: np.ndarray) -> tuple[floa
                 w[t] += acc * (z[i, t] - center[t])
         norm = np.sqrt((w * w).sum())
         if norm == 0.0:
-            return 0.0, side
+            return 0.0, halves
         v = w / norm
     for a in range(m):
         side[a] = proj[a] > 0.0
-    halves = np.zeros((2, p), np.float64)
     sizes = np.zeros(2, np.int64)
-    for _ in range(10):
+    for moves in range(11):  # the halves' means, then (10 times at most) a two-means move
         halves[:] = 0.0
         sizes[:] = 0
         for a in range(m):
@@ -543,9 +513,11 @@ def _split(z: np.ndarray, members: np.ndarray, center: np.ndarray) -> tuple[floa
             sizes[h] += 1
             halves[h] += z[members[a]]
         if sizes.min() == 0:
-            return 0.0, side
+            return 0.0, halves
         halves[0] /= sizes[0]
         halves[1] /= sizes[1]
+        if moves == 10:
+            break
         changed = False
         for a in range(m):
             i = members[a]
@@ -565,26 +537,57 @@ def _split(z: np.ndarray, members: np.ndarray, center: np.ndarray) -> tuple[floa
         h = 0 if side[a] else 1
         for t in range(p):
             gain += (z[i, t] - center[t]) ** 2 - (z[i, t] - halves[h, t]) ** 2
-    return gain, side
+    return gain, halves
+
+
+@_jit
+def _lloyd(
+    z: np.ndarray,
+    z_sq: np.ndarray,
+    centers: np.ndarray,
+    max_iter: int,
+    tie_rtol: float,
+    bound_rtol: float,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lloyd from any `centers`: one assignment and move, then `lloyd_polish` (at most
+    `max_iter` more moves). Returns (centers, labels, sum of the exact squared distances)."""
+    labels, _, _ = assign(z, z_sq, centers, tie_rtol)
+    counts, sums = cell_sums(z, labels, centers.shape[0])
+    moved = centers.copy()
+    _move_to_means(moved, sums, counts)  # a cell left empty keeps its centroid
+    empty = np.empty(0, np.float32)
+    out, out_labels, sq, _, _ = lloyd_polish(
+        z, z_sq, moved, max_iter, labels, sums, tie_rtol, bound_rtol, empty, empty
+    )
+    total = 0.0
+    for i in range(sq.shape[0]):
+        total += sq[i]
+    return out, out_labels, total
 
 
 @_jit
 def split_merge(
-    z: np.ndarray, z_sq: np.ndarray, seeds: np.ndarray, swaps: int, tie_rtol: float
+    z: np.ndarray,
+    z_sq: np.ndarray,
+    seeds: np.ndarray,
+    swaps: int,
+    tie_rtol: float,
+    bound_rtol: float,
 ) -> np.ndarray:
     """Labels of z after Lloyd from `seeds` and at most `swaps` split-merge moves.
 
     A move merges the two cells whose merge raises the sum of squared distances least
     (Ward's cost n_a n_b / (n_a + n_b) |c_a - c_b|^2) and splits the cell whose two-means
     split (`_split`) lowers it most, when the split gains more than the merge costs; Lloyd
-    then runs again, and the move is kept only if the sum fell (else the search stops).
-    Lloyd alone keeps two modes under one centroid when the seeding put them so; the moves
-    take a centroid from where it is least needed to where it is most (the cell swap of
-    Ismkhan's I-k-means-+, 2018). Returns labels (N,) int64.
+    (`_lloyd`, at most 50 moves each time) then runs again, and the move is kept only if
+    the sum fell (else the search stops). Lloyd alone keeps two modes under one centroid
+    when the seeding put them so; the moves take a centroid from where it is least needed
+    to where it is most (the cell swap of Ismkhan's I-k-means-+, 2018). Returns labels
+    (N,) int64.
     """
     n, p = z.shape
     k = seeds.shape[0]
-    centers, labels, total = _lloyd_in(z, z_sq, seeds, tie_rtol, 50)
+    centers, labels, total = _lloyd(z, z_sq, seeds, 50, tie_rtol, bound_rtol)
     if k < 3:
         return labels
     for _ in range(swaps):
@@ -594,11 +597,12 @@ def split_merge(
         for c in range(k):
             starts[c + 1] = starts[c] + counts[c]
         best, best_gain = -1, 0.0
+        best_halves = np.zeros((2, p), np.float64)
         for c in range(k):
             if counts[c] >= 2:
-                gain, _ = _split(z, order[starts[c] : starts[c + 1]], centers[c])
+                gain, halves = _split(z, order[starts[c] : starts[c + 1]], centers[c])
                 if gain > best_gain:
-                    best, best_gain = c, gain
+                    best, best_gain, best_halves = c, gain, halves
         if best < 0:
             break
         a, b, cost = -1, -1, np.inf
@@ -614,23 +618,14 @@ def split_merge(
                     a, b, cost = i, j, w
         if a < 0 or best_gain <= cost:
             break
-        members = order[starts[best] : starts[best + 1]]
-        _, side = _split(z, members, centers[best])
         trial = centers.copy()
         for t in range(p):
             trial[a, t] = (counts[a] * np.float64(centers[a, t]) + counts[b] * centers[b, t]) / (
                 counts[a] + counts[b]
             )
-        halves = np.zeros((2, p), np.float64)
-        sizes = np.zeros(2, np.int64)
-        for e in range(members.shape[0]):
-            h = 0 if side[e] else 1
-            sizes[h] += 1
-            halves[h] += z[members[e]]
-        for t in range(p):
-            trial[b, t] = halves[0, t] / sizes[0]
-            trial[best, t] = halves[1, t] / sizes[1]
-        moved, moved_labels, moved_total = _lloyd_in(z, z_sq, trial, tie_rtol, 50)
+            trial[b, t] = best_halves[0, t]
+            trial[best, t] = best_halves[1, t]
+        moved, moved_labels, moved_total = _lloyd(z, z_sq, trial, 50, tie_rtol, bound_rtol)
         if not moved_total < total:
             break
         centers, labels, total = moved, moved_labels, moved_total
@@ -775,7 +770,9 @@ def fit_whole(
         seeds, labels, sq, second = kmeans_plusplus(z, z_sq, stream[:n_u], k, trials, draws)
         centers = x[seeds]
         if swaps > 0:
-            cells, cell_total = cell_sums(x, split_merge(z, z_sq, z[seeds], swaps, tie_rtol), k)
+            cells, cell_total = cell_sums(
+                x, split_merge(z, z_sq, z[seeds], swaps, tie_rtol, bound_rtol), k
+            )
             _move_to_means(centers, cell_total, cells)
         assigned = width == 0 and swaps == 0  # the seeding measured every point in x
     else:

@@ -296,7 +296,9 @@ def _split_merge_start(
     def search(c: int) -> np.ndarray:
         zc = np.ascontiguousarray(z_host[c, : lengths[c]])
         cells = np.full(n, k, np.int64)  # padding rows: a bucket past the K cells
-        cells[: lengths[c]] = split_merge(zc, sq_norms(zc), zc[seeds_host[c]], swaps, _TIE_RTOL)
+        cells[: lengths[c]] = split_merge(
+            zc, sq_norms(zc), zc[seeds_host[c]], swaps, _TIE_RTOL, _BOUND_RTOL
+        )
         return cells
 
     workers = min(n_classes, torch.get_num_threads())

@@ -99,6 +99,9 @@ def test_compiled_fit_equals_the_torch_solver_with_split_merge_moves(monkeypatch
         assert (compiled.labels_ != plain.labels_).any()
 
 
+RTOLS = (quantize._TIE_RTOL, quantize._BOUND_RTOL)  # the solvers' tie and bound slack
+
+
 def _sum_sq(z, labels, k):
     means = np.stack([z[labels == c].mean(0) for c in range(k)])
     return float(((z - means[labels]) ** 2).sum())
@@ -114,8 +117,8 @@ def test_split_merge_moves_a_centroid_to_the_mode_the_seeds_missed():
     z = (centers[truth] + rng.normal(size=(200, 2))).astype(np.float32)
     seeds = z[[0, 1, 50, 100]].copy()
     z_sq = kern.sq_norms(z)
-    lloyd = kern.split_merge(z, z_sq, seeds, 0, quantize._TIE_RTOL)
-    moved = kern.split_merge(z, z_sq, seeds, 1, quantize._TIE_RTOL)
+    lloyd = kern.split_merge(z, z_sq, seeds, 0, *RTOLS)
+    moved = kern.split_merge(z, z_sq, seeds, 1, *RTOLS)
     pairs = set(zip(moved.tolist(), truth.tolist()))
     assert len(pairs) == 4 and len({a for a, _ in pairs}) == 4  # one cell per blob
     assert len(set(zip(lloyd.tolist(), truth.tolist()))) != 4  # Lloyd alone does not
@@ -125,8 +128,8 @@ def test_split_merge_moves_a_centroid_to_the_mode_the_seeds_missed():
         r = np.random.default_rng(seed)
         w = r.normal(size=(300, 6)).astype(np.float32)
         start = w[r.choice(300, 7, replace=False)]
-        a = kern.split_merge(w, kern.sq_norms(w), start, 0, quantize._TIE_RTOL)
-        b = kern.split_merge(w, kern.sq_norms(w), start, 3, quantize._TIE_RTOL)
+        a = kern.split_merge(w, kern.sq_norms(w), start, 0, *RTOLS)
+        b = kern.split_merge(w, kern.sq_norms(w), start, 3, *RTOLS)
         assert _sum_sq(w, b, 7) <= _sum_sq(w, a, 7) * (1 + 1e-6)
 
 
