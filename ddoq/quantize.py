@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -284,8 +285,6 @@ def _split_merge_start(
     The means are taken on x's device in one batched sum, in float64 then rounded (as the
     compiled fit does).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from ddoq._kernels import split_merge, sq_norms
 
     n_classes, n, d = x.shape
@@ -455,12 +454,13 @@ def _to_tensor(data: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
     return t.reshape(t.shape[0], -1).contiguous()
 
 
+def _int_at_least(value: object, least: int) -> bool:
+    """Whether value is an integer (numpy's too, not a bool) of at least `least`."""
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= least
+
+
 def _check_n_clusters(n_clusters: int, n_points: int) -> None:
-    if (
-        isinstance(n_clusters, bool)
-        or not isinstance(n_clusters, int | np.integer)
-        or n_clusters < 1
-    ):
+    if not _int_at_least(n_clusters, 1):
         raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
     if n_clusters > n_points:
         raise ValueError(
@@ -1141,39 +1141,19 @@ class CLVQ(ClusterMixin, BaseEstimator):
             value = getattr(self, name)
             if name == "batch_size" and value == "auto":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            if not _int_at_least(value, 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.init_size is not None and (
             not isinstance(self.init_size, int | np.integer) or self.init_size < 1
         ):
             raise ValueError(f"init_size must be None or an integer >= 1, got {self.init_size!r}")
-        if self.init_dim is not None and (
-            isinstance(self.init_dim, bool)
-            or not isinstance(self.init_dim, int | np.integer)
-            or self.init_dim < 1
-        ):
+        if self.init_dim is not None and not _int_at_least(self.init_dim, 1):
             raise ValueError(f"init_dim must be None or an integer >= 1, got {self.init_dim!r}")
-        if self.init_draws != "auto" and (
-            isinstance(self.init_draws, bool)
-            or not isinstance(self.init_draws, int | np.integer)
-            or self.init_draws < 1
-        ):
-            raise ValueError(
-                f"init_draws must be 'auto' or an integer >= 1, got {self.init_draws!r}"
-            )
-        if self.init_swaps != "auto" and (
-            isinstance(self.init_swaps, bool)
-            or not isinstance(self.init_swaps, int | np.integer)
-            or self.init_swaps < 0
-        ):
-            raise ValueError(
-                f"init_swaps must be 'auto' or an integer >= 0, got {self.init_swaps!r}"
-            )
-        if (
-            isinstance(self.polish_iter, bool)
-            or not isinstance(self.polish_iter, int | np.integer)
-            or self.polish_iter < 0
-        ):
+        for name, least in (("init_draws", 1), ("init_swaps", 0)):
+            value = getattr(self, name)
+            if value != "auto" and not _int_at_least(value, least):
+                raise ValueError(f"{name} must be 'auto' or an integer >= {least}, got {value!r}")
+        if not _int_at_least(self.polish_iter, 0):
             raise ValueError(f"polish_iter must be an integer >= 0, got {self.polish_iter!r}")
         if isinstance(self.step, str):
             if self.step != "count":

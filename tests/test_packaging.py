@@ -35,8 +35,10 @@ def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
     return done
 
 
-#: Distributions shared with the fresh environment instead of installed again.
-_SHARED = ("torch", "torchvision", "triton", "nvidia-", "cuda-")
+#: Distributions shared with the fresh environment instead of installed again: these names,
+#: and every name with these prefixes.
+_SHARED = ("torch", "torchvision", "triton")
+_SHARED_PREFIXES = ("nvidia-", "cuda-")
 
 
 def _shared_site(into: Path) -> Path:
@@ -44,7 +46,7 @@ def _shared_site(into: Path) -> Path:
     into.mkdir()
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"].lower()
-        if not (name in _SHARED[:3] or name.startswith(_SHARED[3:])):
+        if not (name in _SHARED or name.startswith(_SHARED_PREFIXES)):
             continue
         base = Path(dist.locate_file(""))
         for top in {Path(f).parts[0] for f in dist.files or () if not str(f).startswith("..")}:
