@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from _report import clvq_passes, machine_line, markdown_table, write_section
 
-from ddoq.quantize import _assign_batched, quantize_classes
+from ddoq.quantize import quantize_classes
+from ddoq.quantize._torch import _assign_batched
 
 
 def sync(device: torch.device) -> None:

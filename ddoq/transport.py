@@ -20,7 +20,8 @@ import numpy as np
 import ot
 import torch
 
-from ddoq.quantize import ArrayLike, _as_points, nearest_centroid
+from ddoq.quantize import ArrayLike, nearest_centroid
+from ddoq.quantize._estimator import _as_points
 
 # Above this many transport-plan entries the exact solver's memory (N x K float64 cost
 # matrix) and time grow large; `wasserstein2` still runs but callers should consider

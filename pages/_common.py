@@ -12,7 +12,7 @@ arrays). Cached functions are pure functions of their arguments: they never read
 from __future__ import annotations
 
 import os
-import threading
+import subprocess
 import traceback
 import uuid
 import warnings
@@ -37,7 +37,7 @@ from ddoq.app.state import (
     data_info,
     describe_skipped,
 )
-from ddoq.app.warmup import warm_up, warm_up_quantizer
+from ddoq.app.warmup import start_warm_up
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.data.images import CorruptImageWarning
 
@@ -174,28 +174,21 @@ def pca_view(dataset_name: str, prior_name: str, class_index: int, device: str =
 
 @st.cache_resource(show_spinner=False)
 def _umap_executor() -> ThreadPoolExecutor:
-    """One background worker for UMAP fits, shared by all sessions of the process.
-
-    Its first job compiles umap-learn's numba code (or loads it from numba's disk cache,
-    `ddoq.app.warmup`), so it is done before the first map is asked for.
-    """
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddoq-umap")
-    executor.submit(warm_up, background=False)
-    return executor
+    """One background worker for UMAP fits, shared by all sessions of the process. Nothing
+    is queued in front of a user's fit: the warm-up runs in its own process."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddoq-umap")
 
 
 @st.cache_resource(show_spinner=False)
-def _quantizer_warm_up() -> threading.Thread | None:
-    """Once per process, in the background: the quantizer's compiled loops are loaded from
-    numba's disk cache (compiled, the first time on a machine) before the first fit."""
-    return warm_up_quantizer(background=True)
+def _warm_up_process(umap: bool) -> subprocess.Popen | None:
+    """Once per app process: numba's compilation of the quantizer's loops (and of
+    umap-learn's with `umap`) in a separate low-priority process (`ddoq.app.warmup`)."""
+    return start_warm_up(umap=umap)
 
 
 def start_warm_ups() -> None:
-    """At app start: the quantizer's warm-up, and the UMAP worker's when UMAP is on."""
-    _quantizer_warm_up()
-    if st.session_state.get("s_umap"):
-        _umap_executor()
+    """At app start: the warm-up process, with UMAP's code when UMAP is on."""
+    _warm_up_process(bool(st.session_state.get("s_umap")))
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

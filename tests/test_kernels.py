@@ -1,4 +1,4 @@
-"""The compiled single-class fit (`ddoq._kernels`) against the torch solver and brute force.
+"""The compiled back-end (`ddoq.quantize._compiled`) against the torch solver and brute force.
 
 On integer-valued data every squared distance, norm and cell sum is exact in float32, so
 the two solvers, which draw the same k-means++ stream, must agree to the last bit on the
@@ -11,19 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-import ddoq._kernels as kern
-import ddoq.quantize as quantize
+import ddoq.quantize._compiled as kern
 from ddoq.quantize import CLVQ, quantize_classes
+from ddoq.quantize._common import _BOUND_RTOL, _TIE_RTOL
 from tests.conftest import gaussian_mixture
 
 
-def fit_both(x, k, monkeypatch, **params):
+def fit_both(x, k, **params):
     """The same fit by the compiled loops and by the torch solver."""
-    monkeypatch.setattr(quantize, "_COMPILED_ON_CPU", True)
-    compiled = CLVQ(k, **params).fit(x)
-    monkeypatch.setattr(quantize, "_COMPILED_ON_CPU", False)
-    reference = CLVQ(k, **params).fit(x)
-    monkeypatch.setattr(quantize, "_COMPILED_ON_CPU", True)
+    compiled = CLVQ(k, backend="compiled", **params).fit(x)
+    reference = CLVQ(k, backend="torch", **params).fit(x)
+    assert reference.backend_.name == "torch"
     return compiled, reference
 
 
@@ -58,14 +56,14 @@ def assert_same_fit(a: CLVQ, b: CLVQ, x: np.ndarray) -> None:
         (700, 5, 3),  # many draws (13) in low dimensions
     ],
 )
-def test_compiled_fit_equals_the_torch_solver_on_exact_data(n, d, k, monkeypatch):
+def test_compiled_fit_equals_the_torch_solver_on_exact_data(n, d, k):
     rng = np.random.default_rng(n + d + k)
     # a wide range in few dimensions: no exact ties between two candidates' k-means++
     # potentials (torch's argmin may take any of them, the compiled loop the first)
     hi = 7 if d > 16 else 100
     x = rng.integers(-hi, hi, size=(n, d)).astype(np.float32)
     for seed in range(3):
-        compiled, reference = fit_both(x, k, monkeypatch, random_state=seed)
+        compiled, reference = fit_both(x, k, random_state=seed)
         assert_same_fit(compiled, reference, x)
 
 
@@ -79,27 +77,27 @@ def test_compiled_fit_equals_the_torch_solver_on_exact_data(n, d, k, monkeypatch
         {"init_draws": 3},
     ],
 )
-def test_compiled_fit_equals_the_torch_solver_with_other_settings(params, monkeypatch):
+def test_compiled_fit_equals_the_torch_solver_with_other_settings(params):
     x = np.random.default_rng(5).integers(-9, 10, size=(400, 90)).astype(np.float32)
-    compiled, reference = fit_both(x, 12, monkeypatch, random_state=7, **params)
+    compiled, reference = fit_both(x, 12, random_state=7, **params)
     assert_same_fit(compiled, reference, x)
     start = x[:12] + 0.5
-    compiled, reference = fit_both(x, 12, monkeypatch, init=start, random_state=0)
+    compiled, reference = fit_both(x, 12, init=start, random_state=0)
     assert_same_fit(compiled, reference, x)
 
 
-def test_compiled_fit_equals_the_torch_solver_with_split_merge_moves(monkeypatch):
+def test_compiled_fit_equals_the_torch_solver_with_split_merge_moves():
     # sketched, K = 10: both solvers start from the cells split_merge finds (the same
     # compiled search on the same sketch) and the moves change the fit here
     x = np.random.default_rng(8).integers(-7, 7, size=(500, 256)).astype(np.float32)
     for seed in range(3):
-        compiled, reference = fit_both(x, 10, monkeypatch, random_state=seed, init_swaps=3)
+        compiled, reference = fit_both(x, 10, random_state=seed, init_swaps=3)
         assert_same_fit(compiled, reference, x)
         plain = CLVQ(10, random_state=seed, init_swaps=0).fit(x)
         assert (compiled.labels_ != plain.labels_).any()
 
 
-RTOLS = (quantize._TIE_RTOL, quantize._BOUND_RTOL)  # the solvers' tie and bound slack
+RTOLS = (_TIE_RTOL, _BOUND_RTOL)  # the solvers' tie and bound slack
 
 
 def _sum_sq(z, labels, k):
@@ -147,16 +145,16 @@ def test_seeding_assignment_with_ties_settled_is_the_assignment_to_the_seeds():
             for draws in (1, 3):
                 u = kern.seeding_stream(np.uint64(seed), draws * (1 + 9 * 4))
                 seeds, labels, sq, second = kern.kmeans_plusplus(x, x_sq, u, 10, 4, draws)
-                kern._settle_ties(x, x_sq, x[seeds], labels, sq, second, quantize._TIE_RTOL)
-                want, want_sq, want_second = kern.assign(x, x_sq, x[seeds], quantize._TIE_RTOL)
+                kern._settle_ties(x, x_sq, x[seeds], labels, sq, second, _TIE_RTOL)
+                want, want_sq, want_second = kern.assign(x, x_sq, x[seeds], _TIE_RTOL)
                 np.testing.assert_array_equal(labels, want)
                 # both are matrix-form distances: equal up to their float32 error band
-                band = quantize._TIE_RTOL * (x_sq + x_sq[seeds].max())
+                band = _TIE_RTOL * (x_sq + x_sq[seeds].max())
                 assert (np.abs(sq - want_sq) <= band).all()
                 assert (np.abs(second - want_second) <= band).all()
 
 
-def test_dead_centroids_and_empty_cells_follow_the_torch_rules(monkeypatch):
+def test_dead_centroids_and_empty_cells_follow_the_torch_rules():
     # 5 distinct points and K = 8: the seeding runs out of distinct points, duplicate
     # seeds win nothing in the step (re-seeded with the class's torch generator) and
     # cells stay empty (moved onto the farthest points): both solvers alike, all finite
@@ -164,7 +162,7 @@ def test_dead_centroids_and_empty_cells_follow_the_torch_rules(monkeypatch):
     # with init="random" the seeding draws from the torch generator first, and the
     # re-seeding must continue that generator, as the torch solver does
     for seed, init in itertools.product(range(4), ("k-means++", "random")):
-        compiled, reference = fit_both(x, 8, monkeypatch, random_state=seed, init=init)
+        compiled, reference = fit_both(x, 8, random_state=seed, init=init)
         assert_same_fit(compiled, reference, x)
         assert np.isfinite(compiled.cluster_centers_).all()
         assert compiled.distortion_ == pytest.approx(0.0, abs=1e-6)
@@ -197,7 +195,7 @@ def test_assign_matches_brute_force_with_lowest_index_ties():
     c = rng.normal(size=(9, 33)).astype(np.float32)
     c[5] = c[2]  # an exact tie: the lower index wins
     x[:20] = c[2]
-    labels, sq, second = kern.assign(x, kern.sq_norms(x), c, quantize._TIE_RTOL)
+    labels, sq, second = kern.assign(x, kern.sq_norms(x), c, _TIE_RTOL)
     d2 = ((x[:, None, :].astype(np.float64) - c[None].astype(np.float64)) ** 2).sum(-1)
     np.testing.assert_array_equal(labels, d2.argmin(1))
     assert (labels != 5).all()
@@ -225,7 +223,7 @@ def test_bounds_are_trusted_and_skip_the_points_they_cover():
     np.testing.assert_array_equal(labels[50:], wrong[50:])
 
 
-def test_bad_values_are_named_and_huge_norms_fall_back(monkeypatch):
+def test_bad_values_are_named_and_huge_norms_fall_back():
     x = np.random.default_rng(2).normal(size=(100, 8)).astype(np.float32)
     bad = x.copy()
     bad[3, 1] = np.nan
@@ -233,17 +231,18 @@ def test_bad_values_are_named_and_huge_norms_fall_back(monkeypatch):
         quantize_classes([x, bad], n_clusters=3, random_state=0)
     # finite, but the squared norms overflow float32: the torch solver takes the fit
     huge = x * np.float32(1e19)
-    compiled, reference = fit_both(huge, 4, monkeypatch, random_state=0)
+    compiled, reference = fit_both(huge, 4, random_state=0)
+    assert str(compiled.backend_) == "torch: squared norms overflow float32 in the compiled loops"
     np.testing.assert_array_equal(compiled.labels_, reference.labels_)
     assert compiled.distortion_ == reference.distortion_
 
 
-def test_partial_fit_continues_the_compiled_fit_like_the_torch_one(monkeypatch):
+def test_partial_fit_continues_the_compiled_fit_like_the_torch_one():
     rng = np.random.default_rng(3)
     x = gaussian_mixture(rng, 400, 12, 5, spread=2.0).astype(np.float32)
     x = np.round(x * 4)  # exact arithmetic, as above
     more = np.round(gaussian_mixture(rng, 64, 12, 5, spread=2.0).astype(np.float32) * 4)
-    compiled, reference = fit_both(x, 6, monkeypatch, random_state=9)
+    compiled, reference = fit_both(x, 6, random_state=9)
     for batch in np.split(more, 4):
         compiled.partial_fit(batch)
         reference.partial_fit(batch)

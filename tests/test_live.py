@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import ddoq.quantize as quantize
 from ddoq.app.compare import compare_w2, load_class_points, w2_against_k
 from ddoq.app.live import LiveCLVQ
 from ddoq.app.live_charts import explore_frame, teach_frame, voronoi_cells
@@ -22,7 +21,7 @@ from ddoq.app.playground import (
     w2_weighted_vs_uniform,
 )
 from ddoq.app.projection import project
-from ddoq.quantize import CLVQ
+from ddoq.quantize import CLVQ, _torch
 from ddoq.transport import distortion, voronoi_masses
 from tests.conftest import gaussian_mixture
 
@@ -33,7 +32,7 @@ def test_live_view_starts_from_the_kmeans_plusplus_seeds(rng):
     x = gaussian_mixture(rng, 600, 256, 30, spread=0.8)
 
     def start(est):
-        gen = quantize._make_generator(1, torch.device("cpu"))
+        gen = _torch._make_generator(1, torch.device("cpu"))
         return est._seed_centers(torch.from_numpy(x)[None], [600], [gen])[0].numpy()
 
     def data_points(centers):

@@ -91,10 +91,10 @@ KERNELS_SCRIPT = """
 import json
 import os
 from ddoq.app.warmup import warm_up_quantizer
-from ddoq import _kernels
+from ddoq.quantize import _compiled
 
 assert warm_up_quantizer(background=False) is None
-stats = {name: getattr(_kernels, name).stats for name in ("fit_whole", "lloyd_polish")}
+stats = {name: getattr(_compiled, name).stats for name in ("fit_whole", "lloyd_polish")}
 print(json.dumps({name: [sum(s.cache_hits.values()), sum(s.cache_misses.values())]
                   for name, s in stats.items()}))
 """
@@ -114,14 +114,28 @@ def test_quantizer_warm_up_compiles_once_then_loads_from_the_disk_cache(tmp_path
 
 
 def test_quantizer_warm_up_never_raises(monkeypatch):
-    from ddoq import _kernels
     from ddoq.app import warmup
+    from ddoq.quantize import _compiled
 
     def broken() -> None:
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(_kernels, "warm_up", broken)
+    monkeypatch.setattr(_compiled, "warm_up", broken)
     thread = warmup.warm_up_quantizer(background=True)
     thread.join(timeout=60)
     assert not thread.is_alive()
     assert warmup.warm_up_quantizer(background=False) is None
+
+
+@pytest.mark.slow
+def test_the_app_warm_up_runs_in_its_own_process_and_fills_the_disk_cache(tmp_path, monkeypatch):
+    # the app's warm-up compiles in another process (numba's compiler lock is per
+    # process: nothing of the app waits on it); a later process loads what it wrote
+    from ddoq.app.warmup import start_warm_up
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    proc = start_warm_up(umap=False)
+    assert proc is not None and proc.pid != os.getpid()
+    assert proc.wait(timeout=600) == 0
+    loaded = _run_script(KERNELS_SCRIPT, env={**os.environ})
+    assert all(hits >= 1 and misses == 0 for hits, misses in loaded.values())

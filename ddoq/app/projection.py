@@ -223,6 +223,9 @@ def project(
     else:
         import umap
 
+        from ddoq.app.warmup import enable_numba_cache
+
+        enable_numba_cache()  # umap-learn's compiled code from numba's disk cache (or to it)
         reducer = umap.UMAP(
             n_components=2,
             n_neighbors=min(int(n_neighbors), x.shape[0] - 1),

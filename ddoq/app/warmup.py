@@ -1,29 +1,35 @@
-"""Keep umap-learn's first-fit cost off the user's path (a helper of the app's 2-D views).
+"""Keep numba's first-use compilation off the user's path (a helper of the app).
 
-umap-learn compiles its numba functions on the first fit in every new process: about
-15 s of CPU on a quiet core, minutes of wall time on a loaded 2-core machine. Two levers:
+Two kinds of numba code compile on first use: umap-learn's (on the first fit in every
+new process: about 15 s of CPU on a quiet core, minutes of wall time on a loaded 2-core
+machine) and the quantizer's compiled loops (`ddoq.quantize._compiled`, cached on disk by
+numba: only the first process on a machine compiles them). Two levers:
 
 - `enable_numba_cache` turns numba's on-disk cache on for umap-learn's and pynndescent's
   lazily compiled functions (most of umap-learn's are not cached by the library), so
   only the first process on a machine compiles them; later processes load the machine
-  code (measured on 2 loaded cores: first fit 87 s -> 6 s of wall time).
-- `warm_up` does that and one tiny fit in a daemon thread, so a process (the app) pays
-  the remaining compile time while the user reads the first page, not on the first map.
-
-The quantizer's own compiled loops (`ddoq._kernels`) are cached by numba already;
-`warm_up_quantizer` loads them (or compiles them, the first time on a machine) in the
-same way, so that the first CLVQ fit of the app does not wait for them.
+  code (measured on 2 loaded cores: first fit 87 s -> 6 s of wall time). `project` calls
+  it before its first UMAP fit.
+- `start_warm_up` compiles both in a separate, low-priority process that fills numba's
+  disk cache while the user reads the first page. A separate process, not a thread or a
+  job in front of the user's: numba compiles one function at a time per process (a
+  process-wide lock), so a warm-up in the app's process would hold up the compilation
+  of the user's first map or fit, and a warm-up job queued in front of it would make the
+  map wait for the whole warm-up. Asked for before the warm-up is done, the user's first
+  map or fit compiles what it needs itself, as it would without a warm-up.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["enable_numba_cache", "warm_up", "warm_up_quantizer"]
+__all__ = ["enable_numba_cache", "start_warm_up", "warm_up", "warm_up_quantizer"]
 
 
 def enable_numba_cache(cache_dir: str | os.PathLike | None = None) -> int:
@@ -91,9 +97,9 @@ def warm_up_quantizer(background: bool = True) -> threading.Thread | None:
     As `warm_up`: in a daemon thread, which is returned, with `background`; failures are
     ignored (the first fit then compiles as it would have).
     """
-    from ddoq import _kernels
+    from ddoq.quantize import _compiled
 
-    return _run(_kernels.warm_up, background, "ddoq-quantizer-warm-up")
+    return _run(_compiled.warm_up, background, "ddoq-quantizer-warm-up")
 
 
 def _run(work: Callable[[], None], background: bool, name: str) -> threading.Thread | None:
@@ -111,3 +117,42 @@ def _run(work: Callable[[], None], background: bool, name: str) -> threading.Thr
     thread = threading.Thread(target=guarded, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def start_warm_up(umap: bool = False) -> subprocess.Popen | None:
+    """Start the warm-up process: the quantizer's compiled loops, and umap-learn's code
+    with `umap`, compiled into numba's disk cache (or loaded from it) at low priority.
+
+    Returns the process (stopped when this one exits), or None when it cannot start.
+    The caller never waits for it; see the module docstring.
+    """
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds ddoq
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    args = [sys.executable, "-m", "ddoq.app.warmup", *(["--umap"] if umap else [])]
+    try:
+        proc = subprocess.Popen(
+            args,
+            env={**os.environ, "PYTHONPATH": path},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+    atexit.register(proc.terminate)  # numba writes its cache files atomically
+    return proc
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The warm-up process: ``python -m ddoq.app.warmup [--umap]``."""
+    try:
+        os.nice(10)  # the user's own work goes first
+    except OSError:
+        pass
+    warm_up_quantizer(background=False)
+    if "--umap" in (sys.argv[1:] if argv is None else argv):
+        warm_up(background=False)
+
+
+if __name__ == "__main__":
+    main()
