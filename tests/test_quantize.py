@@ -318,6 +318,10 @@ def test_kmeans_plusplus_returns_distinct_data_points(rng):
     # Seeds spread out: their distortion beats 10 uniformly random points on average.
     random_d = np.mean([brute_force_labels(x, x[rng.choice(500, 10)])[1].mean() for _ in range(20)])
     assert brute_force_labels(x, seeds)[1].mean() < random_d
+    with pytest.raises(ValueError, match="'n_clusters' parameter of kmeans_plusplus"):
+        kmeans_plusplus(x, 0)
+    with pytest.raises(ValueError, match="larger than the number of points"):
+        kmeans_plusplus(x, 501)
 
 
 def test_device_placement(clvq):

@@ -21,7 +21,12 @@ import torch
 from scipy import sparse
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.exceptions import NotFittedError
-from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
+from sklearn.utils._param_validation import (
+    Interval,
+    StrOptions,
+    validate_parameter_constraints,
+    validate_params,
+)
 
 from ddoq.quantize import _torch
 from ddoq.quantize._common import (
@@ -60,6 +65,16 @@ def nearest_centroid(points: ArrayLike, centers: ArrayLike) -> tuple[torch.Tenso
     return labels[0], sq[0]
 
 
+@validate_params(
+    {
+        "points": ["array-like"],
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "random_state": [Interval(Integral, None, None, closed="neither"), None],
+        "n_local_trials": [Interval(Integral, 1, None, closed="left"), None],
+        "device": [str, torch.device],
+    },
+    prefer_skip_nested_validation=True,
+)
 def kmeans_plusplus(
     points: ArrayLike,
     n_clusters: int,
@@ -231,10 +246,7 @@ class CLVQ(ClusterMixin, BaseEstimator):
         iterations (k-means) until the centroids move less than `tol`.
     batch_size : int or "auto"
         Mini-batch size B of CLVQ (ignored by Lloyd). "auto" (default): the whole class
-        when it has at most 2,048 points (the ImageNet class size is 1,300), else 256. A
-        whole-class batch makes the epoch one full-batch step (with the 1/count rule, a
-        Lloyd iteration): at that size the mini-batches' savings in matrix products do not
-        pay for their per-step overhead, and k-means++ then seeds from every point.
+        when it has at most 2,048 points (one full-batch step per epoch), else 256.
     max_iter : int
         CLVQ: number of passes (epochs) over the data. Lloyd: maximum iterations.
     init : {"k-means++", "random"} or array (K, d)
@@ -246,27 +258,17 @@ class CLVQ(ClusterMixin, BaseEstimator):
     init_dim : int or None
         k-means++ measures its distances in a count sketch of the data to this many
         dimensions when the data have more (64 by default; None: in the data's own
-        dimension). The seeds are data points either way (`init_swaps` may then move
-        them); the sketch reads the data once (no matrix product), so at d = 4,096 the
-        seeding costs a fraction of one assignment pass instead of about 2 + ln K of them.
+        dimension). The seeds are data points either way.
     init_draws : int or "auto"
-        k-means++ seedings drawn side by side; the one with the lowest potential (measured
-        where the seeding measures, in the sketch by default) is kept. "auto" (default):
-        up to 40 // K draws, as many as cost at most two assignment passes (one draw
-        measures (K - 1)(2 + ln K) candidates in p dimensions, a pass K centroids in d):
-        4 at K = 10 and d = 4,096 (sketched to 64), 2 at d = 256, 1 at d = 64 or K >= 21.
-        Draws matter at small K, where one badly placed seed is a tenth of the grid, and
-        cost little where the sketch is much smaller than the data.
+        k-means++ seedings drawn side by side; the one with the lowest potential (where
+        the seeding measures) is kept. "auto" (default): up to 40 // K, as many as cost at
+        most two assignment passes (4 at K = 10 and d = 4,096, 1 at d = 64).
     init_swaps : int or "auto"
-        After k-means++ (not with init="random" or given centroids), Lloyd iterations where
-        the seeding measured (the sketch by default) and then at most this many
-        split-merge moves there: the two cells whose merge costs least become one, the
-        cell whose two-means split gains most becomes two, and the move is kept if the
-        distortion falls. The fit then starts from the means of those cells in the data.
-        Lloyd keeps two modes under one centroid when the seeding put them so, and at
-        small K that is a tenth of the grid. "auto" (default): 3 when the seeding is
-        sketched and 3 <= K <= 20 (in the sketch the moves cost a fraction of one
-        assignment pass), else 0.
+        After k-means++, Lloyd where the seeding measured and at most this many
+        split-merge moves there (merge the cheapest pair of cells, split the cell whose
+        split gains most, keep the move if the distortion falls); the fit starts from the
+        means of those cells in the data. "auto" (default): 3 when the seeding is
+        sketched and 3 <= K <= 20, else 0.
     polish_iter : int
         CLVQ only: at most this many full-batch Lloyd iterations after the mini-batch
         epochs (default 10; 0 turns the polish off). They remove the mini-batch bias and
@@ -281,6 +283,12 @@ class CLVQ(ClusterMixin, BaseEstimator):
         Seed of the seeding, shuffling and re-seeding; equal seeds give equal results.
     device : str or torch.device
         "cpu" (default), "cuda", or "auto". All computation happens there in float32.
+    backend : {"auto", "compiled", "torch", "batched"}
+        The solver's implementation (`choose_backend`). "auto" (default): the compiled
+        loops for one class fitted as a whole on the CPU, the torch solver otherwise, all
+        classes of a `quantize_classes` call stacked on a GPU. The others ask for one:
+        "compiled" (CPU, one whole-class step then the polish), "torch" (one class after
+        another), "batched" (the torch solver on all classes at once).
 
     Attributes
     ----------
@@ -298,6 +306,7 @@ class CLVQ(ClusterMixin, BaseEstimator):
     n_samples_seen_ : int
     history_ : History, per-step record for convergence plots
     feature_shape_ : tuple, the shape of one input sample (for `get_centers`)
+    backend_ : Backend, the back-end that fitted the estimator and why
     """
 
     _parameter_constraints: dict = {
