@@ -3,8 +3,8 @@
 For each case (N points of dimension d, K centroids; or ten classes at once) it times
 ddoq's default quantizer (CLVQ: k-means++ in a 64-d count sketch, one epoch of
 mini-batches or, for classes of at most 2,048 points, one full-batch step, then a Lloyd
-polish; on CPU a class fitted whole runs in the compiled loops of `ddoq.quantize._compiled`, and
-the ten-class case one class after another), ddoq Lloyd (the torch solver),
+polish; on CPU a class fitted whole runs in the compiled loops of `ddoq.quantize._kernels`,
+and the ten-class case one class after another), ddoq Lloyd (the torch solver),
 scikit-learn KMeans (n_init=1 and 10), MiniBatchKMeans and faiss-cpu's
 Kmeans(niter=20) in the same run, each fitted with seeds 0, 1, 2, and reports
 - the median wall time over the seeds (after one warm-up fit; methods whose fit takes

@@ -1,4 +1,4 @@
-"""The compiled back-end (`ddoq.quantize._compiled`) against the torch solver and brute force.
+"""The compiled back-end (`_compiled`, numba loops in `_kernels`) against the torch solver.
 
 On integer-valued data every squared distance, norm and cell sum is exact in float32, so
 the two solvers, which draw the same k-means++ stream, must agree to the last bit on the
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import ddoq.quantize._compiled as kern
+import ddoq.quantize._kernels as kern
 from ddoq.quantize import CLVQ, quantize_classes
 from ddoq.quantize._common import _BOUND_RTOL, _TIE_RTOL
 from tests.conftest import gaussian_mixture

@@ -91,10 +91,10 @@ KERNELS_SCRIPT = """
 import json
 import os
 from ddoq.app.warmup import warm_up_quantizer
-from ddoq.quantize import _compiled
+from ddoq.quantize import _kernels
 
 assert warm_up_quantizer(background=False) is None
-stats = {name: getattr(_compiled, name).stats for name in ("fit_whole", "lloyd_polish")}
+stats = {name: getattr(_kernels, name).stats for name in ("fit_whole", "lloyd_polish")}
 print(json.dumps({name: [sum(s.cache_hits.values()), sum(s.cache_misses.values())]
                   for name, s in stats.items()}))
 """
@@ -115,12 +115,12 @@ def test_quantizer_warm_up_compiles_once_then_loads_from_the_disk_cache(tmp_path
 
 def test_quantizer_warm_up_never_raises(monkeypatch):
     from ddoq.app import warmup
-    from ddoq.quantize import _compiled
+    from ddoq.quantize import _kernels
 
     def broken() -> None:
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(_compiled, "warm_up", broken)
+    monkeypatch.setattr(_kernels, "warm_up", broken)
     thread = warmup.warm_up_quantizer(background=True)
     thread.join(timeout=60)
     assert not thread.is_alive()

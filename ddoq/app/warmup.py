@@ -2,7 +2,7 @@
 
 Two kinds of numba code compile on first use: umap-learn's (on the first fit in every
 new process: about 15 s of CPU on a quiet core, minutes of wall time on a loaded 2-core
-machine) and the quantizer's compiled loops (`ddoq.quantize._compiled`, cached on disk by
+machine) and the quantizer's compiled loops (`ddoq.quantize._kernels`, cached on disk by
 numba: only the first process on a machine compiles them). Two levers:
 
 - `enable_numba_cache` turns numba's on-disk cache on for umap-learn's and pynndescent's
@@ -97,9 +97,9 @@ def warm_up_quantizer(background: bool = True) -> threading.Thread | None:
     As `warm_up`: in a daemon thread, which is returned, with `background`; failures are
     ignored (the first fit then compiles as it would have).
     """
-    from ddoq.quantize import _compiled
+    from ddoq.quantize import _kernels
 
-    return _run(_compiled.warm_up, background, "ddoq-quantizer-warm-up")
+    return _run(_kernels.warm_up, background, "ddoq-quantizer-warm-up")
 
 
 def _run(work: Callable[[], None], background: bool, name: str) -> threading.Thread | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,6 +29,25 @@ def _all_finite(data: ArrayLike) -> bool:
     return bool(
         torch.isfinite(data).all() if isinstance(data, torch.Tensor) else np.isfinite(data).all()
     )
+
+
+class Settings(Protocol):
+    """What the back-ends read of the estimator (`CLVQ`): its parameters, and the settings
+    they resolve to for a class of n points in d dimensions."""
+
+    n_clusters: int
+    solver: str
+    max_iter: int
+    init: object
+    init_dim: int | None
+    polish_iter: int
+    step: StepRule
+    tol: float
+
+    def _batch(self, n: int) -> int: ...
+    def _init_size(self, n: int) -> int: ...
+    def _draws(self, d: int) -> int: ...
+    def _swaps(self, d: int) -> int: ...
 
 
 @dataclass

@@ -13,7 +13,6 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,13 +24,10 @@ from ddoq.quantize._common import (
     ArrayLike,
     FitResult,
     History,
+    Settings,
     StepRule,
     _all_finite,
 )
-
-if TYPE_CHECKING:
-    from ddoq.quantize._estimator import CLVQ
-
 
 # Distance matrices are computed in row chunks so memory stays near this many bytes,
 # whatever N, K and d are (the ImageNet range N=1,300, d=16,384, K=200 included).
@@ -149,7 +145,7 @@ def _assign_batched(
 
 
 def seed_centers(
-    est: CLVQ, x: torch.Tensor, lengths: Sequence[int], generators: Sequence[torch.Generator]
+    est: Settings, x: torch.Tensor, lengths: Sequence[int], generators: Sequence[torch.Generator]
 ) -> torch.Tensor:
     """Initial centers (C, K, d) of the estimator's `init` for the padded data x (C, n, d)."""
     n_classes, _, d = x.shape
@@ -279,7 +275,7 @@ def _kmeans_plusplus_batched(
 def _split_merge_start(
     x: torch.Tensor, z: torch.Tensor, lengths: Sequence[int], seeds: torch.Tensor, swaps: int
 ) -> torch.Tensor:
-    """Start centers (C, K, d): the means in x of the cells that `_compiled.split_merge`
+    """Start centers (C, K, d): the means in x of the cells that `_kernels.split_merge`
     finds in z (the space the seeding measured in) from the seed indices (C, K); a cell
     left empty keeps its seed.
 
@@ -288,7 +284,7 @@ def _split_merge_start(
     The means are taken on x's device in one batched sum, in float64 then rounded (as the
     compiled fit does).
     """
-    from ddoq.quantize._compiled import split_merge, sq_norms
+    from ddoq.quantize._kernels import split_merge, sq_norms
 
     n_classes, n, d = x.shape
     k = seeds.shape[1]
@@ -325,8 +321,8 @@ def _kpp_trials(n_clusters: int) -> int:
 
 
 def _seeding_stream(gen: torch.Generator, n: int) -> np.ndarray:
-    """The k-means++ uniforms of a class: `_compiled.seeding_stream` of its seed."""
-    from ddoq.quantize._compiled import seeding_stream
+    """The k-means++ uniforms of a class: `_kernels.seeding_stream` of its seed."""
+    from ddoq.quantize._kernels import seeding_stream
 
     return seeding_stream(np.uint64(gen.initial_seed() % 2**64), n)
 
@@ -874,7 +870,7 @@ def _lloyd_fit(
 
 
 def fit(
-    est: CLVQ,
+    est: Settings,
     data: Sequence[ArrayLike],
     names: Sequence[str],
     seeds: Sequence[int],
