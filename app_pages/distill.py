@@ -14,17 +14,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ddoq.app.figures import image_row, to_uint8
-from ddoq.distillation.config import DECODES, METHODS, DistillConfig
-from ddoq.distillation.local import distill
-from ddoq.export import write
-from pages._common import (
+from app_pages._common import (
     chosen_data,
     readable_errors,
     session_dir,
     setting,
 )
-from pages._teacher import teacher_panel
+from app_pages._teacher import teacher_panel
+from ddoq.app.figures import image_row, to_uint8
+from ddoq.distillation.config import DECODES, METHODS, DistillConfig
+from ddoq.distillation.local import distill
+from ddoq.export import write
 
 st.title("Distill and export")
 st.caption(

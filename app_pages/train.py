@@ -10,16 +10,16 @@ import time
 import pandas as pd
 import streamlit as st
 
-from ddoq.app.figures import train_curves
-from ddoq.app.jobs import TrainJob, TrainSpec, list_runs
-from ddoq.train.loop import TrainConfig
-from ddoq.train.students import STUDENTS
-from pages._common import (
+from app_pages._common import (
     chosen_data,
     session_dir,
     setting,
 )
-from pages._teacher import teacher_panel
+from app_pages._teacher import teacher_panel
+from ddoq.app.figures import train_curves
+from ddoq.app.jobs import TrainJob, TrainSpec, list_runs
+from ddoq.train.loop import TrainConfig
+from ddoq.train.students import STUDENTS
 
 st.title("Train a student")
 st.caption(
