@@ -272,7 +272,8 @@ def _show_notes(info: DataInfo, notes: list[str]) -> None:
         st.info(note, icon=":material/info:")
     if info.skipped:
         with st.expander(
-            f"{len(info.skipped)} file(s) of the folder were skipped (not readable images)",
+            f"{len(info.skipped)} file(s) of the folder were skipped "
+            "(not readable images, or links)",
             icon=":material/warning:",
         ):
             st.markdown("\n".join(describe_skipped(info.skipped)))
