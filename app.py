@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from app_pages._common import device_sidebar, keep_settings, start_warm_ups
+from app_pages._common import device_sidebar, keep_settings, start_store_sweeps, start_warm_ups
 
 
 def _favicon() -> Image.Image:
@@ -32,6 +32,7 @@ def _favicon() -> Image.Image:
 
 st.set_page_config(page_title="ddoq", page_icon=_favicon(), layout="wide")
 keep_settings()
+store_problem = start_store_sweeps()  # expired session folders: removed now, then hourly
 start_warm_ups()  # numba's compiles (quantizer, UMAP) run in the background from the start
 
 PAGES = [
@@ -50,4 +51,6 @@ PAGES = [
 ]
 
 device_sidebar()
+if store_problem:
+    st.sidebar.warning(store_problem)
 st.navigation(PAGES).run()

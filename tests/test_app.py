@@ -35,6 +35,16 @@ def _open(page: str | None = None, **settings) -> AppTest:
     return at
 
 
+def _distil(at: AppTest) -> AppTest:
+    """Press Distil (the job is queued), wait for the job, and draw its result."""
+    _distil(at)
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    job = at.session_state["dist_job"]
+    assert job.join(300), job.status
+    assert job.state == "done", job.error
+    return at.run()
+
+
 def _charts(at: AppTest) -> list:
     """Every chart in page order: Plotly figures and the live views' Vega-Lite charts."""
     found: list = []
@@ -271,7 +281,7 @@ def test_distill_page_exports_a_zip_per_session(tmp_path, monkeypatch):
     assert at.title[0].value == "Distill and export"
     assert not at.warning, [w.value for w in at.warning]  # the shipped prior always loads
     assert [s.label for s in at.main.selectbox] == ["Method"]
-    at.button(key="dist_go").click().run()
+    _distil(at)
     assert not at.exception and not at.error
     res = at.session_state["dist_result"]
     folder = Path(res["folder"])
@@ -522,7 +532,7 @@ def test_own_folder_distils_with_hard_labels_and_says_why_not_soft(folder3, tmp_
     assert any("No teacher for this dataset's classes" in w.value for w in at.warning)
     assert at.button(key="dist_go").disabled
     at.radio(key="w_s_dist_labels").set_value("hard").run()
-    at.button(key="dist_go").click().run()
+    _distil(at)
     assert not at.exception and not at.error
     with zipfile.ZipFile(at.session_state["dist_result"]["zip"]) as z:
         classes = {
@@ -540,7 +550,7 @@ def test_wasserstein_and_distill_report_the_same_w2(tmp_path, monkeypatch):
     assert "class '0'" in _charts(at)[1].proto.spec
     at.switch_page("app_pages/distill.py").run()
     at.radio(key="w_s_dist_labels").set_value("hard").run()
-    at.button(key="dist_go").click().run()
+    _distil(at)
     per_class = at.session_state["dist_result"]["metrics"]["w2_per_class"]
     assert per_class[0]["w2_weighted"] == pytest.approx(w2, rel=1e-4)
 

@@ -246,5 +246,7 @@ def test_app_runs_on_cuda_by_default(tmp_path, monkeypatch):
         assert not at.exception, (page, [e.value for e in at.exception])
     at.button(key="dist_go").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    at.session_state["dist_job"].join(300)
+    at.run()
     assert str(at.session_state["dist_result"]["config"]["device"]).startswith("cuda")
     assert len(load(at.session_state["dist_result"]["folder"])) == 20

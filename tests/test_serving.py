@@ -114,3 +114,127 @@ def test_folder_links_to_the_parent_and_another_class_are_skipped(tmp_path):
     assert any("links out of their class folder" in str(w.message) for w in caught)
     info = data_info(ds)  # what the app shows: the same counts and the skipped links
     assert info.counts == (3, 5) and len(info.skipped) == 6
+
+
+# -- what a session may read ------------------------------------------------------------
+
+
+def _image_folder(root: Path, classes=("x", "y"), n: int = 4) -> Path:
+    for c, name in enumerate(classes):
+        for i in range(n):
+            _png(root / name / f"{i}.png", 60 * c + i)
+    return root
+
+
+def test_data_roots_refuse_etc_and_the_store_and_allow_inside(tmp_path, monkeypatch):
+    from ddoq.app.store import check_typed_folder, data_roots, store_root
+
+    data = _image_folder(tmp_path / "data" / "set")
+    monkeypatch.setenv("DDOQ_APP_DATA_ROOTS", f"{tmp_path / 'data'}{os.pathsep}/nonexistent")
+    assert data_roots() == [(tmp_path / "data").resolve(), Path("/nonexistent")]
+    assert check_typed_folder(str(data)) == data.resolve()
+    with pytest.raises(ValueError, match="outside the folders this server allows"):
+        check_typed_folder("/etc")
+    (tmp_path / "data" / "sneaky").symlink_to("/etc")  # inside by name, outside for real
+    with pytest.raises(ValueError, match="outside the folders"):
+        check_typed_folder(str(tmp_path / "data" / "sneaky"))
+    store = store_root()
+    (store / "abc123").mkdir(parents=True)
+    (tmp_path / "data" / "store-link").symlink_to(store / "abc123")
+    for typed in (store, store / "abc123", tmp_path / "data" / "store-link"):
+        with pytest.raises(ValueError, match="session store") as err:
+            check_typed_folder(str(typed))
+        assert "\n" not in str(err.value)
+
+
+def _typed(folder: Path) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["s_source"] = "folder…"
+    at.session_state["s_folder"] = str(folder)
+    return at.run()
+
+
+def test_a_second_session_typing_the_session_store_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("DDOQ_APP_DATA_ROOTS", raising=False)
+    # session A's upload, extracted in its folder of the store
+    theirs = _image_folder(tmp_path / "runs" / "sessionA0001" / "uploads" / "set")
+    for typed in (theirs, tmp_path / "runs", tmp_path / "runs" / "sessionA0001"):
+        at = _typed(typed)
+        assert not at.exception, [e.value for e in at.exception]
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and "inside the app's session store" in errors[0], errors
+        assert "w_s_class" not in [box.key for box in at.selectbox]  # nothing was listed
+    # the same images outside the store: read as today (no roots set)
+    mine = _image_folder(tmp_path / "mine")
+    at = _typed(mine)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [o.split(" (")[0] for o in at.selectbox(key="w_s_class").options] == ["0: x", "1: y"]
+
+
+def test_with_data_roots_etc_is_refused_in_the_app(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDOQ_APP_DATA_ROOTS", str(tmp_path / "data"))
+    at = _typed(Path("/etc"))
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "outside the folders this server allows" in errors[0], errors
+    at = _typed(_image_folder(tmp_path / "data" / "set"))
+    assert not at.error, [e.value for e in at.error]
+
+
+# -- session folders expire ---------------------------------------------------------------
+
+
+def _session(store: Path, name: str, age: float, size: int = 10) -> Path:
+    import time
+
+    from ddoq.app.store import MARKER
+
+    folder = store / name
+    (folder / "exports").mkdir(parents=True)
+    (folder / "exports" / "set.bin").write_bytes(b"\0" * size)
+    when = time.time() - age
+    (folder / MARKER).touch()
+    os.utime(folder / MARKER, (when, when))
+    return folder
+
+
+def test_expired_session_folders_are_removed_at_start_and_active_ones_kept(tmp_path):
+    from ddoq.app.store import StoreSettings, start_sweeping
+
+    store, day = tmp_path / "runs", 86400.0
+    old = _session(store, "old", 8 * day)
+    recent = _session(store, "recent", 2 * day)
+    working = _session(store, "working", 30 * day)  # idle marker, but a job is queued
+    start_sweeping(store, StoreSettings.from_env(), busy=lambda: {"working"}, every=3600)
+    assert not old.exists()  # removed before start_sweeping returned: at app start
+    assert recent.is_dir() and working.is_dir()
+
+
+def test_ttl_settings_and_a_session_in_use_is_kept(tmp_path, monkeypatch):
+    from ddoq.app.store import StoreSettings, sweep, touch
+
+    monkeypatch.setenv("DDOQ_APP_SESSION_TTL", "90m")
+    monkeypatch.setenv("DDOQ_APP_STORE_MAX_BYTES", "2k")
+    assert StoreSettings.from_env() == StoreSettings(ttl=5400.0, max_bytes=2048)
+    monkeypatch.setenv("DDOQ_APP_SESSION_TTL", "soon")
+    with pytest.raises(ValueError, match="'soon' is not understood"):
+        StoreSettings.from_env()
+    store = tmp_path / "runs"
+    idle = _session(store, "idle", 2 * 3600)
+    used = _session(store, "used", 2 * 3600)
+    touch(used)  # a run of that session, just now
+    report = sweep(store, StoreSettings(ttl=3600.0))
+    assert report.expired == (idle,) and used.is_dir()
+
+
+def test_the_cap_removes_the_least_recently_used_first(tmp_path):
+    from ddoq.app.store import StoreSettings, folder_bytes, sweep
+
+    store = tmp_path / "runs"
+    folders = [_session(store, f"s{i}", age=(5 - i) * 7200, size=1000) for i in range(5)]
+    sizes = [folder_bytes(f) for f in folders]
+    cap = sum(sizes[2:]) + 10  # room for the three most recent
+    report = sweep(store, StoreSettings(ttl=30 * 86400.0, max_bytes=cap), busy={"s0"})
+    # s0 is the oldest but busy: s1, then s2 go; s0, s3, s4 stay
+    assert report.over_cap == (folders[1], folders[2])
+    assert [f.exists() for f in folders] == [True, False, False, True, True]
+    assert report.store_bytes == sizes[0] + sizes[3] + sizes[4] <= cap
