@@ -133,3 +133,58 @@ def test_every_page_by_its_url_at_once_on_a_fresh_server(chromium, fresh_server)
         for slug, page in pages.items():
             _rendered_without_exception(page, slug)
         browser.close()
+
+
+def _fill(page, label: str, value: str) -> None:
+    box = page.get_by_role("spinbutton", name=label, exact=True)
+    box.fill(value)
+    box.press("Enter")
+    _wait_idle(page)
+
+
+def test_two_sessions_queue_and_cancel_their_jobs(chromium, tmp_path):  # noqa: F811
+    """One job at a time: B's distillation waits behind A's training, shows its place and
+    is cancelled; A's training is cancelled and its run folder removed."""
+    from playwright.sync_api import sync_playwright
+
+    proc, url = start_server(tmp_path, DDOQ_APP_MAX_JOBS="1")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=LAUNCH_ARGS)
+            a, b = _new_page(browser), _new_page(browser)
+            a.goto(f"{url}/train")
+            _rendered_without_exception(a, "train")
+            _fill(a, "Images per class", "1")
+            _fill(a, "Epochs", "300")
+            a.locator('[data-testid="stRadio"]', has_text="Labels").get_by_text(
+                "hard", exact=True
+            ).click()
+            _wait_idle(a)
+            a.get_by_role("button", name="Start training").click()
+            a.get_by_role("button", name="Cancel").wait_for()  # queued or running
+
+            b.goto(f"{url}/distill")
+            _rendered_without_exception(b, "distill")
+            b.locator('[data-testid="stRadio"]', has_text="Labels").get_by_text(
+                "hard", exact=True
+            ).click()
+            _wait_idle(b)
+            b.get_by_role("button", name="Distil every class").click()
+            b.get_by_text("place 1 in the queue").wait_for()
+            b.screenshot(path=str(tmp_path / "b-waiting.png"), full_page=True)
+            b.get_by_role("button", name="Cancel").click()
+            b.get_by_text("Distillation was cancelled").wait_for()
+
+            a.get_by_text("training ddoq: epoch").first.wait_for(timeout=240_000)
+            runs = tmp_path / "runs"
+            assert list(runs.glob("*/train/*/ddoq")), "the training writes its run folder"
+            a.screenshot(path=str(tmp_path / "a-running.png"), full_page=True)
+            a.get_by_role("button", name="Cancel").click()
+            a.get_by_text("Training was cancelled").wait_for()
+            assert not list(runs.glob("*/train/*")), "the cancelled run's folder is removed"
+            assert not list(runs.glob("*/exports/*")), "the cancelled distillation wrote nothing"
+            for page in (a, b):
+                assert page.locator('[data-testid="stException"]').count() == 0
+            browser.close()
+    finally:
+        stop_server(proc)

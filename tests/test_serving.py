@@ -238,3 +238,117 @@ def test_the_cap_removes_the_least_recently_used_first(tmp_path):
     assert report.over_cap == (folders[1], folders[2])
     assert [f.exists() for f in folders] == [True, False, False, True, True]
     assert report.store_bytes == sizes[0] + sizes[3] + sizes[4] <= cap
+
+
+# -- one job queue ----------------------------------------------------------------------
+
+
+def _kmeans_job(log: list, gate=None):
+    """A job that fits k-means a few times (a small real computation), ticking each time,
+    and records when it started and ended."""
+    import time
+
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    def fn(job):
+        log.append(("start", job.title, time.monotonic()))
+        if gate is not None:
+            gate.wait(60)
+        x = np.random.default_rng(0).normal(size=(400, 4))
+        for i in range(4):
+            KMeans(n_clusters=5, n_init=1, random_state=i).fit(x)
+            job.tick((i + 1) / 4, f"fit {i + 1}/4")
+        log.append(("end", job.title, time.monotonic()))
+
+    return fn
+
+
+def test_two_sessions_two_jobs_each_run_one_at_a_time_in_submission_order(monkeypatch):
+    import threading
+
+    from ddoq.app.jobs import FunctionJob, JobQueue
+
+    monkeypatch.setenv("DDOQ_APP_MAX_JOBS", "1")
+    queue = JobQueue()
+    assert queue.max_running == 1
+    log: list = []
+    gate = threading.Event()
+    order = [("a", "a1"), ("b", "b1"), ("a", "a2"), ("b", "b2")]
+    jobs = {}
+    for session, title in order:
+        fn = _kmeans_job(log, gate if title == "a1" else None)
+        jobs[title] = FunctionJob(fn, title).start(queue, session=session)
+    # a1 runs (held at its gate); the others wait, each knowing its place
+    assert [jobs[t].place() for _, t in order] == [None, 1, 2, 3]
+    assert jobs["b1"].state == "queued" and jobs["b1"].running
+    assert queue.jobs("a") == [jobs["a1"], jobs["a2"]]  # a session sees only its own
+    assert queue.jobs("b") == [jobs["b1"], jobs["b2"]]
+    assert queue.busy_sessions() == {"a", "b"}
+    gate.set()
+    for job in jobs.values():
+        assert job.join(120), job.status
+        assert job.state == "done", job.error
+    starts = [title for kind, title, _ in log if kind == "start"]
+    assert starts == [t for _, t in order]
+    events = [(kind, title) for kind, title, _ in log]
+    assert events == [(k, t) for _, t in order for k in ("start", "end")]  # never overlapping
+    assert queue.busy_sessions() == set() and queue.jobs("a") == []
+
+
+def test_cancel_a_waiting_job_and_a_running_training(tmp_path):
+    import time
+
+    from ddoq.app.jobs import Cancelled, FunctionJob, JobQueue, TrainJob, TrainSpec
+    from ddoq.train.loop import TrainConfig
+
+    queue = JobQueue(max_running=1)
+    spec = TrainSpec(
+        methods=("random", "d4m"),
+        ipc=2,
+        teacher="auto",
+        train=TrainConfig(epochs=300, width=16, labels="hard"),
+    )
+    run_root = tmp_path / "runs" / "job"
+    train = TrainJob(spec, run_root).start(queue, session="a")
+    log: list = []
+    waiting = FunctionJob(_kmeans_job(log), "waits").start(queue, session="a")
+    after = FunctionJob(_kmeans_job(log), "after").start(queue, session="b")
+    assert waiting.place() == 1
+    waiting.cancel()  # leaves the queue, never runs
+    assert waiting.join(5) and waiting.state == "cancelled" and after.place() == 1
+    deadline = time.time() + 240
+    while not train.records["random"].epochs and time.time() < deadline:
+        time.sleep(0.2)
+    assert train.records["random"].epochs, train.status
+    assert (run_root / "random").is_dir()  # it is writing its run folder
+    asked = time.monotonic()
+    train.cancel()
+    assert train.join(60)
+    stopped_after = time.monotonic() - asked
+    assert train.state == "cancelled" and train.status == "cancelled", train.error
+    assert len(train.records["random"].epochs) < 300
+    assert not run_root.exists()  # its partial folder is gone
+    assert after.join(120) and after.state == "done"  # the queue moved on
+    assert [t for kind, t, _ in log if kind == "start"] == ["after"]
+    assert issubclass(Cancelled, Exception)
+    print(f"cancel to stop: {stopped_after:.2f} s")
+
+
+def test_a_cancelled_distillation_leaves_no_export(tmp_path):
+    import time
+
+    from ddoq.app.jobs import DistillJob, JobQueue
+    from ddoq.distillation.config import DistillConfig
+
+    queue = JobQueue(max_running=1)
+    out = tmp_path / "exports" / "set"
+    job = DistillJob(DistillConfig(ipc=2, teacher=None), out).start(queue, session="a")
+    deadline = time.time() + 240
+    while "class" not in job.status and job.running and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.running, (job.state, job.error)
+    job.cancel()
+    assert job.join(60) and job.state == "cancelled", job.error
+    assert not out.exists() and not job.archive.exists()
+    assert not out.parent.exists() or not list(out.parent.iterdir())  # no staged leftovers
