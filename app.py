@@ -48,6 +48,11 @@ PAGES = [
     st.Page("app_pages/distill.py", title="Distill and export", icon=":material/compress:"),
     st.Page("app_pages/teach.py", title="Teach (2-D toy)", icon=":material/school:"),
     st.Page("app_pages/findings.py", title="Where the weights help", icon=":material/insights:"),
+    # The default page's URL is "/" in Streamlit; /explore (a link people type or share)
+    # opened on "Page not found" without this hidden second address of the same page.
+    st.Page(
+        "app_pages/explore.py", title="Explore a class", url_path="explore", visibility="hidden"
+    ),
 ]
 
 device_sidebar()

@@ -164,11 +164,12 @@ if (
 def job_view() -> None:
     """This session's distillation while it waits or runs (polled every second)."""
     job = state.get("dist_job")
-    if job is None or job.state == "done":
+    if job is None:
         return
-    job_status(job, "dist", "Distillation")
     if busy and not job.running:
-        st.rerun()  # it ended: draw the result below
+        st.rerun()  # it ended: draw the whole page, with the result below
+    if job.state != "done":
+        job_status(job, "dist", "Distillation")
 
 
 job_view()

@@ -118,9 +118,9 @@ def job_view() -> None:
         left, right = st.columns(2)
         left.plotly_chart(train_curves(records, "accuracy"), key="train_acc")
         right.plotly_chart(train_curves(records, "loss"), key="train_loss")
-    st.caption(
-        "Run folders: " + ", ".join(f"`{r.run_dir}`" for r in job.records.values() if r.run_dir)
-    )
+    folders = [f"`{r.run_dir}`" for r in job.records.values() if r.run_dir]
+    if folders and job.state != "cancelled":  # a cancelled job's folder is removed
+        st.caption("Run folders: " + ", ".join(folders))
     if not job.running and busy:
         st.rerun()  # the job ended: refresh the comparison table below
 

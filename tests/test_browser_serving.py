@@ -97,6 +97,8 @@ def _rendered_without_exception(page, slug: str) -> None:
     _wait_idle(page)
     boxes = page.locator('[data-testid="stException"]')
     assert boxes.count() == 0, f"/{slug}: {boxes.first.inner_text()}"
+    dialogs = page.locator('[role="dialog"]')  # e.g. Streamlit's "Page not found"
+    assert dialogs.count() == 0, f"/{slug}: {dialogs.first.inner_text()}"
 
 
 @pytest.mark.parametrize("first", ["distill", "teach"])
