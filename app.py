@@ -40,6 +40,7 @@ PAGES = [
         "app_pages/explore.py",
         title="Explore a class",
         icon=":material/scatter_plot:",
+        url_path="home",  # reserved by the default page, which is served at /
         default=True,
     ),
     st.Page("app_pages/decoded.py", title="Decoded images", icon=":material/image:"),
@@ -50,6 +51,7 @@ PAGES = [
     st.Page("app_pages/findings.py", title="Where the weights help", icon=":material/insights:"),
     # The default page's URL is "/" in Streamlit; /explore (a link people type or share)
     # opened on "Page not found" without this hidden second address of the same page.
+    # AppTest's switch_page("app_pages/explore.py") picks this one (its URL is the name).
     st.Page(
         "app_pages/explore.py", title="Explore a class", url_path="explore", visibility="hidden"
     ),
