@@ -1,14 +1,19 @@
-"""Streamlit entry point of the ddoq app: navigation and the sidebar (the pages live in pages/).
+"""Streamlit entry point of the ddoq app: navigation and the sidebar (pages in app_pages/).
 
-Run with ``streamlit run app.py``. Each page is a thin view over the `ddoq` package; the
-session's choices live in `ddoq.app.state.Choices` (see pages/_common.py).
+Run with ``streamlit run app.py``. The pages' folder must not be called ``pages/``: beside
+the main script, that name puts Streamlit in its old multipage mode until a script calls
+``st.navigation``, and a shared link such as ``/distill`` then ran the page's file alone,
+without this script (no settings, no sidebar) on a freshly started server.
+
+Each page is a thin view over the `ddoq` package; the session's choices live in
+`ddoq.app.state.Choices` (see app_pages/_common.py).
 """
 
 import numpy as np
 import streamlit as st
 from PIL import Image
 
-from pages._common import device_sidebar, keep_settings, start_warm_ups
+from app_pages._common import device_sidebar, keep_settings, start_store_sweeps, start_warm_ups
 
 
 def _favicon() -> Image.Image:
@@ -27,19 +32,32 @@ def _favicon() -> Image.Image:
 
 st.set_page_config(page_title="ddoq", page_icon=_favicon(), layout="wide")
 keep_settings()
+store_problem = start_store_sweeps()  # expired session folders: removed now, then hourly
 start_warm_ups()  # numba's compiles (quantizer, UMAP) run in the background from the start
 
 PAGES = [
     st.Page(
-        "pages/explore.py", title="Explore a class", icon=":material/scatter_plot:", default=True
+        "app_pages/explore.py",
+        title="Explore a class",
+        icon=":material/scatter_plot:",
+        url_path="home",  # reserved by the default page, which is served at /
+        default=True,
     ),
-    st.Page("pages/decoded.py", title="Decoded images", icon=":material/image:"),
-    st.Page("pages/wasserstein.py", title="Wasserstein", icon=":material/compare_arrows:"),
-    st.Page("pages/train.py", title="Train a student", icon=":material/model_training:"),
-    st.Page("pages/distill.py", title="Distill and export", icon=":material/compress:"),
-    st.Page("pages/teach.py", title="Teach (2-D toy)", icon=":material/school:"),
-    st.Page("pages/findings.py", title="Where the weights help", icon=":material/insights:"),
+    st.Page("app_pages/decoded.py", title="Decoded images", icon=":material/image:"),
+    st.Page("app_pages/wasserstein.py", title="Wasserstein", icon=":material/compare_arrows:"),
+    st.Page("app_pages/train.py", title="Train a student", icon=":material/model_training:"),
+    st.Page("app_pages/distill.py", title="Distill and export", icon=":material/compress:"),
+    st.Page("app_pages/teach.py", title="Teach (2-D toy)", icon=":material/school:"),
+    st.Page("app_pages/findings.py", title="Where the weights help", icon=":material/insights:"),
+    # The default page's URL is "/" in Streamlit; /explore (a link people type or share)
+    # opened on "Page not found" without this hidden second address of the same page.
+    # AppTest's switch_page("app_pages/explore.py") picks this one (its URL is the name).
+    st.Page(
+        "app_pages/explore.py", title="Explore a class", url_path="explore", visibility="hidden"
+    ),
 ]
 
 device_sidebar()
+if store_problem:
+    st.sidebar.warning(store_problem)
 st.navigation(PAGES).run()

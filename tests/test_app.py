@@ -35,6 +35,16 @@ def _open(page: str | None = None, **settings) -> AppTest:
     return at
 
 
+def _distil(at: AppTest) -> AppTest:
+    """Press Distil (the job is queued), wait for the job, and draw its result."""
+    at.button(key="dist_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    job = at.session_state["dist_job"]
+    assert job.join(300), job.status
+    assert job.state == "done", job.error
+    return at.run()
+
+
 def _charts(at: AppTest) -> list:
     """Every chart in page order: Plotly figures and the live views' Vega-Lite charts."""
     found: list = []
@@ -98,19 +108,19 @@ def test_settings_persist_across_pages():
     at = _open()
     at.slider(key="w_s_k").set_value(7).run()
     at.selectbox(key="w_s_class").set_value(3).run()
-    at.switch_page("pages/teach.py").run()
-    at.switch_page("pages/wasserstein.py").run()
+    at.switch_page("app_pages/teach.py").run()
+    at.switch_page("app_pages/wasserstein.py").run()
     assert at.slider(key="w2_k").value == 7
     assert at.selectbox(key="w_s_class").value == 3
     at.slider(key="w2_k").set_value(8).run()
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("app_pages/explore.py").run()
     assert at.slider(key="w_s_k").value == 8
 
 
 def test_explore_umap_runs_in_the_background(monkeypatch):
     import threading
 
-    import pages._common as common
+    import app_pages._common as common
 
     release = threading.Event()
     real_project = common.project
@@ -135,8 +145,8 @@ def test_explore_umap_runs_in_the_background(monkeypatch):
 
 
 def test_explore_uses_a_cached_umap_embedding(cache_dir):
+    from app_pages._common import class_points, umap_job
     from ddoq.app.projection import _FORMAT, _params, _write, cache_path, data_fingerprint
-    from pages._common import class_points, umap_job
 
     at = _open(s_class=6)
     pts = class_points("mnist", at.session_state["s_prior"], 6).points
@@ -164,7 +174,7 @@ def test_bad_folder_shows_a_readable_error():
 
 
 def test_teach_page_runs_clvq_and_compares_w2():
-    at = _open("pages/teach.py")
+    at = _open("app_pages/teach.py")
     assert at.title[0].value.startswith("Teach")
     assert [s.label for s in at.main.selectbox] == ["Distribution μ", "Step rule"]
     assert len(_charts(at)) == 2  # empty playground map + distortion against K
@@ -181,7 +191,7 @@ def test_teach_page_runs_clvq_and_compares_w2():
 
 
 def test_wasserstein_page_table_curve_and_pushforward_note():
-    at = _open("pages/wasserstein.py", s_k=5)
+    at = _open("app_pages/wasserstein.py", s_k=5)
     assert at.slider(key="w2_k").value == 5
     assert any("Compute W2" in i.value for i in at.info)
     at.button(key="w2_compute").click().run()
@@ -208,7 +218,7 @@ def test_wasserstein_page_table_curve_and_pushforward_note():
 
 
 def test_decoded_page_shows_centroids_sorted_by_weight():
-    at = _open("pages/decoded.py", s_k=4)
+    at = _open("app_pages/decoded.py", s_k=4)
     assert at.title[0].value == "Decoded images"
     assert at.button(key="dec_go").label == "Decode"
     assert any("Press **Decode**" in i.value for i in at.info)
@@ -233,7 +243,7 @@ def test_decoded_page_uses_the_explore_run():
     at = _open(s_k=3)
     at.button(key="btn_run").click().run()
     steps = at.session_state["explore_live"].snapshot.step
-    at.switch_page("pages/decoded.py").run()
+    at.switch_page("app_pages/decoded.py").run()
     at.toggle(key="dec_use_live").set_value(True).run()
     assert any(f"({steps} CLVQ steps)" in c.value for c in at.caption)
     at.button(key="dec_go").click().run()
@@ -248,7 +258,7 @@ def test_decoded_page_shows_what_distill_exports():
 
     at = _open(s_k=3, s_class=2)
     at.button(key="btn_run").click().run()  # an Explore run exists, but is not the default
-    at.switch_page("pages/decoded.py").run()
+    at.switch_page("app_pages/decoded.py").run()
     assert any("Distill and export** writes" in c.value for c in at.caption)
     at.button(key="dec_go").click().run()
     assert not at.exception and not at.error
@@ -267,11 +277,11 @@ def test_distill_page_exports_a_zip_per_session(tmp_path, monkeypatch):
     from ddoq.export import load
 
     monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
-    at = _open("pages/distill.py", s_dist_ipc=2)
+    at = _open("app_pages/distill.py", s_dist_ipc=2)
     assert at.title[0].value == "Distill and export"
     assert not at.warning, [w.value for w in at.warning]  # the shipped prior always loads
     assert [s.label for s in at.main.selectbox] == ["Method"]
-    at.button(key="dist_go").click().run()
+    _distil(at)
     assert not at.exception and not at.error
     res = at.session_state["dist_result"]
     folder = Path(res["folder"])
@@ -284,14 +294,14 @@ def test_distill_page_exports_a_zip_per_session(tmp_path, monkeypatch):
     assert _metric(at, "Images") == "20"
     assert at.get("download_button")
     # a second session writes elsewhere
-    other = _open("pages/distill.py", s_dist_ipc=2)
+    other = _open("app_pages/distill.py", s_dist_ipc=2)
     assert other.session_state["session_id"] != at.session_state["session_id"]
 
 
 def test_train_page_runs_a_tiny_job_in_the_background(tmp_path, monkeypatch):
     monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
     at = _open(
-        "pages/train.py",
+        "app_pages/train.py",
         s_train_ipc=1,
         s_train_epochs=2,
         s_train_methods=["ddoq", "random"],
@@ -305,10 +315,10 @@ def test_train_page_runs_a_tiny_job_in_the_background(tmp_path, monkeypatch):
     job = at.session_state["train_job"]
     assert at.button(key="train_go").disabled  # drawn as not clickable while it runs
     assert at.get("progress")
-    at.switch_page("pages/teach.py").run()  # the job survives page switches
+    at.switch_page("app_pages/teach.py").run()  # the job survives page switches
     job.join(180)
     assert job.status == "done", job.error
-    at.switch_page("pages/train.py").run()
+    at.switch_page("app_pages/train.py").run()
     assert not at.exception and not at.error
     runs = at.dataframe[0].value
     assert sorted(runs["method"]) == ["ddoq", "random"]
@@ -318,7 +328,7 @@ def test_train_page_runs_a_tiny_job_in_the_background(tmp_path, monkeypatch):
 
 
 def test_teach_page_your_own_points():
-    at = _open("pages/teach.py", s_teach_k=8)
+    at = _open("app_pages/teach.py", s_teach_k=8)
     at.selectbox(key="w_s_teach_dist").set_value("your own points").run()
     assert not at.exception and not at.error
     assert len(_charts(at)) == 1  # the canvas only
@@ -401,19 +411,19 @@ def _captions(at: AppTest) -> str:
 
 def test_distill_uses_this_sessions_dataset_and_not_another_sessions(folder3):
     a = _choose_folder(_open(), folder3)
-    a.switch_page("pages/distill.py").run()
+    a.switch_page("app_pages/distill.py").run()
     assert f"Dataset **{folder3}**" in _captions(a)
-    b = _open("pages/distill.py")  # a new browser session starts from the defaults
+    b = _open("app_pages/distill.py")  # a new browser session starts from the defaults
     assert "Dataset **mnist**" in _captions(b)
-    b.switch_page("pages/explore.py").run()
+    b.switch_page("app_pages/explore.py").run()
     b.selectbox(key="w_s_source").set_value("digits").run()
-    b.switch_page("pages/train.py").run()
+    b.switch_page("app_pages/train.py").run()
     assert "Dataset **digits**" in _captions(b)
     a.run()
     assert f"Dataset **{folder3}**" in _captions(a)
-    b.switch_page("pages/explore.py").run()
+    b.switch_page("app_pages/explore.py").run()
     b.selectbox(key="w_s_prior").set_value("none (raw pixels)").run()
-    b.switch_page("pages/distill.py").run()
+    b.switch_page("app_pages/distill.py").run()
     assert b.warning and "needs a prior" in b.warning[0].value
 
 
@@ -432,7 +442,7 @@ def test_own_folder_keeps_class_and_k_and_every_control_works(folder3):
     at.toggle(key="w_s_overlay").set_value(True).run()
     at.selectbox(key="w_s_class").set_value(0).run()
     assert not at.exception and not at.error
-    for page in ("pages/decoded.py", "pages/wasserstein.py", "pages/explore.py"):
+    for page in ("app_pages/decoded.py", "app_pages/wasserstein.py", "app_pages/explore.py"):
         at.switch_page(page).run()
         assert not at.exception and not at.error, page
         assert at.selectbox(key="w_s_class").value == 0
@@ -458,7 +468,7 @@ def test_a_corrected_folder_path_is_kept(folder3):
 def test_k_100_on_explore_then_decoded():
     at = _open(s_k=100)
     assert at.slider(key="w_s_k").value == 100
-    at.switch_page("pages/decoded.py").run()
+    at.switch_page("app_pages/decoded.py").run()
     assert not at.exception
     assert at.slider(key="dec_k").value == 100
 
@@ -470,10 +480,10 @@ def test_a_class_with_one_image_gets_a_message(folder_tiny):
     assert not at.exception
     assert "single training image" in _captions(at)
     assert any("too few for a map" in i.value for i in at.info)
-    for page in ("pages/decoded.py", "pages/wasserstein.py"):
+    for page in ("app_pages/decoded.py", "app_pages/wasserstein.py"):
         at.switch_page(page).run()
         assert not at.exception, page
-    at.switch_page("pages/distill.py").run()
+    at.switch_page("app_pages/distill.py").run()
     assert not at.exception
     assert at.number_input(key="w_s_dist_ipc").value == 1
     assert any("lowered from 10 to 1" in i.value for i in at.info), [i.value for i in at.info]
@@ -517,12 +527,12 @@ def test_own_folder_distils_with_hard_labels_and_says_why_not_soft(folder3, tmp_
 
     monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
     at = _choose_folder(_open(s_dist_ipc=2), folder3)
-    at.switch_page("pages/distill.py").run()
+    at.switch_page("app_pages/distill.py").run()
     assert not at.exception
     assert any("No teacher for this dataset's classes" in w.value for w in at.warning)
     assert at.button(key="dist_go").disabled
     at.radio(key="w_s_dist_labels").set_value("hard").run()
-    at.button(key="dist_go").click().run()
+    _distil(at)
     assert not at.exception and not at.error
     with zipfile.ZipFile(at.session_state["dist_result"]["zip"]) as z:
         classes = {
@@ -533,26 +543,26 @@ def test_own_folder_distils_with_hard_labels_and_says_why_not_soft(folder3, tmp_
 
 def test_wasserstein_and_distill_report_the_same_w2(tmp_path, monkeypatch):
     monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
-    at = _open("pages/wasserstein.py", s_k=3, s_dist_ipc=3)
+    at = _open("app_pages/wasserstein.py", s_k=3, s_dist_ipc=3)
     at.button(key="w2_compute").click().run()
     w2 = at.dataframe[0].value.iloc[0]["W2 DDOQ (weighted)"]
     at.button(key="w2_curve_btn").click().run()
     assert "class '0'" in _charts(at)[1].proto.spec
-    at.switch_page("pages/distill.py").run()
+    at.switch_page("app_pages/distill.py").run()
     at.radio(key="w_s_dist_labels").set_value("hard").run()
-    at.button(key="dist_go").click().run()
+    _distil(at)
     per_class = at.session_state["dist_result"]["metrics"]["w2_per_class"]
     assert per_class[0]["w2_weighted"] == pytest.approx(w2, rel=1e-4)
 
 
 def test_wasserstein_links_to_the_study_page_which_shows_its_tables_and_plots():
-    at = _open("pages/wasserstein.py")
+    at = _open("app_pages/wasserstein.py")
     links = [node for node in _walk(at) if getattr(node, "type", None) == "page_link"]
     assert len(links) == 1
     assert links[0].proto.page == "findings"
     assert links[0].proto.label == "See the study"
     assert any("weights helped" in c.value for c in at.caption)
-    at.switch_page("pages/findings.py").run()
+    at.switch_page("app_pages/findings.py").run()
     assert not at.exception
     text = "\n".join(m.value for m in at.markdown)
     # what BENCHMARKS.md's regimes section says, table rows and all

@@ -241,10 +241,12 @@ def test_app_runs_on_cuda_by_default(tmp_path, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     live = at.session_state["explore_live"]
     assert str(live.device).startswith("cuda")
-    for page in ("pages/decoded.py", "pages/wasserstein.py", "pages/distill.py"):
+    for page in ("app_pages/decoded.py", "app_pages/wasserstein.py", "app_pages/distill.py"):
         at.switch_page(page).run()
         assert not at.exception, (page, [e.value for e in at.exception])
     at.button(key="dist_go").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    at.session_state["dist_job"].join(300)
+    at.run()
     assert str(at.session_state["dist_result"]["config"]["device"]).startswith("cuda")
     assert len(load(at.session_state["dist_result"]["folder"])) == 20

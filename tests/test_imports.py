@@ -151,7 +151,7 @@ def test_only_the_cli_and_the_app_import_build():
 
 def test_no_pipeline_module_imports_streamlit():
     modules = _modules()
-    assert "streamlit" in _third_party(Path(__file__).parents[1] / "pages" / "explore.py")
+    assert "streamlit" in _third_party(Path(__file__).parents[1] / "app_pages" / "explore.py")
     bad = [n for n in pipeline_modules() if "streamlit" in _third_party(modules[n])]
     assert not bad
     # the app's view models are Streamlit-free too (the pages are the only Streamlit code)

@@ -310,33 +310,75 @@ def _find_class_dirs(split_root: Path) -> list[str]:
     return classes
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether the real path `path` is `folder` or lies under it (both resolved)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk_class(
+    class_dir: Path, split_root: Path, seen: dict[str, str], skipped: list[SkippedFile]
+) -> list[tuple[str, str]]:
+    """``(relative path, full path)`` of the files of one class folder, each file once.
+
+    The folder is walked without following links, so every file in it is reached by its
+    own path. A link is then listed only when it leads to a file of the class not listed
+    yet; a link that leaves the class folder (to the parent, another class, elsewhere),
+    a folder link (its folder is walked already, or it loops) and a second path to a
+    file already listed (`seen`: real path -> relative path, across the classes) go to
+    `skipped` instead.
+    """
+    top = os.path.realpath(class_dir)
+    files: list[tuple[str, str]] = []
+    links: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = os.path.relpath(dirpath, split_root)
+        for name in dirnames + sorted(f for f in filenames if not f.startswith(".")):
+            full, rel = os.path.join(dirpath, name), os.path.join(rel_dir, name)
+            if os.path.islink(full):
+                links.append((rel, full))
+            elif name not in dirnames:
+                files.append((rel, full))
+    kept = []
+    for rel, full in files + links:  # a file's own path before any link to it
+        real = os.path.realpath(full)
+        if not _inside(real, top):
+            skipped.append(SkippedFile(rel, "a link that leaves its class folder"))
+        elif os.path.isdir(real):
+            skipped.append(SkippedFile(rel, "a folder link that loops (already listed)"))
+        elif real in seen:
+            skipped.append(SkippedFile(rel, f"the same file as {seen[real]} (a link)"))
+        else:
+            seen[real] = rel
+            kept.append((rel, full))
+    return kept
+
+
 def _list_files(
     split_root: Path, class_ids: list[str], verify: bool
 ) -> tuple[list[tuple[str, int]], list[SkippedFile], str]:
-    """Walk the class folders: valid ``(relative path, label)``, skipped files, stat digest."""
+    """Walk the class folders: valid ``(relative path, label)``, skipped files, stat digest.
+
+    Each file is listed once, under the class folder it is in (`_walk_class`).
+    """
     candidates: list[tuple[str, int]] = []
     skipped: list[SkippedFile] = []
+    seen: dict[str, str] = {}
     stat_hash = hashlib.blake2b(digest_size=16)
-    for label, cid in enumerate(class_ids):
-        class_dir = split_root / cid
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel_dir = os.path.relpath(dirpath, split_root)
-            for fname in sorted(filenames):
-                if fname.startswith("."):
-                    continue
-                full = os.path.join(dirpath, fname)
-                rel = os.path.join(rel_dir, fname)
-                try:
-                    st = os.stat(full)
-                except OSError as err:
-                    skipped.append(SkippedFile(rel, f"cannot stat: {err.strerror}"))
-                    continue
-                stat_hash.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-                if not fname.lower().endswith(IMAGE_EXTENSIONS):
-                    skipped.append(SkippedFile(rel, "not an image file extension"))
-                    continue
-                candidates.append((rel, label))
+    # class folders that are links last: a folder's own files are listed under it
+    order = sorted(range(len(class_ids)), key=lambda k: (split_root / class_ids[k]).is_symlink())
+    for label in order:
+        for rel, full in _walk_class(split_root / class_ids[label], split_root, seen, skipped):
+            try:
+                st = os.stat(full)
+            except OSError as err:
+                skipped.append(SkippedFile(rel, f"cannot stat: {err.strerror}"))
+                continue
+            stat_hash.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            if not rel.lower().endswith(IMAGE_EXTENSIONS):
+                skipped.append(SkippedFile(rel, "not an image file extension"))
+                continue
+            candidates.append((rel, label))
     stat_digest = stat_hash.hexdigest()
     if verify and candidates:
         bad = _check_headers(split_root, [rel for rel, _ in candidates], stat_digest)
@@ -344,6 +386,7 @@ def _list_files(
             skipped.extend(SkippedFile(rel, bad[rel]) for rel, _ in candidates if rel in bad)
             candidates = [(rel, label) for rel, label in candidates if rel not in bad]
     skipped.sort(key=lambda s: s.path)
+    candidates.sort(key=lambda c: c[1])  # stable: each class in walk order
     return candidates, skipped, stat_digest
 
 
@@ -395,8 +438,9 @@ def _warn_skipped(skipped: list[SkippedFile], split_root: Path) -> None:
     shown = "; ".join(f"{s.path} ({s.reason})" for s in skipped[:_WARN_NAMES])
     more = f"; and {len(skipped) - _WARN_NAMES} more" if len(skipped) > _WARN_NAMES else ""
     warnings.warn(
-        f"skipped {len(skipped)} file(s) in {split_root} that are not readable images: "
-        f"{shown}{more}. The full list is in the dataset's .skipped attribute.",
+        f"skipped {len(skipped)} file(s) in {split_root} (not readable images, or links "
+        f"out of their class folder): {shown}{more}. The full list is in the dataset's "
+        ".skipped attribute.",
         CorruptImageWarning,
         stacklevel=4,
     )

@@ -25,8 +25,10 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from ddoq.app import store
 from ddoq.app.compare import ClassPoints, load_class_points
-from ddoq.app.projection import default_cache_dir, project
+from ddoq.app.jobs import Job, default_queue
+from ddoq.app.projection import project
 from ddoq.app.state import (
     DEVICES,
     FOLDER,
@@ -53,8 +55,25 @@ def choices() -> Choices:
 
 
 def keep_settings() -> None:
-    """Initialise missing settings and this session's id (call once per run, in app.py)."""
+    """Initialise missing settings and this session's id, and mark this session's folder
+    as used (call once per run, in app.py)."""
     choices().init()
+    folder = session_dir(create=False)
+    if folder.is_dir():
+        store.touch(folder)
+
+
+@st.cache_resource(show_spinner=False)
+def start_store_sweeps() -> str | None:
+    """Once per process: remove expired session folders now, then hourly
+    (`ddoq.app.store`); the sessions with queued or running jobs are kept. Returns a
+    one-line problem with the settings, or None."""
+    try:
+        settings = store.StoreSettings.from_env()
+    except ValueError as err:
+        return f"Session folders are not cleaned up: {err}"
+    store.start_sweeping(store.store_root(), settings, busy=default_queue().busy_sessions)
+    return None
 
 
 def set_setting(name: str, value: object) -> None:
@@ -83,13 +102,47 @@ def setting(widget, label: str, *args, name: str, key: str | None = None, **kwar
 def session_dir(create: bool = True) -> Path:
     """A directory private to this browser session, for runs and exports.
 
-    ``$DDOQ_APP_RUNS/<session id>`` (default ``<cache dir>/app-sessions/<session id>``).
+    ``$DDOQ_APP_RUNS/<session id>`` (default ``<cache dir>/app-sessions/<session id>``,
+    `ddoq.app.store.store_root`); it expires when unused (`start_store_sweeps`).
     """
-    root = Path(os.environ.get("DDOQ_APP_RUNS", default_cache_dir() / "app-sessions"))
-    path = root / st.session_state.setdefault("session_id", uuid.uuid4().hex[:12])
-    if create:
+    path = store.store_root() / st.session_state.setdefault("session_id", uuid.uuid4().hex[:12])
+    if create and not path.is_dir():
         path.mkdir(parents=True, exist_ok=True)
+        store.touch(path)
     return path
+
+
+def session_id() -> str:
+    """This browser session's id (its folder's name, and its jobs' owner)."""
+    return str(st.session_state.setdefault("session_id", uuid.uuid4().hex[:12]))
+
+
+def submit(job: Job) -> Job:
+    """Queue `job` for this session on the process's one job queue (`ddoq.app.jobs`)."""
+    return job.start(default_queue(), session=session_id())
+
+
+def job_status(job: Job, key: str, what: str) -> None:
+    """A job's line: its place in the queue, or its progress; a Cancel button while it
+    has not finished; its error once failed. `what` names it ("Training", ...)."""
+    place = job.place()
+    if place is not None:
+        ahead = "next to run" if place == 1 else f"{place - 1} job(s) ahead of it"
+        st.info(
+            f"{what} is waiting for a free slot: place **{place}** in the queue ({ahead}; "
+            f"{default_queue().max_running} job(s) run at once on this server).",
+            icon=":material/hourglass_top:",
+        )
+    elif job.running:
+        st.progress(min(1.0, job.progress), text=f"{job.status} ({100 * job.progress:.0f}%)")
+    elif job.state == "cancelled":
+        st.warning(f"{what} was cancelled; its partial output was removed.")
+    if job.running and not job.cancelled:
+        if st.button("Cancel", icon=":material/cancel:", key=f"{key}_cancel"):
+            job.cancel()
+            st.toast(f"Cancelling: {what.lower()} stops within a few seconds…")
+    if job.error:
+        st.error(f"{what} failed: {job.error}")
 
 
 @contextmanager
@@ -249,8 +302,21 @@ def device_sidebar() -> None:
         st.caption(f"Computing on **{used}**.")
 
 
+def _check_typed_folder(ch: Choices) -> None:
+    """Refuse (one line, page stopped) a typed folder inside the session store or, when
+    ``DDOQ_APP_DATA_ROOTS`` is set, outside every allowed root (`ddoq.app.store`)."""
+    if ch.store.get("s_source") != FOLDER or not ch.dataset:
+        return
+    try:
+        store.check_typed_folder(ch.dataset)
+    except ValueError as err:
+        st.error(f"Folder refused: {err}", icon=":material/block:")
+        st.stop()
+
+
 def _load_info(ch: Choices, dataset_name: str, dev: str) -> DataInfo:
     """The chosen dataset's `DataInfo`, or a readable error and a stopped page."""
+    _check_typed_folder(ch)
     info = None
     with readable_errors("Loading the dataset"):
         with st.spinner(f"Listing {dataset_name}…"):
@@ -265,7 +331,8 @@ def _show_notes(info: DataInfo, notes: list[str]) -> None:
         st.info(note, icon=":material/info:")
     if info.skipped:
         with st.expander(
-            f"{len(info.skipped)} file(s) of the folder were skipped (not readable images)",
+            f"{len(info.skipped)} file(s) of the folder were skipped "
+            "(not readable images, or links)",
             icon=":material/warning:",
         ):
             st.markdown("\n".join(describe_skipped(info.skipped)))

@@ -7,9 +7,7 @@ PCA while UMAP is computed in the background; Run/Pause/Resume/Step/Reset drive 
 
 import streamlit as st
 
-from ddoq.app.live import LiveCLVQ
-from ddoq.app.live_charts import explore_frame
-from pages._common import (
+from app_pages._common import (
     data_controls,
     k_slider,
     pca_view,
@@ -17,6 +15,8 @@ from pages._common import (
     setting,
     umap_job,
 )
+from ddoq.app.live import LiveCLVQ
+from ddoq.app.live_charts import explore_frame
 
 TICK_SECONDS = 0.3
 

@@ -3,7 +3,7 @@
 `teacher_panel(dataset_name)` is called near the top of the pages that make soft labels
 (Distill, Train). It shows the teacher `ddoq.labels.resolve_teacher` picks for the
 dataset's classes, or, when none fits, that one-line reason and a **Train a teacher for
-this dataset** button. The button starts a `ddoq.app.jobs.TeacherJob` (a background thread)
+this dataset** button. The button queues a `ddoq.app.jobs.TeacherJob` (the app's one job queue)
 kept in this browser session's ``st.session_state`` (never in a ``st.cache_*`` function),
 shows its progress while it runs and the held-out accuracy when it ends; the teacher is
 written to the dataset's teacher folder in the cache, where ``"auto"`` finds it.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages._common import job_status, submit
 from ddoq.app.jobs import TeacherJob
 from ddoq.build.teacher import TeacherConfig
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
@@ -78,7 +79,7 @@ def teacher_panel(dataset_name: str, *, key: str = "teacher") -> Teacher | None:
             key=f"{key}_train",
         ):
             try:
-                job = jobs[dataset_name] = TeacherJob(_config(dataset_name, epochs)).start()
+                job = jobs[dataset_name] = submit(TeacherJob(_config(dataset_name, epochs)))
                 busy = True
             except ValueError as err:
                 st.error(f"Training a teacher: {err}")
@@ -93,13 +94,10 @@ def _job_view(dataset_name: str, busy: bool, key: str) -> None:
     @st.fragment(run_every=1.0 if busy else None)
     def view() -> None:
         job = st.session_state[_JOBS][dataset_name]
-        if job.running:
-            loss = job.info.get("loss")
-            extra = f", loss {loss:.3f}" if loss is not None else ""
-            st.progress(job.progress, text=f"{job.status}{extra}")
-        elif job.error:
-            st.error(f"Training a teacher failed: {job.error}")
-        elif job.report is not None:
+        job_status(job, f"{key}_job", "Training a teacher")
+        if job.running and job.info.get("loss") is not None:
+            st.caption(f"Last epoch's loss: {job.info['loss']:.3f}")
+        if job.report is not None and not job.running:
             r = job.report
             st.success(
                 f"Trained a teacher for {len(r.class_names or [])} classes: held-out accuracy "

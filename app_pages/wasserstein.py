@@ -9,11 +9,7 @@ space after decoding the centroids. All computation is in `ddoq.app.compare`.
 import pandas as pd
 import streamlit as st
 
-from ddoq.app.compare import compare_w2, pushforward_check, w2_against_k
-from ddoq.app.figures import w2_against_k_chart, w2_bars
-from ddoq.distillation.config import DistillConfig
-from ddoq.distillation.stages import quantize_seed
-from pages._common import (
+from app_pages._common import (
     class_points,
     data_controls,
     dataset_for,
@@ -21,6 +17,10 @@ from pages._common import (
     readable_errors,
     setting,
 )
+from ddoq.app.compare import compare_w2, pushforward_check, w2_against_k
+from ddoq.app.figures import w2_against_k_chart, w2_bars
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.stages import quantize_seed
 
 KS = [1, 2, 5, 10, 20, 50, 100]
 
@@ -38,7 +38,7 @@ st.caption(
     "A lower W2 does not always train a better student: in our study the weights helped on "
     "contaminated or skewed classes with hard labels, not on balanced MNIST or in pixel space."
 )
-st.page_link("pages/findings.py", label="See the study", icon=":material/insights:")
+st.page_link("app_pages/findings.py", label="See the study", icon=":material/insights:")
 
 data = data_controls()
 dataset_name, prior_name, class_index = data.dataset, data.prior_name, data.class_index

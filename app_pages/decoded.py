@@ -9,11 +9,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from ddoq.app.compare import decode_centroids, nearest_points
-from ddoq.app.figures import image_row, to_uint8
-from ddoq.distillation.config import DistillConfig
-from ddoq.distillation.stages import select_points
-from pages._common import (
+from app_pages._common import (
     class_points,
     data_controls,
     dataset_for,
@@ -21,6 +17,10 @@ from pages._common import (
     readable_errors,
     setting,
 )
+from ddoq.app.compare import decode_centroids, nearest_points
+from ddoq.app.figures import image_row, to_uint8
+from ddoq.distillation.config import DistillConfig
+from ddoq.distillation.stages import select_points
 
 COLUMNS = 5
 N_NEAREST = 3

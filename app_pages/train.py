@@ -2,7 +2,9 @@
 
 Starts a `ddoq.app.jobs.TrainJob` in a background thread kept in this session, so it runs on
 across page switches and reruns; the page polls it for live loss and accuracy curves and
-can stop it. Finished runs (this session's run folder) are compared in a table.
+can stop it (keeping what was trained) or cancel it (removing its folder); it waits for a
+free slot in the app's one job queue first. Finished runs (this session's run folder) are
+compared in a table.
 """
 
 import time
@@ -10,16 +12,18 @@ import time
 import pandas as pd
 import streamlit as st
 
+from app_pages._common import (
+    chosen_data,
+    job_status,
+    session_dir,
+    setting,
+    submit,
+)
+from app_pages._teacher import teacher_panel
 from ddoq.app.figures import train_curves
 from ddoq.app.jobs import TrainJob, TrainSpec, list_runs
 from ddoq.train.loop import TrainConfig
 from ddoq.train.students import STUDENTS
-from pages._common import (
-    chosen_data,
-    session_dir,
-    setting,
-)
-from pages._teacher import teacher_panel
 
 st.title("Train a student")
 st.caption(
@@ -76,7 +80,7 @@ def _start() -> None:
     )
     root = session_dir() / "train" / time.strftime("%Y%m%d-%H%M%S")
     try:
-        state["train_job"] = TrainJob(spec, root, prior=data.prior).start()
+        state["train_job"] = submit(TrainJob(spec, root, prior=data.prior))
         state.pop("train_start_error", None)
     except ValueError as err:
         state["train_start_error"] = str(err)
@@ -89,7 +93,7 @@ st.button(
     type="primary",
     icon=":material/model_training:",
     disabled=busy or (labels == "soft" and teacher is None),
-    help="A job is running: stop it or wait for it to end." if busy else None,
+    help="A job is queued or running: stop it, cancel it or wait for it to end." if busy else None,
     key="train_go",
     on_click=_start,
 )
@@ -104,20 +108,19 @@ def job_view() -> None:
     if job is None:
         st.info("Press **Start training**; the job keeps running if you visit other pages.")
         return
-    st.progress(job.progress, text=f"{job.status} ({100 * job.progress:.0f}%)")
-    if job.running and st.button("Stop", icon=":material/stop:", key="train_stop"):
-        job.stop()
-        st.toast("Stopping after the current epoch…")
-    if job.error:
-        st.error(f"Training failed: {job.error}")
+    job_status(job, "train", "Training")
+    if job.state == "running" and not job.cancelled:
+        if st.button("Stop and keep", icon=":material/stop:", key="train_stop"):
+            job.stop()
+            st.toast("Stopping after the current epoch…")
     records = [r for r in job.records.values() if r.epochs]
     if records:
         left, right = st.columns(2)
         left.plotly_chart(train_curves(records, "accuracy"), key="train_acc")
         right.plotly_chart(train_curves(records, "loss"), key="train_loss")
-    st.caption(
-        "Run folders: " + ", ".join(f"`{r.run_dir}`" for r in job.records.values() if r.run_dir)
-    )
+    folders = [f"`{r.run_dir}`" for r in job.records.values() if r.run_dir]
+    if folders and job.state != "cancelled":  # a cancelled job's folder is removed
+        st.caption("Run folders: " + ", ".join(folders))
     if not job.running and busy:
         st.rerun()  # the job ended: refresh the comparison table below
 

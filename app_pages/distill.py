@@ -1,12 +1,13 @@
 """Distill and export: Algorithm 2 for every class, written to disk and offered as a zip.
 
-A thin view over `ddoq.distillation.local.distill` (encode, quantize, decode, label) and
-`ddoq.export.write`. Each browser session writes under its own folder
-(`pages._common.session_dir`), so two sessions never overwrite each other's exports.
+A thin view over `ddoq.app.jobs.DistillJob` (`ddoq.distillation.local.distill`: encode,
+quantize, decode, label; then `ddoq.export.write` and a zip), queued on the app's one job
+queue, with its place in the queue and a Cancel button while it waits or runs. Each
+browser session writes under its own folder (`app_pages._common.session_dir`), so two
+sessions never overwrite each other's exports.
 """
 
 import io
-import shutil
 import time
 from dataclasses import asdict
 
@@ -14,17 +15,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ddoq.app.figures import image_row, to_uint8
-from ddoq.distillation.config import DECODES, METHODS, DistillConfig
-from ddoq.distillation.local import distill
-from ddoq.export import write
-from pages._common import (
+from app_pages._common import (
     chosen_data,
-    readable_errors,
+    job_status,
     session_dir,
     setting,
+    submit,
 )
-from pages._teacher import teacher_panel
+from app_pages._teacher import teacher_panel
+from ddoq.app.figures import image_row, to_uint8
+from ddoq.app.jobs import DistillJob
+from ddoq.distillation.config import DECODES, METHODS, DistillConfig
 
 st.title("Distill and export")
 st.caption(
@@ -96,14 +97,11 @@ labels = setting(
 teacher = teacher_panel(data.dataset, key="dist_teacher") if labels == "soft" else None
 
 state = st.session_state
-if st.button(
-    "Distil every class",
-    type="primary",
-    icon=":material/compress:",
-    key="dist_go",
-    disabled=labels == "soft" and teacher is None,
-):
-    with readable_errors("Distillation"):
+
+
+def _start() -> None:
+    """Queue the distillation (a callback: the page is then drawn with the job queued)."""
+    try:
         config = DistillConfig(
             dataset=data.dataset,
             ipc=int(ipc),
@@ -117,36 +115,64 @@ if st.button(
             teacher="auto" if labels == "soft" else None,
             device=data.device,
         ).check()
-        with st.status("Distilling…", expanded=True) as status:
-            st.write("Encoding and quantizing every class…")
-            bar = st.progress(0.0, text="Per class: waiting for the first class…")
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-ipc{int(ipc)}"
+        out = session_dir() / "exports" / name
+        state["dist_job"] = submit(DistillJob(config, out, prior=data.prior))
+    except ValueError as err:
+        state["dist_start_error"] = str(err)
 
-            def show_class(stage: str, done: int, total: int) -> None:
-                bar.progress(done / total, text=f"Distilled class {done} of {total} ({decode})")
 
-            start = time.perf_counter()
-            result = distill(
-                config, prior=data.prior, teacher=None, progress=False, on_class=show_class
-            )
-            st.write(
-                f"Distilled {len(result.labels)} images in {time.perf_counter() - start:.1f} s."
-            )
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            name = f"{stamp}-{method}-ipc{int(ipc)}"
-            out = write(result, session_dir() / "exports" / name)
-            st.write("Zipping…")
-            archive = shutil.make_archive(str(out), "zip", root_dir=out)
-            status.update(label=f"Exported to {out}", state="complete", expanded=False)
-        state["dist_result"] = {
-            "folder": str(out),
-            "zip": archive,
-            "config": asdict(config),
-            "metrics": result.metrics(),
-            "images": to_uint8(result.images),
-            "labels": result.labels.numpy(),
-            "weights": result.weights.numpy(),
-            "class_names": list(result.class_names),
-        }
+def _result(job: DistillJob) -> dict:
+    """What the page shows of a finished distillation (kept after the job is gone)."""
+    result = job.result
+    return {
+        "job": job.id,
+        "folder": str(job.folder),
+        "zip": str(job.archive),
+        "config": asdict(job.config),
+        "metrics": result.metrics(),
+        "images": to_uint8(result.images),
+        "labels": result.labels.numpy(),
+        "weights": result.weights.numpy(),
+        "class_names": list(result.class_names),
+        "seconds": job.seconds,
+    }
+
+
+job: DistillJob | None = state.get("dist_job")
+busy = job is not None and job.running
+st.button(
+    "Distil every class",
+    type="primary",
+    icon=":material/compress:",
+    key="dist_go",
+    disabled=busy or (labels == "soft" and teacher is None),
+    help="A distillation is queued or running: cancel it or wait for it." if busy else None,
+    on_click=_start,
+)
+if state.get("dist_start_error"):
+    st.error(f"Distillation: {state.pop('dist_start_error')}")
+if (
+    job is not None
+    and job.state == "done"
+    and (state.get("dist_result") or {}).get("job") != job.id
+):
+    state["dist_result"] = _result(job)
+
+
+@st.fragment(run_every=1.0 if busy else None)
+def job_view() -> None:
+    """This session's distillation while it waits or runs (polled every second)."""
+    job = state.get("dist_job")
+    if job is None:
+        return
+    if busy and not job.running:
+        st.rerun()  # it ended: draw the whole page, with the result below
+    if job.state != "done":
+        job_status(job, "dist", "Distillation")
+
+
+job_view()
 
 res = state.get("dist_result")
 if res is None:
@@ -163,7 +189,7 @@ else:
     )
     red = m["w2_reduction_mean"]
     cols[3].metric("Weights remove", f"{100 * red:.1f}%" if red is not None else "–")
-    st.markdown(f"Folder on disk: `{res['folder']}`")
+    st.markdown(f"Folder on disk: `{res['folder']}` (distilled in {res['seconds']:.1f} s)")
     with open(res["zip"], "rb") as f:
         st.download_button(
             "Download the distilled set (zip)",

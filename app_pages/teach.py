@@ -10,6 +10,7 @@ beside Zador's K^(-2/d) rate. All computation is in `ddoq.app.playground` and `d
 import numpy as np
 import streamlit as st
 
+from app_pages._common import readable_errors, setting
 from ddoq.app.figures import click_canvas, distortion_vs_k
 from ddoq.app.live import LiveCLVQ
 from ddoq.app.live_charts import teach_frame
@@ -20,7 +21,6 @@ from ddoq.app.playground import (
     points_from_clicks,
     sample_distribution,
 )
-from pages._common import readable_errors, setting
 
 TICK_SECONDS = 0.25
 N_POINTS = 2000
