@@ -67,9 +67,10 @@ LIMIT_SETTINGS = {
     "max_pixels": "DDOQ_APP_UPLOAD_MAX_PIXELS",
 }
 _ZIP_SIZE_SETTING = (
-    "Streamlit's server.maxUploadSize, in MB: raise it under [server] in "
-    ".streamlit/config.toml or with `streamlit run app.py --server.maxUploadSize N`"
+    "raise Streamlit's server.maxUploadSize (MB) under [server] in "
+    ".streamlit/config.toml, or run `streamlit run app.py --server.maxUploadSize N`"
 )
+_PIL_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 class UploadRefused(ValueError):
@@ -133,7 +134,7 @@ class UploadLimits:
             how = _ZIP_SIZE_SETTING
         else:
             how = f"raise it with {LIMIT_SETTINGS[name]} (UploadLimits.{name})"
-        return UploadRefused(f"{what}, over the limit of {shown} ({how})")
+        return UploadRefused(f"{what}, over the limit of {shown}: {how}")
 
 
 @dataclass(frozen=True)
@@ -393,7 +394,9 @@ def _image_problem(path: Path, entry: str, limits: UploadLimits) -> str | None:
             with Image.open(path) as im:
                 width, height = im.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise limits.refusal("max_pixels", f"image {entry} is too large ({err})") from None
+        found = _PIL_PIXELS.search(str(err))  # PIL's guard fires before its size is known
+        size = f"{int(found[1]):,} pixels" if found else f"too large ({err})"
+        raise limits.refusal("max_pixels", f"image {entry} has {size}") from None
     except Exception as err:  # noqa: BLE001 - any failure means "not a readable image"
         return f"not a readable image ({type(err).__name__})"
     if width < 1 or height < 1:
