@@ -193,9 +193,9 @@ def test_too_much_uncompressed_data_is_refused_in_one_line(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
     entries = {f"{c}/{i}.png": _png(noise) for c in CLASSES for i in range(2)}
     total = sum(len(b) for b in entries.values())  # PNG does not compress noise
-    limits = UploadLimits(max_total_mb=total / 1e6 * 0.9)
+    limits = UploadLimits(max_total_mb=total / 2**20 * 0.9)
     message = _refused(_zip(entries), tmp_path / "up", limits)
-    assert f"{total / 1e6:,.1f} MB uncompressed" in message
+    assert f"{total / 2**20:,.1f} MB uncompressed" in message
     assert "DDOQ_APP_UPLOAD_MAX_MB" in message
 
 

@@ -58,7 +58,7 @@ ARCHIVE_EXTENSIONS = (
 )  # fmt: skip
 _MANIFEST = "upload.json"
 _CHUNK = 1 << 20
-_MB = 1_000_000
+_MB = 1 << 20  # MB as Streamlit counts them (MiB)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 #: How to raise each limit in the app (environment variables read by `UploadLimits.from_env`).
 LIMIT_SETTINGS = {
@@ -84,12 +84,13 @@ class UploadLimits:
     Parameters
     ----------
     max_zip_mb : float | None
-        size of the zip itself, in MB (10**6 bytes); the app passes Streamlit's
-        ``server.maxUploadSize`` (which the browser enforces first). None: no limit.
+        size of the zip itself, in MB (2**20 bytes, as Streamlit counts); the app
+        passes ``server.maxUploadSize`` (which the browser enforces first). None: no
+        limit.
     max_files : int
         files (entries that are not folders) in the zip, images or not.
     max_total_mb : float
-        the images' total uncompressed size, in MB.
+        the images' total uncompressed size, in MB (2**20 bytes).
     max_pixels : int
         width x height of any one image (decompression bombs).
     """
