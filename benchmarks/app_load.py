@@ -6,9 +6,10 @@ Streamlit session). Every session opens Explore (mnist, class 0, K=10), sets "St
 steps" to 5000 and presses Run. Then:
 
 1. *no jobs*: the live views run alone for `seconds`;
-2. *jobs*: the first person opens a second tab on "Train a student" and starts a training
-   (IPC and epochs given), the second person (the first, with one session) a tab on
-   "Distill and export" and distils every class; the phase lasts until both jobs have
+2. *jobs*: the first person opens a second tab on "Train a student", the second person
+   (the first, with one session) a tab on "Distill and export" (opened and set up
+   between the phases); then one starts a training (IPC and epochs given) and the other
+   distils every class, one click after the other; the phase lasts until both jobs have
    finished (at least `seconds`, at most `job_timeout`).
 
 Each Explore tab records, in the page, the wall-clock time of every change of its CLVQ
@@ -55,12 +56,12 @@ WATCH = """([done, busy]) => {
   w.timer = setInterval(() => {
     const now = Date.now(), v = step();
     if (v !== null && v !== w.last) { w.changes.push(now); w.last = v; }
-    const exc = document.querySelectorAll('[data-testid="stException"]').length;
-    const failed = [...document.querySelectorAll('[data-testid="stAlert"]')]
-      .filter(a => /failed|error/i.test(a.innerText)).map(a => a.innerText.slice(0, 160));
-    if (exc || failed.length) w.errors.push([now, exc, failed]);
-    if (busy && /in (the )?queue|queued|waiting for/i.test(document.body.innerText))
-      w.queue.push(now);
+    const seen = [...document.querySelectorAll('[data-testid="stException"]')]
+      .map(e => 'exception: ' + e.innerText.slice(0, 160))
+      .concat([...document.querySelectorAll('[data-testid="stAlert"]')]
+        .filter(a => /failed|error/i.test(a.innerText)).map(a => a.innerText.slice(0, 160)));
+    for (const e of seen) if (!w.errors.includes(e)) w.errors.push(e);  // each one once
+    if (busy && /in (the )?queue|queued/i.test(document.body.innerText)) w.queue.push(now);
     if (done && w.done === null && document.querySelector(done)) w.done = now;
   }, 50);
 }"""
@@ -171,23 +172,23 @@ def _start_explore(page, url: str) -> None:
     page.evaluate(WATCH, [None, False])
 
 
-def _start_train(page, url: str, ipc: int, epochs: int) -> None:
-    page.goto(f"{url}/train")
-    page.get_by_role("button", name="Start training").wait_for(timeout=300_000)
-    _idle(page)
-    _fill(page, "Images per class", ipc)
-    _fill(page, "Epochs", epochs)
-    page.evaluate(WATCH, ['[data-testid="stDataFrame"]', True])
-    page.get_by_role("button", name="Start training").click()
+# Per job: its page, its button, and what shows that it is done.
+JOB_PAGES = {
+    "train": ("train", "Start training", '[data-testid="stDataFrame"]'),
+    "distill": ("distill", "Distil every class", '[data-testid="stDownloadButton"]'),
+}
 
 
-def _start_distill(page, url: str, ipc: int) -> None:
-    page.goto(f"{url}/distill")
-    page.get_by_role("button", name="Distil every class").wait_for(timeout=300_000)
+def _prepare_job(page, url: str, kind: str, ipc: int, epochs: int) -> None:
+    """Open the job's page and set IPC (and epochs), ready to press its button."""
+    path, button, done = JOB_PAGES[kind]
+    page.goto(f"{url}/{path}")
+    page.get_by_role("button", name=button).wait_for(timeout=300_000)
     _idle(page)
     _fill(page, "Images per class", ipc)
-    page.evaluate(WATCH, ["[data-testid='stDownloadButton']", True])
-    page.get_by_role("button", name="Distil every class").click()
+    if kind == "train":
+        _fill(page, "Epochs", epochs)
+    page.evaluate(WATCH, [done, True])
 
 
 def run(
@@ -224,20 +225,20 @@ def run(
                 explore.append(page)
             t0 = time.time()
             explore[0].wait_for_timeout(int(seconds * 1000))
-            t1 = time.time()
+            t0_end = time.time()
             load["no jobs"] = os.getloadavg()[0]
             jobs = [Job("train", 0), Job("distill", min(1, sessions - 1))]
             tabs = []
-            for job in jobs:
+            for job in jobs:  # opened between the phases: in neither
                 tab = contexts[job.session].new_page()
                 tab.set_default_timeout(300_000)
                 tab.on("pageerror", lambda err: js_errors.append(str(err)[:200]))
-                if job.kind == "train":
-                    _start_train(tab, url, ipc, epochs)
-                else:
-                    _start_distill(tab, url, ipc)
-                job.submitted = time.time()
+                _prepare_job(tab, url, job.kind, ipc, epochs)
                 tabs.append(tab)
+            t1 = time.time()
+            for job, tab in zip(jobs, tabs, strict=True):
+                tab.get_by_role("button", name=JOB_PAGES[job.kind][1]).click()
+                job.submitted = time.time()
             deadline = time.time() + job_timeout
             while time.time() < deadline:
                 explore[0].wait_for_timeout(1000)
@@ -258,7 +259,7 @@ def run(
         memory.stop()
         stop_server(proc)
         shutil.rmtree(cache, ignore_errors=True)
-    phases = {"no jobs": (t0, t1), "jobs": (t1, t2)}
+    phases = {"no jobs": (t0, t0_end), "jobs": (t1, t2)}
     return LoadResult(
         sessions=sessions,
         changes=[[t / 1000 for t in r["changes"]] for r in reads],
