@@ -185,7 +185,12 @@ def _load(args: argparse.Namespace, write: bool) -> None:
         f"{args.ipc}), until both are done. Gaps count from the phase's start to its first "
         "update and from its last update to the phase's end. Job times are seconds from "
         "the start of the jobs phase; a queue wait is how long a tab showed a queue message. "
-        f"Server peak memory (RSS of its process tree): {peaks}.\n"
+        + (
+            ""
+            if any(job.queue_wait for job in result.jobs)
+            else "No tab showed a queue message: both jobs started at their submission. "
+        )
+        + f"Server peak memory (RSS of its process tree): {peaks}.\n"
         "Targets (issue 20, N = 6 on 2 cores): no error; every live view >= 1 update/s, "
         "no gap over 3 s without jobs and 5 s with jobs; jobs finish in queue order; "
         "peak memory < 6 GB.\n\n"
