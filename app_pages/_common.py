@@ -34,6 +34,7 @@ from ddoq.app.state import (
     FOLDER,
     PIXELS,
     PRIORS,
+    UPLOAD,
     Choices,
     DataInfo,
     data_info,
@@ -42,6 +43,7 @@ from ddoq.app.state import (
 from ddoq.app.warmup import start_warm_up
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.data.images import CorruptImageWarning
+from ddoq.data.uploads import UploadLimits, extract_imagefolder_zip
 
 # The app's work is many small tensor operations (a live tick is a few ms of maths); on
 # shared 2-core machines a second torch thread made them several times slower under load
@@ -338,6 +340,74 @@ def _show_notes(info: DataInfo, notes: list[str]) -> None:
             st.markdown("\n".join(describe_skipped(info.skipped)))
 
 
+def _skipped_expander(skipped, what: str) -> None:
+    """List `skipped` ((path, reason) pairs) in a collapsed box, when there are any."""
+    if skipped:
+        with st.expander(f"{len(skipped)} {what} skipped", icon=":material/warning:"):
+            st.markdown("\n".join(describe_skipped(skipped)))
+
+
+def _extract_upload(file, max_mb: int) -> None:
+    """Extract the uploaded zip into this session's folder and make it the dataset.
+
+    A refusal (`ddoq.data.uploads.UploadRefused`, or any other error) is kept as one line
+    for this file, so reruns show it without extracting again.
+    """
+    state = st.session_state
+    state["upload"] = {"file_id": file.file_id, "name": file.name, "error": None}
+    set_setting("s_upload", "")
+    bar = st.progress(0.0, text=f"Extracting {file.name}…")
+    try:
+        up = extract_imagefolder_zip(
+            file,
+            session_dir() / "uploads",
+            limits=UploadLimits.from_env(max_zip_mb=max_mb),
+            name=file.name,
+            progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} files"),
+        )
+    except ValueError as err:
+        state["upload"]["error"] = f"{file.name} refused: {err}"
+    except Exception as err:  # noqa: BLE001 - one line, never a traceback
+        state["upload"]["error"] = (
+            f"{file.name} could not be extracted: {type(err).__name__}: {err}"
+        )
+    else:
+        state["upload"] |= {
+            "images": up.n_images,
+            "skipped": [(s.path, s.reason) for s in up.skipped],
+        }
+        set_setting("s_upload", str(up.root))
+    bar.empty()
+
+
+def _upload_control() -> None:
+    """The zip uploader; the extracted folder becomes the session's dataset (`s_upload`)."""
+    max_mb = int(st.get_option("server.maxUploadSize"))
+    file = st.file_uploader(
+        "Image folder as a zip",
+        type="zip",
+        key="w_upload",
+        help="A zip of <class>/<image> folders (optionally under train/ and val/, inside "
+        "one wrapping folder). Only images are extracted, into this session's folder; "
+        "it is deleted with the session.",
+    )
+    st.caption(
+        f"Up to {max_mb} MB (the server's `server.maxUploadSize`: raise it in "
+        ".streamlit/config.toml or with `--server.maxUploadSize`)."
+    )
+    last = st.session_state.get("upload")
+    if file is not None and (last is None or last["file_id"] != file.file_id):
+        _extract_upload(file, max_mb)
+        last = st.session_state["upload"]
+    if last is None:
+        return
+    if last["error"]:
+        st.error(last["error"], icon=":material/block:")
+    elif choices().dataset:
+        st.caption(f"Using **{last['name']}** ({last['images']} images).")
+        _skipped_expander(last["skipped"], "entries of the zip were")
+
+
 def data_controls() -> Data:
     """Dataset, prior and class pickers bound to the session's choices; returns them.
 
@@ -349,13 +419,15 @@ def data_controls() -> Data:
         source = setting(
             st.selectbox,
             "Dataset",
-            [*EMBEDDED_DATASETS, FOLDER],
+            [*EMBEDDED_DATASETS, FOLDER, UPLOAD],
             name="s_source",
-            help="Embedded MNIST (5,000 digits), scikit-learn's 8x8 digits, or your own "
-            "image folder (root/<class>/<image>).",
+            help="Embedded MNIST (5,000 digits), scikit-learn's 8x8 digits, your own "
+            "image folder on the server (root/<class>/<image>), or a zip of one uploaded.",
         )
         if source == FOLDER:
             setting(st.text_input, "Folder (root/<class>/<image>)", name="s_folder")
+        elif source == UPLOAD:
+            _upload_control()
     setting(
         cols[1].selectbox,
         "Prior",
@@ -365,9 +437,11 @@ def data_controls() -> Data:
     )
     dataset_name = ch.dataset
     if dataset_name is None:
+        what = "Upload a zip of" if source == UPLOAD else "Type the path of"
         st.info(
-            "Type the path of an image folder laid out as `root/<class>/<image>` "
-            "(optionally `root/train|val/<class>/<image>`) and press Enter.",
+            f"{what} an image folder laid out as `root/<class>/<image>` "
+            "(optionally `root/train|val/<class>/<image>`)"
+            + (" and press Enter." if source == FOLDER else "."),
             icon=":material/folder_open:",
         )
         st.stop()

@@ -14,9 +14,16 @@
   Explore and Teach, median interval and longest gap (issue 10: >= 3 updates/s, no gap
   over 1 s). Written to section "app-browser" of BENCHMARKS.md.
 
+- With ``--sessions N``: the app served to a group (`benchmarks/app_load.py`): N Chromium
+  sessions on one server press Run on Explore, then one trains a student and one distils;
+  per-session update rate and longest gap with and without the jobs, errors, the jobs'
+  queue waits and finish order, the server's peak memory (issue 20). Written to section
+  "app-load".
+
 Writes section "app" of BENCHMARKS.md (not with --quick).
 
-Run: ``python benchmarks/app.py [--repeats 5] [--threads 1] [--quick] [--browser]``
+Run: ``python benchmarks/app.py [--repeats 5] [--threads 1] [--quick] [--browser]
+[--sessions N]``
 """
 
 from __future__ import annotations
@@ -152,6 +159,48 @@ def _browser(seconds: float, write: bool) -> None:
     write_section("app-browser", body)
 
 
+def _load(args: argparse.Namespace, write: bool) -> None:
+    """N sessions on one server (see benchmarks/app_load.py)."""
+    from app_load import JOB_HEADER, SESSION_HEADER, run, summary, tables, verdict_lines
+
+    result = run(args.sessions, args.seconds, ipc=args.ipc, epochs=args.epochs)
+    print(summary(result))
+    if not write:
+        return
+    rows, job_rows, verdicts = tables(result)
+    load = ", ".join(f"{k} {v:.1f}" for k, v in result.load.items())
+    (a0, a1), (b0, b1) = result.phases["no jobs"], result.phases["jobs"]
+    peaks = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in result.peak_rss_by_phase.items())
+    body = (
+        "## app-load\n\n"
+        f"`python benchmarks/app.py --sessions {args.sessions} --seconds {args.seconds:.0f} "
+        f"--ipc {args.ipc} --epochs {args.epochs}`; {machine_line()}; the browsers run on the "
+        f"same machine as the server. Load average: {load}.\n"
+        f"One `streamlit run app.py` (repository config, UMAP off), {args.sessions} Chromium "
+        "contexts (one person each) on Explore (mnist, class 0, K=10, stop after 5000 steps), "
+        f"all pressing Run: {a1 - a0:.0f} s with no job, then {b1 - b0:.0f} s while session 0 "
+        "trains a student (a second tab on Train: methods ddoq, d4m, random; IPC "
+        f"{args.ipc}, {args.epochs} epochs) and session "
+        f"{result.jobs[1].session} distils every class (a second tab on Distill, IPC "
+        f"{args.ipc}), until both are done. Gaps count from the phase's start to its first "
+        "update and from its last update to the phase's end. Job times are seconds from "
+        "the start of the jobs phase; a queue wait is how long a tab showed a queue message. "
+        + (
+            ""
+            if any(job.queue_wait for job in result.jobs)
+            else "No tab showed a queue message: both jobs started at their submission. "
+        )
+        + f"Server peak memory (RSS of its process tree): {peaks}.\n"
+        "Targets (issue 20, N = 6 on 2 cores): no error; every live view >= 1 update/s, "
+        "no gap over 3 s without jobs and 5 s with jobs; jobs finish in queue order; "
+        "peak memory < 6 GB.\n\n"
+        f"{markdown_table(SESSION_HEADER, rows)}\n\n{markdown_table(JOB_HEADER, job_rows)}\n\n"
+        + "\n".join(verdict_lines(verdicts))
+        + "\n"
+    )
+    write_section("app-load", body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -164,8 +213,18 @@ def main() -> None:
         action="store_true",
         help="only the live views in headless Chromium (about 2 minutes)",
     )
-    parser.add_argument("--seconds", type=float, default=15.0, help="--browser: per view")
+    parser.add_argument(
+        "--seconds", type=float, default=15.0, help="--browser: per view; --sessions: per phase"
+    )
+    parser.add_argument(
+        "--sessions", type=int, default=0, help="only the load test with N Chromium sessions"
+    )
+    parser.add_argument("--ipc", type=int, default=10, help="--sessions: the jobs' IPC")
+    parser.add_argument("--epochs", type=int, default=3, help="--sessions: training epochs")
     args = parser.parse_args()
+    if args.sessions:
+        _load(args, write=not args.quick)
+        return
     if args.browser:
         _browser(args.seconds, write=not args.quick)
         return

@@ -27,6 +27,7 @@ __all__ = [
     "K_CAP",
     "PIXELS",
     "PRIORS",
+    "UPLOAD",
     "Choices",
     "DataInfo",
     "data_info",
@@ -36,6 +37,7 @@ __all__ = [
 PIXELS = "none (raw pixels)"
 PRIORS = ("embedded", PIXELS)
 FOLDER = "folder…"
+UPLOAD = "upload a zip…"
 DEVICES = ("auto", "cpu", "cuda")
 K_CAP = 100  # the largest K (and IPC) any page offers
 
@@ -43,8 +45,9 @@ K_CAP = 100  # the largest K (and IPC) any page offers
 # widget has its own key (``w_<name>`` by default) and copies its value here on change,
 # because Streamlit forgets a widget's state when its page is not shown.
 DEFAULTS: dict[str, object] = {
-    "s_source": "mnist",  # "mnist", "digits" or FOLDER
+    "s_source": "mnist",  # "mnist", "digits", FOLDER or UPLOAD
     "s_folder": "",  # the folder typed in when s_source is FOLDER
+    "s_upload": "",  # the extracted zip's folder when s_source is UPLOAD
     "s_prior": "embedded",
     "s_device": "auto",
     "s_class": 0,
@@ -189,10 +192,11 @@ class Choices:
 
     @property
     def dataset(self) -> str | None:
-        """The dataset in use: an embedded name, the folder typed in, or None (none yet)."""
-        if self.store["s_source"] == FOLDER:
-            folder = str(self.store.get("s_folder") or "").strip()
-            return folder or None
+        """The dataset in use: an embedded name, a typed or uploaded folder, or None (none yet)."""
+        source = self.store["s_source"]
+        if source in (FOLDER, UPLOAD):
+            folder = str(self.store.get("s_folder" if source == FOLDER else "s_upload") or "")
+            return folder.strip() or None
         return str(self.store["s_source"])
 
     def choose_dataset(self, name: str) -> None:

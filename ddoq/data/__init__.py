@@ -30,7 +30,9 @@ split or the image options change, and that encoders use as a cache key.
 Modules, bottom up: `split` (the stratified split, option checks, the fingerprint digest),
 `images` (decoding one file), `datasets` (`ImageDataset` and the in-memory
 `TensorImageDataset`), `embedded` (mnist, digits), `folders` (`FolderDataset`: listing,
-header checks, class names); this ``__init__`` holds `load_dataset`, which picks a source.
+header checks, class names), `uploads` (a zip of an image folder extracted safely, within
+limits, into a folder the others read); this ``__init__`` holds `load_dataset`, which
+picks a source.
 """
 
 from __future__ import annotations
