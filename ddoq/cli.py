@@ -21,7 +21,7 @@ from ddoq._io import write_json
 from ddoq.build.prior import PriorTrainingConfig, train_prior
 from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
-from ddoq.distillation.config import DECODES, METHODS, DistillConfig
+from ddoq.distillation.config import ALLOCATIONS, DECODES, METHODS, DistillConfig
 from ddoq.distillation.folder import distill_to_folder
 from ddoq.distillation.stages import image_weights
 from ddoq.labels import resolve_teacher, teacher_for_set, teacher_logits
@@ -142,7 +142,25 @@ def _add_distill(subparsers) -> None:
         help="export folder to write (absent or empty unless --overwrite)",
     )
     p.add_argument("--dataset", default=d.dataset, help="mnist, digits or an image folder")
-    p.add_argument("--ipc", type=int, default=d.ipc, help="images per class K (default 10)")
+    p.add_argument("--ipc", type=int, help=f"images per class K (default {d.ipc})")
+    p.add_argument(
+        "--budget",
+        type=int,
+        help="images in total instead of --ipc, shared among the classes by --allocate",
+    )
+    p.add_argument(
+        "--allocate",
+        default=d.allocate,
+        choices=ALLOCATIONS,
+        help="how --budget is shared: distortion (default: the classes' latent distortion "
+        "curves), proportional (to the class sizes) or uniform",
+    )
+    p.add_argument(
+        "--min-per-class",
+        type=int,
+        default=d.min_per_class,
+        help=f"with --budget: the least images any class gets (default {d.min_per_class})",
+    )
     p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default ddoq)")
     p.add_argument(
         "--alpha",
@@ -215,15 +233,15 @@ def _add_distill(subparsers) -> None:
     p.set_defaults(func=_cmd_distill)
 
 
-def _cmd_distill(args: argparse.Namespace) -> int:
-    """Distill, then export."""
-    _threads(args)
-    out = Path(args.out)  # distill_to_folder refuses a non-empty one before any work
-    if args.engine != "ray" and (args.ray_address or args.workers is not None):
-        raise ValueError("--ray-address and --workers need --engine ray")
-    config = DistillConfig(
+def _distill_config(args: argparse.Namespace) -> DistillConfig:
+    """The checked `DistillConfig` of ``ddoq distill``'s options."""
+    ipc = DistillConfig.ipc if args.ipc is None and args.budget is None else args.ipc
+    return DistillConfig(
         dataset=args.dataset,
-        ipc=args.ipc,
+        ipc=ipc,
+        budget=args.budget,
+        allocate=args.allocate,
+        min_per_class=args.min_per_class,
         method=args.method,
         alpha=args.alpha,
         decode=args.decode,
@@ -241,6 +259,15 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
     ).check()
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    """Distill, then export."""
+    _threads(args)
+    out = Path(args.out)  # distill_to_folder refuses a non-empty one before any work
+    if args.engine != "ray" and (args.ray_address or args.workers is not None):
+        raise ValueError("--ray-address and --workers need --engine ray")
+    config = _distill_config(args)
     teacher = None
     if config.teacher:  # checked against the dataset's classes before any work
         teacher = resolve_teacher(
