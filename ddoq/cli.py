@@ -36,7 +36,13 @@ from ddoq.train.loop import (
     fit_distilled,
 )
 from ddoq.train.metrics import ranking_scores
-from ddoq.train.runs import held_out_split, load_student, read_run, write_run
+from ddoq.train.runs import (
+    held_out_split,
+    load_student,
+    read_run,
+    validation_split,
+    write_run,
+)
 from ddoq.train.students import STUDENTS
 
 
@@ -361,8 +367,9 @@ def _add_train(subparsers) -> None:
         "--preset",
         default="ddoq",
         choices=tuple(PRESETS),
-        help="evaluation protocol: ddoq (ours, default) or ddranking (close to DD-Ranking's: "
-        "half-cosine schedule, KL at T = 20, CutMix, no crops); explicit options win",
+        help="evaluation protocol: ddoq (ours, default), ddranking (close to DD-Ranking's: "
+        "half-cosine schedule, KL at T = 20, CutMix, no crops) or converged (ours until the "
+        "held-out loss stops improving: patience 40, at most 400 epochs); explicit options win",
     )
     p.add_argument(
         "--weights",
@@ -457,7 +464,7 @@ def _train_config(args: argparse.Namespace, ds: export.DistilledSet) -> TrainCon
     return TrainConfig(
         student=args.student,
         width=args.width,
-        epochs=auto_epochs(len(ds)) if args.epochs is None else args.epochs,
+        epochs=preset.get("epochs", auto_epochs(len(ds))) if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=pick("weight_decay"),
@@ -469,6 +476,7 @@ def _train_config(args: argparse.Namespace, ds: export.DistilledSet) -> TrainCon
         weighting="none" if args.no_weights else args.weights,
         seed=args.seed,
         device=args.device,
+        patience=preset.get("patience"),
     ).check()
 
 
@@ -495,11 +503,18 @@ def _train(args: argparse.Namespace) -> str | None:
             print(f"teacher: {teacher.describe()}", flush=True)
     test = held_out_split(ds.manifest, args.dataset) if main else None
     test_xy = (test.images(), torch.as_tensor(test.targets)) if main else None
+    val = validation_split(ds.manifest, args.dataset) if config.patience and main else None
     run = Path(args.out)
     if main:
         run.mkdir(parents=True, exist_ok=True)
     result = fit_distilled(
-        config, ds, teacher=teacher, test=test_xy, run_dir=run, progress=not args.quiet and main
+        config,
+        ds,
+        teacher=teacher,
+        test=test_xy,
+        run_dir=run,
+        progress=not args.quiet and main,
+        val=val,
     )
     if not main:
         return None
