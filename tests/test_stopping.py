@@ -41,7 +41,8 @@ def test_rule_state_round_trips_and_checks_its_patience():
 def _tiny():
     train = load_dataset("mnist", "train", image_size=32, limit_per_class=3)
     val = load_dataset("mnist", "test", image_size=32, limit_per_class=5)
-    return train.images(), torch.as_tensor(train.targets), val.images(), torch.as_tensor(val.targets)
+    ys = torch.as_tensor(train.targets), torch.as_tensor(val.targets)
+    return train.images(), ys[0], val.images(), ys[1]
 
 
 def test_fit_stops_where_the_rule_stops_on_its_own_curve(tmp_path):
