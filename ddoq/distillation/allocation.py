@@ -36,6 +36,7 @@ __all__ = [
     "allocate_classes",
     "curve_lengths",
     "plan_allocation",
+    "preview_allocation",
     "share_out",
 ]
 
@@ -258,3 +259,21 @@ def plan_allocation(config, train, prior=None, progress=None) -> Allocation | No
         min_per_class=config.min_per_class,
         curves=curves,
     )
+
+
+def preview_allocation(config, prior=None) -> dict:
+    """The manifest rows a budgeted run of `config` would record, before it runs.
+
+    Loads the training split at the prior's size (`prior`, or `config.prior` loaded) and
+    plans the allocation (`plan_allocation`; ``"distortion"`` encodes through the latent
+    cache, which the run then reuses). What the app's Distill page draws.
+    """
+    from ddoq.distillation.stages import load_train
+    from ddoq.priors import load_prior
+
+    config.check()
+    if config.budget is None:
+        raise ValueError("preview_allocation needs a config with a budget")
+    prior = load_prior(config.prior, config.device) if prior is None else prior
+    train = load_train(config, prior)
+    return plan_allocation(config, train, prior).manifest([str(c) for c in train.classes])
