@@ -206,7 +206,9 @@ def plan(quick: bool) -> list[Cell]:
     cells += [Cell(r, "soft", "base", k) for r in ("weak", "pixel") for k in (2, 10)]
     focus = [("balanced", "soft"), ("balanced", "hard"), ("mix95", "soft")]
     focus += [("contam15", "hard"), ("weak", "soft"), ("pixel", "soft")]
-    cells += [Cell(r, lab, v, 10) for r, lab in focus for v in VARIANTS if v != "base"]
+    cells += [
+        Cell(r, lab, v, 10) for r, lab in focus for v in VARIANTS if v not in ("base", "converged")
+    ]
     for r, lab in (("balanced", "soft"), ("mix95", "soft"), ("contam15", "hard")):
         cells += [Cell(r, lab, "base", total, b) for total in (50, 100) for b in BUDGETS]
     return cells
@@ -1054,6 +1056,8 @@ def main() -> None:
         help="run for cells where ddoq and d4m are within 2 s.e.",
     )
     parser.add_argument("--regimes", nargs="+", choices=list(REGIMES), help="only these")
+    parser.add_argument("--ipc", type=int, nargs="+", help="only cells of these sizes")
+    parser.add_argument("--labels", choices=("soft", "hard"), help="only cells of these labels")
     parser.add_argument("--width", type=int, default=32, help="ConvNet student width")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -1082,6 +1086,8 @@ def main() -> None:
         args.seeds, args.extra_seeds, args.width = args.seeds[:2], [], 16
     cells = plan_converged(args.quick) if converged else plan(args.quick)
     cells = [c for c in cells if not args.regimes or c.regime in args.regimes]
+    cells = [c for c in cells if not args.ipc or c.ipc in args.ipc]
+    cells = [c for c in cells if not args.labels or c.labels == args.labels]
     shard, shards = (int(v) for v in args.shard.split("/"))
     if not 0 <= shard < shards:
         parser.error(f"--shard I/N needs 0 <= I < N, got {args.shard}")
