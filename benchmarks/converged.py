@@ -6,8 +6,8 @@ with a patience that never fires, and records after every epoch the held-out los
 (`ddoq.train.runs.validation_split`: 50 training images per class, never the test split)
 and the test accuracy (on a fixed 300 of the 1,000 test images). It prints, for a few
 patiences, where the rule would stop (`ddoq.train.stopping.stopping_epoch` on the recorded
-curve) and the test accuracy there, against the base protocol's 30 epochs. Writes ``benchmarks/results/converged.json``
-(or ``--out``).
+curve) and the test accuracy there, against the base protocol's 30 epochs. Writes
+``benchmarks/results/converged.json`` (or ``--out``).
 
 Run: ``python benchmarks/converged.py [--seeds 0 1] [--epochs 400]``.
 """
