@@ -37,7 +37,7 @@ def log(epoch: int, metrics: dict, accs: list) -> None:
     print(f"epoch {epoch} val_loss {metrics['val_loss']:.4f} acc {accs[-1]:.4f}", flush=True)
 
 
-def curve(seed: int, epochs: int) -> dict:
+def curve(seed: int, epochs: int, width: int = 128) -> dict:
     """Per-epoch held-out loss and test accuracy of one seed."""
     result = distill(DistillConfig(ipc=10, seed=seed), progress=False)
     manifest = result.manifest()
@@ -49,7 +49,7 @@ def curve(seed: int, epochs: int) -> dict:
     accs: list[float] = []
     start = time.perf_counter()
     out = fit(
-        TrainConfig(epochs=epochs, seed=seed, patience=10**6),
+        TrainConfig(epochs=epochs, seed=seed, patience=10**6, width=width),
         result.images,
         result.labels,
         weights=result.weights,
@@ -62,6 +62,7 @@ def curve(seed: int, epochs: int) -> dict:
     return {
         "seed": seed,
         "epochs": epochs,
+        "width": width,
         "val_loss": out.val_losses,
         "test_accuracy": accs,
         "train_s": time.perf_counter() - start,
@@ -91,10 +92,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=PRESETS["converged"]["epochs"])
+    parser.add_argument("--width", type=int, default=128, help="ConvNet width (CLI default)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/converged.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    runs = [curve(s, args.epochs) for s in args.seeds]
+    runs = [curve(s, args.epochs, args.width) for s in args.seeds]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(runs) + "\n")
     for run in runs:
