@@ -44,6 +44,8 @@ from ddoq.app.warmup import start_warm_up
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.data.images import CorruptImageWarning
 from ddoq.data.uploads import UploadLimits, extract_imagefolder_zip
+from ddoq.distillation.allocation import preview_allocation
+from ddoq.distillation.config import DistillConfig
 
 # The app's work is many small tensor operations (a live tick is a few ms of maths); on
 # shared 2-core machines a second torch thread made them several times slower under load
@@ -202,6 +204,25 @@ def dataset_for(name: str, prior, split: str = "train") -> object:
     if prior is None:
         return get_dataset(name, None, None, split)
     return get_dataset(name, int(prior.image_size), int(prior.channels), split)
+
+
+@st.cache_data(show_spinner="Sharing the budget among the classes…", max_entries=32)
+def budget_preview(
+    dataset: str, prior: str, device: str, budget: int, allocate: str, min_per_class: int, seed: int
+) -> dict:
+    """`ddoq.distillation.allocation.preview_allocation` of a budgeted run (prior cached)."""
+    config = DistillConfig(
+        dataset=dataset,
+        prior=prior,
+        device=device,
+        ipc=None,
+        budget=budget,
+        allocate=allocate,
+        min_per_class=min_per_class,
+        seed=seed,
+        teacher=None,
+    )
+    return preview_allocation(config, get_prior(prior, device))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

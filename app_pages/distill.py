@@ -16,16 +16,18 @@ import pandas as pd
 import streamlit as st
 
 from app_pages._common import (
+    budget_preview,
     chosen_data,
     job_status,
+    readable_errors,
     session_dir,
     setting,
     submit,
 )
 from app_pages._teacher import teacher_panel
-from ddoq.app.figures import image_row, to_uint8
+from ddoq.app.figures import allocation_figure, image_row, to_uint8
 from ddoq.app.jobs import DistillJob
-from ddoq.distillation.config import DECODES, METHODS, DistillConfig
+from ddoq.distillation.config import ALLOCATIONS, DECODES, METHODS, DistillConfig
 
 st.title("Distill and export")
 st.caption(
@@ -39,15 +41,54 @@ data = chosen_data("Distillation (the prior decodes the centroids)")
 
 c1, c2, c3, c4 = st.columns(4)
 method = setting(c1.selectbox, "Method", list(METHODS), name="s_dist_method")
-ipc = setting(
-    c2.number_input,
-    "Images per class",
-    1,
-    data.info.ipc_max,
-    name="s_dist_ipc",
+count = setting(
+    c2.radio,
+    "Images",
+    ["per class", "total budget"],
+    name="s_dist_count",
+    horizontal=True,
     disabled=method == "full",
-    help=f"At most {data.info.ipc_max}: the size of the smallest class (at most 100).",
+    help="The same number for every class, or a total shared among the classes.",
 )
+budgeted = count == "total budget" and method != "full"
+if not budgeted:
+    ipc = setting(
+        c2.number_input,
+        "Images per class",
+        1,
+        data.info.ipc_max,
+        name="s_dist_ipc",
+        disabled=method == "full",
+        help=f"At most {data.info.ipc_max}: the size of the smallest class (at most 100).",
+    )
+else:
+    b1, b2, b3 = st.columns(3)
+    n_classes, n_images = len(data.info.counts), sum(data.info.counts)
+    budget = setting(
+        b1.number_input,
+        "Images in total",
+        n_classes,
+        n_images,
+        name="s_dist_budget",
+        help=f"Between {n_classes} (one per class) and {n_images} (every training image).",
+    )
+    allocate = setting(
+        b2.selectbox,
+        "Shared by",
+        list(ALLOCATIONS),
+        name="s_dist_allocate",
+        help="distortion: where another image lowers the classes' latent distortion most; "
+        "proportional: to the class sizes; uniform: the same share each. A class never "
+        "gets more images than it has: the rest goes to the others.",
+    )
+    least = setting(
+        b3.number_input, "At least per class", 1, min(data.info.counts), name="s_dist_min"
+    )
+    with readable_errors("Sharing the budget"):
+        plan = budget_preview(
+            data.dataset, data.prior_name, data.device, int(budget), allocate, int(least), 0
+        )
+        st.plotly_chart(allocation_figure(plan["per_class"]), key="dist_allocation")
 alpha = setting(
     c3.slider,
     "Weight tempering α",
@@ -104,7 +145,10 @@ def _start() -> None:
     try:
         config = DistillConfig(
             dataset=data.dataset,
-            ipc=int(ipc),
+            ipc=None if budgeted else int(ipc),
+            budget=int(budget) if budgeted else None,
+            allocate=allocate if budgeted else "distortion",
+            min_per_class=int(least) if budgeted else 1,
             method=method,
             alpha=float(alpha),
             decode=decode,
@@ -115,7 +159,9 @@ def _start() -> None:
             teacher="auto" if labels == "soft" else None,
             device=data.device,
         ).check()
-        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-ipc{int(ipc)}"
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-" + (
+            f"budget{int(budget)}" if budgeted else f"ipc{int(ipc)}"
+        )
         out = session_dir() / "exports" / name
         state["dist_job"] = submit(DistillJob(config, out, prior=data.prior))
     except ValueError as err:

@@ -65,7 +65,7 @@ from ddoq.distillation.stages import image_weights
 from ddoq.labels import load_teacher, soft_labels
 from ddoq.priors import load_prior
 from ddoq.quantize import quantize_classes
-from ddoq.train.loop import TrainConfig, auto_epochs, fit
+from ddoq.train.loop import PRESETS, TrainConfig, auto_epochs, fit
 from ddoq.transport import wasserstein2
 
 METHODS = ("random", "d4m", "ddoq-0.25", "ddoq-0.5", "ddoq-1")
@@ -90,7 +90,13 @@ VARIANTS = {
     "noreg": {"weight_decay": 0.0, "augment": "none"},
     "strongreg": {"weight_decay": 0.1, "augment": "strong"},
     "sample": {"weighting": "sample"},
+    # the converged protocol (`ddoq train --preset converged`): until the held-out loss
+    # stops improving (patience), at most the preset's epochs; run by --preset converged
+    "converged": {"converged": True},
 }
+#: --preset converged: the headline cells, re-run under the converged protocol
+CONVERGED_METHODS = ("random", "d4m", "ddoq-0.5", "ddoq-1")
+VAL_PER_CLASS = 50
 TEMPERATURE = 20.0
 DATA_SEED = 0
 RESULTS = Path("benchmarks/results/regimes.jsonl")
@@ -200,14 +206,29 @@ def plan(quick: bool) -> list[Cell]:
     cells += [Cell(r, "soft", "base", k) for r in ("weak", "pixel") for k in (2, 10)]
     focus = [("balanced", "soft"), ("balanced", "hard"), ("mix95", "soft")]
     focus += [("contam15", "hard"), ("weak", "soft"), ("pixel", "soft")]
-    cells += [Cell(r, lab, v, 10) for r, lab in focus for v in VARIANTS if v != "base"]
+    cells += [
+        Cell(r, lab, v, 10) for r, lab in focus for v in VARIANTS if v not in ("base", "converged")
+    ]
     for r, lab in (("balanced", "soft"), ("mix95", "soft"), ("contam15", "hard")):
         cells += [Cell(r, lab, "base", total, b) for total in (50, 100) for b in BUDGETS]
     return cells
 
 
+def plan_converged(quick: bool) -> list[Cell]:
+    """The headline cells under the converged protocol (issue 21)."""
+    if quick:
+        return [Cell("balanced", "soft", "converged", 2)]
+    cells = [Cell("balanced", lab, "converged", k) for k in (2, 10, 50) for lab in ("soft", "hard")]
+    cells += [
+        Cell(r, lab, "converged", 10) for r in ("contam15", "mix95") for lab in ("hard", "soft")
+    ]
+    return cells
+
+
 def methods_of(cell: Cell) -> tuple[str, ...]:
     """Budget cells compare d4m and ddoq only (a random subset has no distortion curve)."""
+    if cell.variant == "converged":
+        return CONVERGED_METHODS
     return ("d4m", "ddoq-0.5", "ddoq-1") if cell.budget != "none" else METHODS
 
 
@@ -355,8 +376,15 @@ class Study:
         x, y, tx, ty, k = self.data(cell.regime)
         variant = dict(VARIANTS[cell.variant])
         passes = variant.pop("passes", PASSES)
+        converged = variant.pop("converged", False)
         n = len(regime_set["labels"])
         epochs = epochs_for(n, passes, self.quick)
+        val = None
+        if converged:  # the preset's maximum and patience (a tenth of each in --quick)
+            preset = PRESETS["converged"]
+            epochs = preset["epochs"] // (10 if self.quick else 1)
+            variant["patience"] = preset["patience"] // (10 if self.quick else 1)
+            val = self.validation(cell.regime)
         cfg = TrainConfig(
             width=self.width,
             epochs=epochs,
@@ -368,8 +396,20 @@ class Study:
         probs = (
             self.soft_targets(cell.regime, regime_set["images"]) if cell.labels == "soft" else None
         )
-        accuracy, seconds = timed_fit(cfg, regime_set, weights, probs, k, (tx, ty))
-        return accuracy, seconds, epochs * n
+        accuracy, seconds, done = timed_fit(cfg, regime_set, weights, probs, k, (tx, ty), val)
+        return accuracy, seconds, done * n
+
+    def validation(self, regime: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The converged protocol's held-out images: VAL_PER_CLASS train images per class."""
+        x, y, *_ = self.data(regime)
+        rng = np.random.default_rng([DATA_SEED, 11])
+        i = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(y.numpy() == c), VAL_PER_CLASS, replace=False)
+                for c in range(int(y.max()) + 1)
+            ]
+        )
+        return x[i], y[i]
 
 
 def timed_fit(
@@ -379,8 +419,9 @@ def timed_fit(
     probs: torch.Tensor | None,
     num_classes: int,
     test: tuple,
-) -> tuple[float, float]:
-    """Train a student on a set's "images" and "labels"; (test accuracy, seconds)."""
+    val: tuple | None = None,
+) -> tuple[float, float, int]:
+    """Train a student on a set's "images" and "labels"; (test accuracy, seconds, epochs)."""
     start = time.perf_counter()
     res = fit(
         cfg,
@@ -391,8 +432,9 @@ def timed_fit(
         num_classes=num_classes,
         test=test,
         progress=False,
+        val=val,
     )
-    return res.test_accuracy, time.perf_counter() - start
+    return res.test_accuracy, time.perf_counter() - start, res.epochs_done
 
 
 def epochs_for(n: int, passes: int, quick: bool) -> int:
@@ -896,7 +938,7 @@ def cross_arch(study: Study, seeds: list[int], done: set, sink, quick: bool) -> 
                     lr=CROSS_LR.get(s_arch, 2e-3),
                     batch_size=64 if s_arch == "convnet" else CROSS_BATCH,
                 )
-                accuracy, seconds = timed_fit(cfg, s, w, probs, k, (tx, ty))
+                accuracy, seconds, _ = timed_fit(cfg, s, w, probs, k, (tx, ty))
                 rec = {
                     "section": "cross-arch",
                     "teacher": t_arch,
@@ -987,6 +1029,9 @@ def projection(
         size = cell.ipc if cell.budget != "none" else size
         test = 300 if quick else 1000
         one = epochs_for(size, extra, quick) * size + test / 3  # + evaluation, forward only
+        if cell.variant == "converged":  # at most the preset's epochs, val loss every epoch
+            epochs = PRESETS["converged"]["epochs"] // (10 if quick else 1)
+            one = epochs * (size + VAL_PER_CLASS * 10 / 3) + test / 3
         runs += n_methods * len(seeds)
         passes += n_methods * len(seeds) * one
     return runs, passes, passes * per_pass
@@ -995,7 +1040,14 @@ def projection(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--section", default="regimes", choices=("regimes", "cross-arch"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--preset",
+        default="base",
+        choices=("base", "converged"),
+        help="base: the study's plan; converged: its headline cells under `ddoq train "
+        "--preset converged` (random, D4M, DDOQ alpha 0.5 and 1), 5 seeds by default",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument(
         "--extra-seeds",
         type=int,
@@ -1004,6 +1056,8 @@ def main() -> None:
         help="run for cells where ddoq and d4m are within 2 s.e.",
     )
     parser.add_argument("--regimes", nargs="+", choices=list(REGIMES), help="only these")
+    parser.add_argument("--ipc", type=int, nargs="+", help="only cells of these sizes")
+    parser.add_argument("--labels", choices=("soft", "hard"), help="only cells of these labels")
     parser.add_argument("--width", type=int, default=32, help="ConvNet student width")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -1019,13 +1073,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="--quick: folder for records, section, plots")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    converged = args.preset == "converged"
+    if args.seeds is None:
+        args.seeds = [0, 1, 2, 3, 4] if converged else [0, 1, 2]
+    if converged:
+        args.extra_seeds = []
     bench_md, figures = Path(__file__).resolve().parent.parent / "BENCHMARKS.md", FIGURES
     if args.quick:
         out = args.out or Path(tempfile.mkdtemp(prefix="ddoq-regimes-"))
         out.mkdir(parents=True, exist_ok=True)
         args.results, bench_md, figures = out / "regimes.jsonl", out / "BENCHMARKS.md", out
-        args.seeds, args.extra_seeds, args.width = [0, 1], [], 16
-    cells = [c for c in plan(args.quick) if not args.regimes or c.regime in args.regimes]
+        args.seeds, args.extra_seeds, args.width = args.seeds[:2], [], 16
+    cells = plan_converged(args.quick) if converged else plan(args.quick)
+    cells = [c for c in cells if not args.regimes or c.regime in args.regimes]
+    cells = [c for c in cells if not args.ipc or c.ipc in args.ipc]
+    cells = [c for c in cells if not args.labels or c.labels == args.labels]
     shard, shards = (int(v) for v in args.shard.split("/"))
     if not 0 <= shard < shards:
         parser.error(f"--shard I/N needs 0 <= I < N, got {args.shard}")

@@ -125,9 +125,9 @@ def allocate_budget(
 
 def distortion_curves(
     groups: Sequence[ArrayLike],
-    k_max: int,
+    k_max: int | Sequence[int],
     *,
-    random_state: int = 0,
+    random_state: int | Sequence[int] = 0,
     **params: object,
 ) -> list[np.ndarray]:
     """Each class's distortion with K = 1..k_max centroids (empirical, per point).
@@ -136,10 +136,12 @@ def distortion_curves(
     ----------
     groups : sequence of array-like
         One ``(n_c, d)`` (or ``(n_c, *shape)``) array of points per class (e.g. latents).
-    k_max : int
-        Largest K (at most the smallest class size).
-    random_state : int
-        Seed of class i is ``random_state + i`` (as `ddoq.quantize.quantize_classes`).
+    k_max : int or sequence of int
+        Largest K (at most the smallest class size), or one per class (each at most its
+        class's size): class c's curve then has ``k_max[c]`` points.
+    random_state : int or sequence of int
+        Seed of class i is ``random_state + i`` (as `ddoq.quantize.quantize_classes`), or
+        ``random_state[i]``.
     **params
         Passed to `ddoq.quantize.CLVQ` (solver, max_iter, batch_size, device, ...).
 
@@ -151,13 +153,25 @@ def distortion_curves(
         made non-increasing here (D(k+1) <= D(k) holds for the optimum), and `allocate_budget`
         with ``method="exact"`` needs no convexity.
     """
-    if k_max < 1:
+    sizes = [len(g) for g in groups]
+    per_class = np.broadcast_to(np.asarray(k_max, dtype=np.int64), (len(groups),))
+    if per_class.min() < 1:
         raise ValueError(f"k_max must be at least 1, got {k_max}")
-    smallest = min(len(g) for g in groups)
-    if k_max > smallest:
-        raise ValueError(f"k_max {k_max} exceeds the smallest class ({smallest} points)")
-    curves = np.zeros((len(groups), k_max))
-    for k in range(1, k_max + 1):
-        fitted = quantize_classes(list(groups), n_clusters=k, random_state=random_state, **params)
-        curves[:, k - 1] = [est.distortion_ for est in fitted]
+    if np.any(per_class > sizes):
+        c = int(np.argmax(per_class - np.asarray(sizes)))
+        raise ValueError(f"k_max {per_class[c]} exceeds class {c} ({sizes[c]} points)")
+    seeds = np.broadcast_to(np.asarray(random_state), (len(groups),))
+    if np.ndim(random_state) == 0:
+        seeds = int(random_state) + np.arange(len(groups))
+    curves = [np.zeros(k) for k in per_class]
+    for k in range(1, int(per_class.max()) + 1):
+        live = [c for c in range(len(groups)) if per_class[c] >= k]
+        fitted = quantize_classes(
+            [groups[c] for c in live],
+            n_clusters=k,
+            random_state=[int(seeds[c]) for c in live],
+            **params,
+        )
+        for c, est in zip(live, fitted):
+            curves[c][k - 1] = est.distortion_
     return [np.minimum.accumulate(c) for c in curves]

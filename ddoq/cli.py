@@ -21,7 +21,7 @@ from ddoq._io import write_json
 from ddoq.build.prior import PriorTrainingConfig, train_prior
 from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
-from ddoq.distillation.config import DECODES, METHODS, DistillConfig
+from ddoq.distillation.config import ALLOCATIONS, DECODES, METHODS, DistillConfig
 from ddoq.distillation.folder import distill_to_folder
 from ddoq.distillation.stages import image_weights
 from ddoq.labels import resolve_teacher, teacher_for_set, teacher_logits
@@ -36,7 +36,13 @@ from ddoq.train.loop import (
     fit_distilled,
 )
 from ddoq.train.metrics import ranking_scores
-from ddoq.train.runs import held_out_split, load_student, read_run, write_run
+from ddoq.train.runs import (
+    held_out_split,
+    load_student,
+    read_run,
+    validation_split,
+    write_run,
+)
 from ddoq.train.students import STUDENTS
 
 
@@ -142,7 +148,25 @@ def _add_distill(subparsers) -> None:
         help="export folder to write (absent or empty unless --overwrite)",
     )
     p.add_argument("--dataset", default=d.dataset, help="mnist, digits or an image folder")
-    p.add_argument("--ipc", type=int, default=d.ipc, help="images per class K (default 10)")
+    p.add_argument("--ipc", type=int, help=f"images per class K (default {d.ipc})")
+    p.add_argument(
+        "--budget",
+        type=int,
+        help="images in total instead of --ipc, shared among the classes by --allocate",
+    )
+    p.add_argument(
+        "--allocate",
+        default=d.allocate,
+        choices=ALLOCATIONS,
+        help="how --budget is shared: distortion (default: the classes' latent distortion "
+        "curves), proportional (to the class sizes) or uniform",
+    )
+    p.add_argument(
+        "--min-per-class",
+        type=int,
+        default=d.min_per_class,
+        help=f"with --budget: the least images any class gets (default {d.min_per_class})",
+    )
     p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default ddoq)")
     p.add_argument(
         "--alpha",
@@ -215,15 +239,15 @@ def _add_distill(subparsers) -> None:
     p.set_defaults(func=_cmd_distill)
 
 
-def _cmd_distill(args: argparse.Namespace) -> int:
-    """Distill, then export."""
-    _threads(args)
-    out = Path(args.out)  # distill_to_folder refuses a non-empty one before any work
-    if args.engine != "ray" and (args.ray_address or args.workers is not None):
-        raise ValueError("--ray-address and --workers need --engine ray")
-    config = DistillConfig(
+def _distill_config(args: argparse.Namespace) -> DistillConfig:
+    """The checked `DistillConfig` of ``ddoq distill``'s options."""
+    ipc = DistillConfig.ipc if args.ipc is None and args.budget is None else args.ipc
+    return DistillConfig(
         dataset=args.dataset,
-        ipc=args.ipc,
+        ipc=ipc,
+        budget=args.budget,
+        allocate=args.allocate,
+        min_per_class=args.min_per_class,
         method=args.method,
         alpha=args.alpha,
         decode=args.decode,
@@ -241,6 +265,15 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
     ).check()
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    """Distill, then export."""
+    _threads(args)
+    out = Path(args.out)  # distill_to_folder refuses a non-empty one before any work
+    if args.engine != "ray" and (args.ray_address or args.workers is not None):
+        raise ValueError("--ray-address and --workers need --engine ray")
+    config = _distill_config(args)
     teacher = None
     if config.teacher:  # checked against the dataset's classes before any work
         teacher = resolve_teacher(
@@ -334,8 +367,9 @@ def _add_train(subparsers) -> None:
         "--preset",
         default="ddoq",
         choices=tuple(PRESETS),
-        help="evaluation protocol: ddoq (ours, default) or ddranking (close to DD-Ranking's: "
-        "half-cosine schedule, KL at T = 20, CutMix, no crops); explicit options win",
+        help="evaluation protocol: ddoq (ours, default), ddranking (close to DD-Ranking's: "
+        "half-cosine schedule, KL at T = 20, CutMix, no crops) or converged (ours until the "
+        "held-out loss stops improving: patience 40, at most 400 epochs); explicit options win",
     )
     p.add_argument(
         "--weights",
@@ -430,7 +464,7 @@ def _train_config(args: argparse.Namespace, ds: export.DistilledSet) -> TrainCon
     return TrainConfig(
         student=args.student,
         width=args.width,
-        epochs=auto_epochs(len(ds)) if args.epochs is None else args.epochs,
+        epochs=preset.get("epochs", auto_epochs(len(ds))) if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=pick("weight_decay"),
@@ -442,6 +476,7 @@ def _train_config(args: argparse.Namespace, ds: export.DistilledSet) -> TrainCon
         weighting="none" if args.no_weights else args.weights,
         seed=args.seed,
         device=args.device,
+        patience=preset.get("patience"),
     ).check()
 
 
@@ -468,11 +503,18 @@ def _train(args: argparse.Namespace) -> str | None:
             print(f"teacher: {teacher.describe()}", flush=True)
     test = held_out_split(ds.manifest, args.dataset) if main else None
     test_xy = (test.images(), torch.as_tensor(test.targets)) if main else None
+    val = validation_split(ds.manifest, args.dataset) if config.patience and main else None
     run = Path(args.out)
     if main:
         run.mkdir(parents=True, exist_ok=True)
     result = fit_distilled(
-        config, ds, teacher=teacher, test=test_xy, run_dir=run, progress=not args.quiet and main
+        config,
+        ds,
+        teacher=teacher,
+        test=test_xy,
+        run_dir=run,
+        progress=not args.quiet and main,
+        val=val,
     )
     if not main:
         return None

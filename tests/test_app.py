@@ -4,6 +4,7 @@ AppTest does not fire `st.fragment(run_every=...)` timers: the live tick itself 
 in tests/test_live.py; here each button press reruns the page once, which ticks once.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -584,3 +585,24 @@ def _walk(at: AppTest) -> list:
 
     walk(at._tree)
     return found
+
+
+def test_distill_page_shares_a_budget_and_charts_it_before_running(tmp_path, monkeypatch):
+    """A total of 25 uniformly over 10 classes: the bar chart shows 3, 3, 3, 3, 3, 2, 2, 2,
+    2, 2 (`share_out`) before anything runs; the run exports that many per class."""
+    from ddoq.distillation.allocation import share_out
+    from ddoq.export import load
+
+    monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
+    settings = dict(s_dist_count="total budget", s_dist_budget=25, s_dist_allocate="uniform")
+    at = _open("pages/distill.py", **settings)
+    assert "dist_result" not in at.session_state
+    charts = [c for c in _charts(at) if c.type == "plotly_chart"]
+    bars = json.loads(charts[0].proto.spec)["data"][0]
+    expected = share_out([400] * 10, 25)[0]
+    assert bars["y"] == expected == [3] * 5 + [2] * 5
+    at.button(key="dist_go").click().run()
+    assert not at.exception and not at.error
+    ds = load(at.session_state["dist_result"]["folder"])
+    assert np.bincount(ds.labels.numpy()).tolist() == expected
+    assert ds.manifest["allocation"]["method"] == "uniform"

@@ -96,6 +96,18 @@ def test_ambiguity_and_report_of_records(regimes, tmp_path):
 def test_the_full_plan_covers_every_regime_and_variant(regimes):
     cells = regimes.plan(quick=False)
     assert {c.regime for c in cells} == set(regimes.REGIMES)
-    assert {c.variant for c in cells} == set(regimes.VARIANTS)
+    assert {c.variant for c in cells} == set(regimes.VARIANTS) - {"converged"}
     assert {c.budget for c in cells} == {"none", "uniform", "allocated"}
     assert len(set(cells)) == len(cells)
+
+
+def test_the_converged_plan_is_the_headline_cells(regimes):
+    """Issue 21: balanced IPC 2/10/50 soft and hard, contam15 and mix95 at IPC 10 hard and
+    soft; random against D4M against DDOQ (alpha 0.5 and 1)."""
+    cells = regimes.plan_converged(quick=False)
+    keys = {(c.regime, c.labels, c.ipc) for c in cells}
+    assert keys == {("balanced", lab, k) for lab in ("soft", "hard") for k in (2, 10, 50)} | {
+        (r, lab, 10) for r in ("contam15", "mix95") for lab in ("soft", "hard")
+    }
+    assert {c.variant for c in cells} == {"converged"} and len(cells) == 10
+    assert set(regimes.methods_of(cells[0])) == {"random", "d4m", "ddoq-0.5", "ddoq-1"}

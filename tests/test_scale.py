@@ -190,3 +190,47 @@ def test_folder_run_streams_the_same_set_as_the_in_memory_run(tmp_path):
     torch.testing.assert_close(written.images, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(written.weights, in_memory.weights, rtol=1e-6, atol=0)
     assert torch.equal(written.labels, in_memory.labels)
+
+
+# a budget shared by the distortion curves: unequal K per class, in both engines
+BUDGET = dict(ipc=None, budget=35, limit_per_class=40, seed=3)
+
+
+@pytest.fixture(scope="module")
+def budget_set(tmp_path_factory):
+    """The local engine's export of a budgeted run (the reference of the two tests below)."""
+    root = tmp_path_factory.mktemp("budget")
+    config = DistillConfig(cache_dir=str(root / "cache"), **BUDGET)
+    distill_to_folder(config, root / "out", progress=False)
+    return export.load(root / "out")
+
+
+def test_ray_engine_equals_local_engine_on_a_budgeted_run(ray_address, budget_set, tmp_path):
+    counts = np.bincount(budget_set.labels.numpy()).tolist()
+    assert sum(counts) == 35 and len(set(counts)) > 1  # the classes differ in K
+    assert [r["images"] for r in budget_set.manifest["allocation"]["per_class"]] == counts
+    config = DistillConfig(cache_dir=str(tmp_path / "cache"), **BUDGET)
+    distill_to_folder(config, tmp_path / "out", engine="ray", progress=False)
+    ray_set = export.load(tmp_path / "out")
+    assert_same_set(budget_set, ray_set)
+    assert ray_set.manifest["allocation"] == budget_set.manifest["allocation"]
+
+
+def test_resumed_budgeted_run_equals_an_uninterrupted_one(budget_set, tmp_path):
+    """The allocation is kept in the run folder: a resume uses the counts it began with."""
+    config = DistillConfig(cache_dir=str(tmp_path / "cache"), **BUDGET)
+    out = tmp_path / "out"
+
+    def stop_after_four(stage, done, total):
+        if done == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        distill_to_folder(config, out, progress=False, on_class=stop_after_four)
+    run = json.loads((tmp_path / ".out.distill-run" / "run.json").read_text())
+    assert run["allocation"]["counts"] == np.bincount(budget_set.labels.numpy()).tolist()
+    result = distill_to_folder(config, out, progress=False)
+    assert result.info["resumed_classes"] == 4
+    resumed = export.load(out)
+    assert_same_set(budget_set, resumed)
+    assert resumed.manifest["allocation"] == budget_set.manifest["allocation"]

@@ -248,3 +248,28 @@ def train_curves(records: Sequence[object], metric: str = "accuracy") -> go.Figu
         yaxis_title=metric,
         legend={"orientation": "h", "y": -0.3},
     )
+
+
+def allocation_figure(rows: list[dict]) -> go.Figure:
+    """Bar chart of images per class of a budgeted run (`Allocation.manifest` rows).
+
+    Each bar's hover names the class size and the reason for its count.
+    """
+    fig = go.Figure(
+        go.Bar(
+            x=[r["class"] for r in rows],
+            y=[r["images"] for r in rows],
+            customdata=[[r["training_images"], r["reason"]] for r in rows],
+            hovertemplate="class %{x}: %{y} images of %{customdata[0]}<br>%{customdata[1]}"
+            "<extra></extra>",
+            marker_color=qualitative.Plotly[0],
+        )
+    )
+    fig.update_layout(
+        xaxis_title="class",
+        yaxis_title="images",
+        xaxis_type="category",
+        height=280,
+        margin=dict(l=10, r=10, t=10, b=10),
+    )
+    return fig

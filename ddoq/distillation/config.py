@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "ALLOCATIONS",
     "ClassStats",
     "DECODES",
     "DistillConfig",
@@ -23,6 +24,8 @@ __all__ = [
 ]
 
 METHODS = ("ddoq", "d4m", "random", "full")
+#: How a total budget is shared among the classes (`ddoq.distillation.allocation`).
+ALLOCATIONS = ("distortion", "proportional", "uniform")
 DECODES = ("vae", "img2img")
 
 
@@ -35,7 +38,15 @@ class DistillConfig:
     dataset
         ``"mnist"``, ``"digits"`` or an image folder (see `ddoq.data.load_dataset`).
     ipc
-        images per class K (ignored by ``full``).
+        images per class K (ignored by ``full``); None with a `budget`.
+    budget
+        images in total instead of `ipc` per class (None: `ipc`), shared among the
+        classes by `allocate` (`ddoq.distillation.allocation`).
+    allocate
+        how a `budget` is shared: ``"distortion"`` (the classes' distortion curves),
+        ``"proportional"`` (to the class sizes) or ``"uniform"``.
+    min_per_class
+        the least images any class gets under a `budget`.
     method
         one of `METHODS`.
     alpha
@@ -69,7 +80,10 @@ class DistillConfig:
     """
 
     dataset: str = "mnist"
-    ipc: int = 10
+    ipc: int | None = 10
+    budget: int | None = None
+    allocate: str = "distortion"
+    min_per_class: int = 1
     method: str = "ddoq"
     alpha: float = 0.5
     decode: str = "vae"
@@ -94,13 +108,30 @@ class DistillConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.decode not in DECODES:
             raise ValueError(f"unknown decode {self.decode!r}; choose one of {', '.join(DECODES)}")
-        if isinstance(self.ipc, bool) or int(self.ipc) != self.ipc or self.ipc < 1:
-            raise ValueError(f"ipc (images per class) must be an integer >= 1, got {self.ipc!r}")
+        self._check_count()
         if not np.isfinite(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         return self
+
+    def _check_count(self) -> None:
+        """ipc xor budget, each an integer >= 1; the allocation's settings."""
+        if self.budget is not None and self.ipc is not None:
+            raise ValueError(
+                "give either ipc (images per class) or budget (images in total), not both"
+            )
+        count, name = (self.ipc, "ipc") if self.budget is None else (self.budget, "budget")
+        if isinstance(count, bool) or count is None or int(count) != count or count < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
+        if self.allocate not in ALLOCATIONS:
+            raise ValueError(
+                f"unknown allocation {self.allocate!r}; choose one of {', '.join(ALLOCATIONS)}"
+            )
+        if isinstance(self.min_per_class, bool) or int(self.min_per_class) < 1:
+            raise ValueError(f"min_per_class must be an integer >= 1, got {self.min_per_class!r}")
+        if self.budget is not None and self.method == "full":
+            raise ValueError("method 'full' keeps every image: it takes no budget")
 
 
 @dataclass

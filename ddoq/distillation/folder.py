@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ddoq import export
+from ddoq.distillation.allocation import plan_allocation
 from ddoq.distillation.config import DistillConfig, DistillResult
 from ddoq.distillation.local import run_local
 from ddoq.distillation.ray_engine import run_ray
@@ -100,6 +101,12 @@ def distill_to_folder(
     store = RunStore.open(out, config, train, prior, restart=restart, teacher=teacher)
     todo = store.todo()
     timings["load"] = time.perf_counter() - t
+    if store.allocation is None and config.budget is not None:
+        t = time.perf_counter()
+        store.keep_allocation(plan_allocation(config, train, prior))
+        timings["allocate"] = time.perf_counter() - t
+    plan = store.allocation
+    ks = None if plan is None else dict(enumerate(plan.counts))
     if store.resumed and progress:
         print(
             f"resuming {out}: {store.resumed} of {train.num_classes} classes already done",
@@ -112,7 +119,9 @@ def distill_to_folder(
             on_class("class", len(store.done), train.num_classes)
 
     if engine == "local":
-        run_local(config, prior, teacher, train, todo, save, timings=timings, progress=progress)
+        run_local(
+            config, prior, teacher, train, todo, save, timings=timings, progress=progress, ks=ks
+        )
     elif todo:
 
         def finished(label: int) -> None:
@@ -131,6 +140,7 @@ def distill_to_folder(
             workers=workers,
             timings=timings,
             progress=progress,
+            ks=ks,
         )
     missing = store.todo()
     if missing:
@@ -142,6 +152,8 @@ def distill_to_folder(
         config, parts, train, prior_info(config, prior), info, timings, images=store.images()
     )
     result.info["engine"] = engine
+    if plan is not None:
+        result.info["allocation"] = plan.manifest(result.class_names)
     result.info["resumed_classes"] = store.resumed
     export.write(result, out, overwrite=overwrite)
     store.remove()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ddoq.distillation.allocation import plan_allocation
 from ddoq.distillation.config import DistillConfig, DistillResult
 from ddoq.distillation.stages import (
     ClassPart,
@@ -45,11 +46,13 @@ def run_local(
     group: int = 64,
     timings: dict[str, float] | None = None,
     progress: bool = False,
+    ks: dict[int, int] | None = None,
 ) -> None:
     """The local engine: encode, quantize, measure, decode and label `classes`, in this process.
 
     Classes go `group` at a time (one batched quantization per group, latents of one group
-    in memory); `save(part)` receives each finished class, in class order.
+    in memory); `save(part)` receives each finished class, in class order. ``ks[c]`` is
+    class c's number of images under a budget (None: `config.ipc` each).
     """
     timings = {} if timings is None else timings
     desc = f"distill ({config.method}, {config.decode})"
@@ -69,7 +72,8 @@ def run_local(
             latents = timed("encode", encode_dataset, train, prior, labels, cache_dir=cache)
         indices = [train.class_indices(c) for c in labels]
         found = [latents.get(c) for c in labels]
-        selections = timed("quantize", select_points, config, labels, found, indices)
+        k = None if ks is None else [ks[c] for c in labels]
+        selections = timed("quantize", select_points, config, labels, found, indices, k)
         for selection, x in zip(selections, found):
             timed("w2", measure_w2, selection, x)
             part = timed("decode", render_class, config, prior, train, selection, None)
@@ -109,6 +113,15 @@ def distill(
             on_class("class", len(parts), train.num_classes)
 
     classes = list(range(train.num_classes))
-    run_local(config, prior, teacher, train, classes, save, timings=timings, progress=progress)
+    t = time.perf_counter()
+    plan = plan_allocation(config, train, prior)
+    timings["allocate"] = time.perf_counter() - t
+    ks = None if plan is None else dict(enumerate(plan.counts))
+    run_local(
+        config, prior, teacher, train, classes, save, timings=timings, progress=progress, ks=ks
+    )
     info = teacher.info() if teacher is not None else None
-    return assemble(config, parts, train, prior_info(config, prior), info, with_total(timings))
+    result = assemble(config, parts, train, prior_info(config, prior), info, with_total(timings))
+    if plan is not None:
+        result.info["allocation"] = plan.manifest(result.class_names)
+    return result

@@ -169,6 +169,7 @@ def _quantize_group(
     indices: list[np.ndarray],
     shards: str | None,
     points: str,
+    ks: list[int] | None = None,
 ) -> list[int]:
     """Ray task: latents of a group of classes -> points, masses and W2, on disk."""
     latents: list[torch.Tensor | None] = []
@@ -185,7 +186,7 @@ def _quantize_group(
             entry.write(x)  # the latent cache, shared with the local engine
             shutil.rmtree(folder, ignore_errors=True)
         latents.append(x)
-    selections = select_points(config, labels, latents, indices)
+    selections = select_points(config, labels, latents, indices, ks)
     _kill_if_asked("quantize")
     for selection, x in zip(selections, latents):
         measure_w2(selection, x)
@@ -244,12 +245,14 @@ def quantize_stage(
     classes_per_task: int | None = None,
     resources: dict | None = None,
     progress: bool = False,
+    ks: dict[int, int] | None = None,
 ) -> None:
     """Stage 2 on a connected cluster: one Ray task per group of classes, `workers` at once.
 
     `entries[c]` gives the latents of class c (a `ddoq.encode.CacheEntry`, or any object
     with ``read()``, ``write(latents)`` and ``shape``; None for the ``full`` method) and
-    `indices[c]` its train-split indices. Each class's points land in ``points/``.
+    `indices[c]` its train-split indices; ``ks[c]`` its number of points under a budget
+    (None: `config.ipc`). Each class's points land in ``points/``.
     """
     import ray
 
@@ -271,6 +274,7 @@ def quantize_stage(
                     [indices[c] for c in labels],
                     None if shards is None else str(shards),
                     str(points),
+                    None if ks is None else [ks[c] for c in labels],
                 )
             )
         for ref in pending:
@@ -290,8 +294,11 @@ def run_ray(
     classes_per_task: int | None = None,
     timings: dict[str, float] | None = None,
     progress: bool = False,
+    ks: dict[int, int] | None = None,
 ) -> None:
     """Distil `classes` on Ray, writing each finished class into `store` (a `RunStore`).
+
+    ``ks[c]`` is class c's number of images under a budget (None: `config.ipc` each).
 
     `finished(label)` is called on the driver as each class's file is written. `workers`
     is how many actors (per Ray Data stage) and tasks run at once: by default one per GPU
@@ -363,6 +370,7 @@ def run_ray(
             classes_per_task=classes_per_task,
             resources=per_worker,
             progress=progress,
+            ks=ks,
         )
         clock("quantize", t)
 

@@ -124,7 +124,7 @@ def load_train(config: DistillConfig, prior):
         limit_per_class=config.limit_per_class,
     )
     counts = train.class_counts()
-    if config.method != "full" and config.ipc > counts.min():
+    if config.method != "full" and config.ipc is not None and config.ipc > counts.min():
         small = int(np.argmin(counts))
         raise ValueError(
             f"ipc {config.ipc} is larger than class {train.classes[small]!r}, which has "
@@ -178,38 +178,45 @@ def select_points(
     labels: list[int],
     latents: list[torch.Tensor | None],
     class_indices: list[np.ndarray],
+    ks: list[int] | None = None,
 ) -> list[Selection]:
-    """The quantize stage for a group of classes (one batched CLVQ call for ddoq and d4m).
+    """The quantize stage for a group of classes (batched CLVQ calls for ddoq and d4m).
 
     `latents[i]` holds the ``N_c x latent_shape`` latents of class ``labels[i]`` (None for
-    ``full``) and `class_indices[i]` its train-split indices, in the same order. Each class
-    gets its own seed (`quantize_seed`), so the result does not depend on the grouping.
+    ``full``), `class_indices[i]` its train-split indices and ``ks[i]`` its number of
+    points (default `config.ipc`; a budgeted run's `ddoq.distillation.allocation`), in the
+    same order. Each class gets its own seed (`quantize_seed`) and classes with the same K
+    are quantized in one call, so the result does not depend on the grouping.
     """
-    out = []
+    ks = [config.ipc] * len(labels) if ks is None else [int(k) for k in ks]
+    out: dict[int, Selection] = {}
     if config.method in ("ddoq", "d4m"):
-        estimators = quantize_classes(
-            [x.flatten(1).numpy() for x in latents],
-            n_clusters=config.ipc,
-            random_state=[quantize_seed(config, c) for c in labels],
-            solver=config.solver,
-            max_iter=config.quantize_iter,
-            batch_size=config.quantize_batch,
-            device=config.device,
-        )
-        for c, x, est in zip(labels, latents, estimators):
-            points = torch.as_tensor(est.cluster_centers_).reshape(-1, *x.shape[1:])
-            masses = np.asarray(est.weights_, dtype=np.float64)
-            out.append(Selection(c, masses, points, None, distortion=est.distortion_))
+        for k in sorted(set(ks)):
+            rows = [i for i in range(len(labels)) if ks[i] == k]
+            estimators = quantize_classes(
+                [latents[i].flatten(1).numpy() for i in rows],
+                n_clusters=k,
+                random_state=[quantize_seed(config, labels[i]) for i in rows],
+                solver=config.solver,
+                max_iter=config.quantize_iter,
+                batch_size=config.quantize_batch,
+                device=config.device,
+            )
+            for i, est in zip(rows, estimators):
+                x = latents[i]
+                points = torch.as_tensor(est.cluster_centers_).reshape(-1, *x.shape[1:])
+                masses = np.asarray(est.weights_, dtype=np.float64)
+                out[i] = Selection(labels[i], masses, points, None, distortion=est.distortion_)
     elif config.method == "random":
-        for c, x, idx in zip(labels, latents, class_indices):
+        for i, (c, x, idx) in enumerate(zip(labels, latents, class_indices)):
             rng = np.random.default_rng([config.seed, c])
-            pick = np.sort(rng.choice(len(idx), size=config.ipc, replace=False))
+            pick = np.sort(rng.choice(len(idx), size=ks[i], replace=False))
             masses = voronoi_masses(x.flatten(1).numpy(), x[pick].flatten(1).numpy())
-            out.append(Selection(c, masses, x[pick], np.asarray(idx)[pick]))
+            out[i] = Selection(c, masses, x[pick], np.asarray(idx)[pick])
     else:
-        for c, idx in zip(labels, class_indices):
-            out.append(Selection(c, np.full(len(idx), 1.0 / len(idx)), None, np.asarray(idx)))
-    return out
+        for i, (c, idx) in enumerate(zip(labels, class_indices)):
+            out[i] = Selection(c, np.full(len(idx), 1.0 / len(idx)), None, np.asarray(idx))
+    return [out[i] for i in range(len(labels))]
 
 
 def measure_w2(selection: Selection, latents: torch.Tensor | None) -> Selection:

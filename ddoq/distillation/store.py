@@ -32,6 +32,7 @@ import torch
 from safetensors import safe_open
 
 from ddoq._io import load_record, save_record, write_json
+from ddoq.distillation.allocation import Allocation
 from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.stages import ClassPart
 
@@ -95,6 +96,9 @@ class RunStore:
         labels of the classes finished so far.
     resumed
         how many classes were already finished when the store was opened.
+    allocation
+        images per class of a budgeted run, kept from its start (None: none yet), so a
+        resumed run uses the counts it began with.
     """
 
     def __init__(self, out: Path, identity: dict, num_classes: int) -> None:
@@ -103,6 +107,7 @@ class RunStore:
         self.num_classes = num_classes
         self.done: set[int] = set()
         self.resumed = 0
+        self.allocation: Allocation | None = None
 
     @classmethod
     def open(
@@ -149,10 +154,17 @@ class RunStore:
             # a class counts as done only if its file is there too
             store.done = {c for c in old.get("classes_done", []) if store.part_path(c).is_file()}
             store.resumed = len(store.done)
+            if old.get("allocation"):
+                store.allocation = Allocation(**old["allocation"])
         else:
             store.root.mkdir(parents=True, exist_ok=True)
         store._write_manifest()
         return store
+
+    def keep_allocation(self, allocation: Allocation | None) -> None:
+        """Record the run's allocation (before any class is computed)."""
+        self.allocation = allocation
+        self._write_manifest()
 
     def part_path(self, label: int) -> Path:
         """Where the finished class `label` is stored."""
@@ -198,6 +210,7 @@ class RunStore:
             **self.identity,
             "num_classes": self.num_classes,
             "classes_done": sorted(self.done),
+            "allocation": None if self.allocation is None else self.allocation.to_dict(),
         }
         write_json(self.root / "run.json", payload)
 

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from ddoq._io import load_state, save_state
 from ddoq.export import DistilledSet
 from ddoq.train import distributed
+from ddoq.train.stopping import EarlyStopping
 from ddoq.train.students import build_student
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "evaluate",
     "fit",
     "fit_distilled",
+    "held_out_loss",
     "normalise_weights",
     "weighted_loss",
 ]
@@ -88,6 +90,12 @@ PRESETS: dict[str, dict] = {
     # crops, weight decay 5e-4. Differences: AdamW instead of SGD with a learning-rate
     # search, and one soft label per image (their mode "S").
     "ddranking": {"augment": "none", "cutmix": 1.0, "weight_decay": 5e-4, "temperature": 20.0},
+    # ours, trained to convergence: until the held-out loss (cross-entropy on real images the
+    # student never sees, `ddoq.train.runs.validation_split`) has not improved for
+    # CONVERGED_PATIENCE epochs, at most CONVERGED_EPOCHS (the cosine schedule spans those);
+    # both chosen from the learning curve of IPC 10 soft on the embedded digits
+    # (BENCHMARKS.md, "The converged protocol")
+    "converged": {"epochs": 400, "patience": 40},
 }
 
 
@@ -134,6 +142,10 @@ class TrainConfig:
         images per evaluation step.
     checkpoint_every
         epochs between checkpoints (1: every epoch).
+    patience
+        stop once the held-out loss has not improved for this many epochs
+        (`ddoq.train.stopping.EarlyStopping`; `fit` then needs `val`); None: train
+        all `epochs`.
     """
 
     student: str = "convnet"
@@ -153,6 +165,7 @@ class TrainConfig:
     device: str = "cpu"
     eval_batch_size: int = 500
     checkpoint_every: int = 1
+    patience: int | None = None
 
     def check(self) -> TrainConfig:
         """Raise ValueError on an impossible setting; return self."""
@@ -170,6 +183,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.patience is not None and (isinstance(self.patience, bool) or self.patience < 1):
+            raise ValueError(f"patience must be an integer >= 1 or None, got {self.patience!r}")
         if not 0 <= self.cutmix <= 1:
             raise ValueError(f"cutmix must be a probability in [0, 1], got {self.cutmix}")
         if not self.temperature > 0 or not self.lr > 0 or self.weight_decay < 0:
@@ -192,6 +207,8 @@ class TrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)
     world_size: int = 1
+    val_losses: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
 
     def metrics(self) -> dict:
         """Manifest-ready metrics."""
@@ -201,6 +218,8 @@ class TrainResult:
             "epochs_done": self.epochs_done,
             "resumed_from_epoch": self.resumed_from_epoch,
             "train_seconds": round(self.seconds, 3),
+            "val_losses": self.val_losses or None,
+            "best_val_epoch": self.best_epoch,
         }
 
 
@@ -333,6 +352,25 @@ def _resample(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def held_out_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Mean cross-entropy of `model` on ``images N x C x H x W`` with hard `labels`."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device)
+        y = torch.as_tensor(labels[start : start + batch_size]).to(device)
+        total += float(F.cross_entropy(model(x), y, reduction="sum"))
+    return total / len(images)
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     images: torch.Tensor,
@@ -366,6 +404,7 @@ def fit(
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a student on a (weighted, labelled) distilled set; evaluate it on `test`.
 
@@ -398,6 +437,10 @@ def fit(
         ``metrics["loss"]`` (the epoch's mean weighted loss) and, when `test` is given,
         ``metrics["test_accuracy"]``. Returning True stops training there (the
         checkpoint is written first, so a later call resumes from that epoch).
+    val
+        held-out ``(images, labels)`` whose cross-entropy decides when to stop under
+        ``config.patience`` (`ddoq.train.stopping.EarlyStopping`); needed then. The
+        epoch's ``metrics["val_loss"]`` reports it.
 
     In a process group of W > 1 processes every process must call `fit` with the same
     arguments; the student is wrapped in `DistributedDataParallel` and each process trains
@@ -429,6 +472,8 @@ def fit(
         if teacher is None:
             raise ValueError("soft labels need teacher_probs or a teacher; or use labels='hard'")
         teacher_probs = _teacher_probs(teacher, images, config.temperature, device)
+    if config.patience is not None and val is None and main:
+        raise ValueError("patience (the converged protocol) needs held-out data: pass val")
     if num_classes is None:
         num_classes = teacher_probs.shape[1] if soft else int(labels.max()) + 1
     mode = config.augment
@@ -446,6 +491,8 @@ def fit(
     )
     gen = torch.Generator().manual_seed(config.seed)
     start_epoch, losses = 0, []
+    stopper = None if config.patience is None else EarlyStopping(config.patience)
+    val_losses: list[float] = []
     ckpt_path = None
     if run_dir is not None:
         if main:
@@ -470,6 +517,9 @@ def fit(
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         start_epoch, losses = state["epoch"], state["losses"]
+        if stopper is not None:
+            stopper = EarlyStopping(**state["stopping"])
+            val_losses = state["val_losses"]
     net = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -477,6 +527,9 @@ def fit(
 
     t0 = time.perf_counter()
     last, accuracy = config.epochs, None
+    converged = stopper is not None and stopper.epoch - stopper.best_epoch >= stopper.patience
+    if converged:  # a resumed run that had already stopped on the patience rule
+        last = start_epoch
     bar = tqdm(
         range(start_epoch, last), desc="train", disable=not (progress and main), unit="epoch"
     )
@@ -533,14 +586,26 @@ def fit(
         losses.append(total / n)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         done = epoch + 1
-        stop = False
+        stop = converged = False
+        metrics = {"loss": losses[-1]}
+        if stopper is not None and main:
+            metrics["val_loss"] = held_out_loss(
+                model, val[0], val[1], batch_size=config.eval_batch_size, device=device
+            )
+            val_losses.append(metrics["val_loss"])
+            converged = stopper.update(metrics["val_loss"])
         if on_epoch is not None and main:
-            metrics = {"loss": losses[-1]}
             if test is not None:
                 metrics["test_accuracy"] = accuracy = evaluate(
                     model, test[0], test[1], batch_size=config.eval_batch_size, device=device
                 )
             stop = bool(on_epoch(done, metrics))
+        if world > 1 and stopper is not None:  # the rule is decided on rank 0
+            flag = torch.tensor([int(converged)], device=device)
+            dist.broadcast(flag, 0)
+            converged = bool(flag.item())
+        if converged:
+            last = done
         if world > 1 and on_epoch is not None:  # every process stops where rank 0 stops
             flag = torch.tensor([int(stop)], device=device)
             dist.broadcast(flag, 0)
@@ -558,19 +623,25 @@ def fit(
                 "generator": gen.get_state(),
                 "losses": losses,
             }
+            if stopper is not None:
+                state |= {"stopping": stopper.state(), "val_losses": val_losses}
             save_state(ckpt_path, state)
-        if stop:
+        if stop or converged:
             break
     bar.close()
     distributed.barrier()  # the last checkpoint is on disk before any process returns
     seconds = time.perf_counter() - t0
-    if last < config.epochs or not main:
+    stopped_by_caller = last < config.epochs and not (stopper is not None and converged)
+    if stopped_by_caller or not main:
         accuracy = None
-    elif test is not None and (on_epoch is None or start_epoch == last):
+    elif test is not None and (on_epoch is None or start_epoch == last or converged):
         accuracy = evaluate(
             model, test[0], test[1], batch_size=config.eval_batch_size, device=device
         )
-    return TrainResult(model, config, accuracy, last, start_epoch, seconds, losses, world)
+    best = None if stopper is None else stopper.best_epoch
+    return TrainResult(
+        model, config, accuracy, last, start_epoch, seconds, losses, world, val_losses, best
+    )
 
 
 def fit_distilled(
@@ -582,6 +653,7 @@ def fit_distilled(
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainResult:
     """`fit` on a set read by `ddoq.export.load`: its images, labels, weights, soft labels.
 
@@ -602,6 +674,7 @@ def fit_distilled(
         run_dir=run_dir,
         progress=progress,
         on_epoch=on_epoch,
+        val=val,
     )
 
 

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -36,7 +37,7 @@ from ddoq.train import distributed
 from ddoq.train.loop import TrainResult
 from ddoq.train.students import build_student
 
-__all__ = ["KIND", "load_student", "read_run", "held_out_split", "write_run"]
+__all__ = ["KIND", "load_student", "read_run", "held_out_split", "validation_split", "write_run"]
 
 #: the ``kind`` of every train-run manifest
 KIND = "ddoq-train"
@@ -71,6 +72,34 @@ def held_out_split(manifest: dict[str, Any], dataset: str | None = None) -> Imag
     return load_dataset(
         name, "test", image_size=info.get("image_size"), channels=info.get("channels")
     )
+
+
+def validation_split(
+    manifest: dict[str, Any], dataset: str | None = None, per_class: int = 50
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out images whose loss decides when the converged protocol stops.
+
+    A fixed subset (`per_class` images of each class, `load_dataset`'s seeded
+    ``limit_per_class``) of the *training* split of the set's dataset: real images the
+    student never trains on, never the test split it is scored on.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``images N x C x H x W`` at the set's size and channels, and their labels.
+    """
+    info = manifest.get("dataset") or {}
+    name = dataset or info.get("name") or (manifest.get("config") or {}).get("dataset")
+    if not name:
+        raise ValueError("the distilled set names no dataset; pass --dataset")
+    split = load_dataset(
+        name,
+        "train",
+        image_size=info.get("image_size"),
+        channels=info.get("channels"),
+        limit_per_class=per_class,
+    )
+    return split.images(), torch.as_tensor(split.targets)
 
 
 def write_run(
