@@ -18,7 +18,7 @@ import torch
 
 from ddoq import __version__, export
 from ddoq._io import write_json
-from ddoq.build.prior import PriorTrainingConfig, train_prior
+from ddoq.priors.training import PriorTrainingConfig, train_prior
 from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.distillation.config import DECODES, METHODS, DistillConfig
