@@ -47,6 +47,7 @@ def distill_to_folder(
     teacher=None,
     progress: bool = True,
     on_class: Callable[[str, int, int], None] | None = None,
+    on_encode: Callable[[int, int], None] | None = None,
 ) -> DistillResult:
     """Distil `config` into the export folder `out`, resuming an interrupted run.
 
@@ -72,6 +73,8 @@ def distill_to_folder(
         show progress bars.
     on_class
         ``on_class("class", done, total)`` after each finished class.
+    on_encode
+        ``on_encode(done, total)`` after each batch of images encoded (local engine).
 
     Returns
     -------
@@ -112,7 +115,17 @@ def distill_to_folder(
             on_class("class", len(store.done), train.num_classes)
 
     if engine == "local":
-        run_local(config, prior, teacher, train, todo, save, timings=timings, progress=progress)
+        run_local(
+            config,
+            prior,
+            teacher,
+            train,
+            todo,
+            save,
+            timings=timings,
+            progress=progress,
+            on_encode=on_encode,
+        )
     elif todo:
 
         def finished(label: int) -> None:
