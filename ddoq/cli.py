@@ -86,10 +86,10 @@ def _add_train_prior(subparsers) -> None:
         "--vae-epochs",
         dest="vae_epochs",
         type=int,
-        help="autoencoder epochs over the train split (default 6 for mnist, 30 for a folder)",
+        help="autoencoder epochs over the train split (default 6 for mnist, 12 otherwise)",
     )
     p.add_argument(
-        "--dit-steps", type=int, help="denoiser steps (default 3000 for mnist, 1500 otherwise)"
+        "--dit-steps", type=int, help="denoiser steps (default 3000 for mnist, 1200 otherwise)"
     )
     p.add_argument(
         "--limit-per-class", type=int, help="train on a few images per class (smoke tests)"

@@ -54,7 +54,7 @@ Progress = Callable[[int, int], None]
 
 def encode_batch(prior) -> int:
     """Images per encoder call for `prior`: `ENCODE_BATCH`, fewer for images larger than
-    64 x 64 RGB (e.g. 21 at 256 x 256 RGB), so progress comes every few seconds."""
+    64 x 64 RGB (e.g. 16 at 256 x 256 RGB), so progress comes every few seconds."""
     values = prior.channels * prior.image_size**2
     return max(1, min(ENCODE_BATCH, _BATCH_VALUES // values))
 

@@ -166,9 +166,9 @@ def config_for_dataset(
         "channels": channels,
         "vae_channels": widths,
         "latent_channels": 4 if channels == 1 else 8,
-        "vae_epochs": 30,
+        "vae_epochs": 12,
         "vae_batch_size": 32,
-        "dit_steps": 1500,
+        "dit_steps": 1200,
         "dit_batch_size": 64,
     }
     return PriorTrainingConfig(**{**base, **given})
