@@ -8,7 +8,12 @@ the time of each stage, the held-out reconstruction MSE and the share of class-c
 samples the teacher recognises as their class. Writes section "train-prior" of
 BENCHMARKS.md.
 
-Run: ``python benchmarks/train_prior.py [--per-class 200] [--threads 2]``
+With ``--probe N`` (for a loaded machine, where the full run takes far longer than on idle
+cores) it times N optimisation steps of each stage instead, for this folder's prior and for
+the shipped MNIST prior (whose full training is documented in `ddoq.priors.training`), and
+projects the full run from the per-step times and the ratio to MNIST.
+
+Run: ``python benchmarks/train_prior.py [--per-class 200] [--threads 2] [--probe 6]``
 """
 
 from __future__ import annotations
@@ -53,12 +58,112 @@ def shapes_folder(root: Path, per_class: int, side: int = 64, seed: int = 0) -> 
     return root
 
 
+def _step_seconds(config, images: torch.Tensor, labels: torch.Tensor, n: int) -> tuple:
+    """Median seconds of one autoencoder step and of one denoiser step (n steps each)."""
+    import statistics
+
+    from ddoq.priors.training import (
+        build_scheduler,
+        build_transformer,
+        build_vae,
+        train_transformer,
+        train_vae,
+    )
+
+    times: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick(_message: str) -> None:
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    vae = build_vae(config, images.shape[1])
+    batches = images[: config.vae_batch_size * n]
+    last[0] = time.perf_counter()
+    train_vae(vae, batches, config.__class__(**{**config.__dict__, "vae_epochs": 1}), tick)
+    vae_s = statistics.median(times[1:] or times)
+    times.clear()
+    side = config.image_size // 2 ** (len(config.vae_channels) - 1)
+    latents = torch.randn(256, config.latent_channels, side, side)
+    dit = build_transformer(config, int(labels.max()) + 1, side)
+    cfg = config.__class__(**{**config.__dict__, "dit_steps": n})
+    last[0] = time.perf_counter()
+    train_transformer(dit, build_scheduler(cfg), latents, labels[:256] % 3, cfg, tick)
+    return vae_s, statistics.median(times[1:] or times)
+
+
+def probe(data: Path, n: int, threads: int) -> str:
+    """Per-step times of this folder's prior and of the MNIST prior, and the projection."""
+    import math
+
+    from ddoq.data import load_dataset
+    from ddoq.priors.training import PriorTrainingConfig, config_for_dataset
+
+    rows = []
+    for name, config in (
+        ("this folder", config_for_dataset(data, threads=threads)),
+        ("mnist (shipped prior)", PriorTrainingConfig(threads=threads)),
+    ):
+        ds = load_dataset(
+            config.dataset,
+            "train",
+            image_size=config.image_size,
+            channels=config.channels,
+            limit_per_class=max(64, n * 32),
+        )
+        images = ds.images(list(range(len(ds))))
+        labels = torch.as_tensor(ds.targets)
+        vae_s, dit_s = _step_seconds(config, images, labels, n)
+        n_train = len(load_dataset(config.dataset, "train", image_size=8, verify=False))
+        vae_steps = math.ceil(n_train / config.vae_batch_size) * config.vae_epochs
+        total = vae_steps * vae_s + config.dit_steps * dit_s
+        rows.append(
+            [
+                name,
+                f"{vae_steps} x {vae_s:.2f} s",
+                f"{config.dit_steps} x {dit_s:.2f} s",
+                f"{total / 60:.1f} min",
+            ]
+        )
+    return markdown_table(
+        ["prior", "VAE steps x s/step", "DiT steps x s/step", "projected total"], rows
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--probe", type=int, help="time this many steps per stage only")
     args = parser.parse_args()
+    if args.probe:
+        torch.set_num_threads(args.threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["DDOQ_CACHE_DIR"] = str(Path(tmp) / "cache")
+            machine, load_before = machine_line(), os.getloadavg()[0]
+            table = probe(
+                shapes_folder(Path(tmp) / "shapes", args.per_class), args.probe, args.threads
+            )
+        body = "\n".join(
+            [
+                "## Training a prior for a colour folder (`benchmarks/train_prior.py --probe`)",
+                "",
+                f"Machine: {machine}; {args.threads} torch threads; load average "
+                f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after: heavily shared, so",
+                f"the full run was not timed. {args.probe} steps of each stage timed (median),",
+                f"for `ddoq train-prior --dataset` with its defaults on the generated "
+                f"{len(CLASSES)} x {args.per_class} 64-px RGB folder and for the shipped MNIST "
+                "prior, projected to the full run; the ratio between the two rows holds on an",
+                "idle machine too.",
+                "",
+                table,
+            ]
+        )
+        write_section("train-prior", body)
+        print(body)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DDOQ_CACHE_DIR"] = str(Path(tmp) / "cache")
