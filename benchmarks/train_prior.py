@@ -115,7 +115,7 @@ def probe(data: Path, n: int, threads: int) -> str:
         images = ds.images(list(range(len(ds))))
         labels = torch.as_tensor(ds.targets)
         vae_s, dit_s = _step_seconds(config, images, labels, n)
-        n_train = len(load_dataset(config.dataset, "train", image_size=8, verify=False))
+        n_train = len(load_dataset(config.dataset, "train", image_size=config.image_size))
         vae_steps = math.ceil(n_train / config.vae_batch_size) * config.vae_epochs
         total = vae_steps * vae_s + config.dit_steps * dit_s
         rows.append(
@@ -126,6 +126,7 @@ def probe(data: Path, n: int, threads: int) -> str:
                 f"{total / 60:.1f} min",
             ]
         )
+        print(rows[-1], flush=True)
     return markdown_table(
         ["prior", "VAE steps x s/step", "DiT steps x s/step", "projected total"], rows
     )
