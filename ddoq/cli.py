@@ -18,13 +18,14 @@ import torch
 
 from ddoq import __version__, export
 from ddoq._io import write_json
-from ddoq.build.prior import PriorTrainingConfig, train_prior
 from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.distillation.config import ALLOCATIONS, DECODES, METHODS, DistillConfig
 from ddoq.distillation.folder import distill_to_folder
 from ddoq.distillation.stages import image_weights
 from ddoq.labels import resolve_teacher, teacher_for_set, teacher_logits
+from ddoq.priors import channel_note, inspect_prior, resolve_prior
+from ddoq.priors.training import config_for_dataset, train_prior
 from ddoq.train import distributed
 from ddoq.train.loop import (
     AUGMENTATIONS,
@@ -64,20 +65,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_prior(subparsers) -> None:
-    # defaults of None mean "the PriorTrainingConfig default" (kept there, in one place)
+    # defaults of None mean "the config_for_dataset / PriorTrainingConfig default"
     p = subparsers.add_parser(
         "train-prior",
-        help="train the embedded generative prior (VAE + class-conditional DiT) on CPU",
+        help="train a generative prior (VAE + class-conditional DiT) for a dataset, on CPU",
         description=(
-            "Train the embedded prior on the embedded MNIST train split and save it in "
-            "diffusers' save_pretrained layout. The defaults reproduce the shipped prior "
-            "(ddoq/assets/prior) from its seed."
+            "Train the embedded prior's recipe on a dataset's train split, sized to the data "
+            "(image size, channels), and save it in diffusers' save_pretrained layout, by "
+            "default where `--prior auto` finds it. With the defaults and --output "
+            "ddoq/assets/prior it reproduces the shipped MNIST prior from its seed."
         ),
     )
-    p.add_argument("--output", "-o", required=True, help="folder to write (replaced atomically)")
+    p.add_argument("--dataset", default="mnist", help="mnist (default), digits or an image folder")
+    p.add_argument(
+        "--output",
+        "-o",
+        help="folder to write, replaced atomically (default: the dataset's prior folder in "
+        "the cache, where --prior auto looks)",
+    )
+    p.add_argument(
+        "--image-size", type=int, help="image side (default: 32 for data up to 32 px, else 64)"
+    )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--vae-epochs", type=int, help="autoencoder epochs over the train split")
-    p.add_argument("--dit-steps", type=int, help="denoiser optimisation steps")
+    p.add_argument(
+        "--epochs",
+        "--vae-epochs",
+        dest="vae_epochs",
+        type=int,
+        help="autoencoder epochs over the train split (default 6 for mnist, 12 otherwise)",
+    )
+    p.add_argument(
+        "--dit-steps", type=int, help="denoiser steps (default 3000 for mnist, 1200 otherwise)"
+    )
     p.add_argument(
         "--limit-per-class", type=int, help="train on a few images per class (smoke tests)"
     )
@@ -85,13 +104,30 @@ def _add_train_prior(subparsers) -> None:
         "--threads", type=int, help="torch CPU threads (default 1: fastest on shared cores)"
     )
     p.add_argument("--device", default="auto", help="torch device (default auto: cuda if present)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_prior)
 
 
+def _tqdm_progress(quiet: bool, desc: str, unit: str):
+    """A ``progress(done, total[, message])`` callback drawing one tqdm bar (None if quiet)."""
+    if quiet:
+        return None, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit=unit)
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        bar.total, bar.n = total, done
+        if message:
+            bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+
+    return progress, bar
+
+
 def _cmd_train_prior(args: argparse.Namespace) -> int:
-    """Train the embedded prior and print what was measured."""
-    for name in ("vae_epochs", "dit_steps", "threads", "limit_per_class"):
+    """Train a prior for a dataset and print what was measured."""
+    for name in ("vae_epochs", "dit_steps", "threads", "limit_per_class", "image_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -100,13 +136,35 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
         for name in ("seed", "vae_epochs", "dit_steps", "threads", "device", "limit_per_class")
         if getattr(args, name) is not None
     }
-    config = PriorTrainingConfig(**given)
-    report = train_prior(config, args.output, progress=not args.quiet)
+    config = config_for_dataset(args.dataset, args.image_size, output=args.output, **given)
+    progress, bar = _tqdm_progress(args.quiet, "train prior", "step")
+    try:
+        report = train_prior(config, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    judged = (
+        f"; the teacher recognises {report.teacher_recognition:.1%} of its class-conditional "
+        "samples as their class"
+        if report.teacher_recognition is not None
+        else "; no teacher for this dataset to judge its samples (ddoq train-teacher --dataset)"
+    )
     print(
-        f"wrote {report.output_dir}: test reconstruction MSE {report.test_recon_mse:.4f}, "
-        f"VAE {report.vae_seconds:.0f} s, denoiser {report.dit_seconds:.0f} s"
+        f"wrote {report.output_dir}: held-out reconstruction MSE {report.test_recon_mse:.4f} "
+        f"({config.image_size} px, {config.channels or 1} channel(s)), "
+        f"VAE {report.vae_seconds:.0f} s, denoiser {report.dit_seconds:.0f} s" + judged
     )
     return 0
+
+
+def _pick_prior(spec: str, dataset: str) -> str:
+    """Resolve --prior for `dataset`, print which prior and why (and a channel note)."""
+    choice = resolve_prior(spec, dataset)
+    print(f"prior: {choice.describe()}", flush=True)
+    note = channel_note(inspect_prior(choice.name_or_path), dataset)
+    if note:
+        print(f"note: {note}", flush=True)
+    return choice.name_or_path
 
 
 # ------------------------------------------------------------------ distill / train / evaluate
@@ -175,7 +233,12 @@ def _add_distill(subparsers) -> None:
         help=f"ddoq weight tempering: w ~ mass**alpha (1 raw, 0 uniform; default {d.alpha})",
     )
     p.add_argument("--decode", default=d.decode, help=f"one of {', '.join(DECODES)} (default vae)")
-    p.add_argument("--prior", default=d.prior, help="'embedded', a prior folder or a hub id")
+    p.add_argument(
+        "--prior",
+        default=d.prior,
+        help="'auto' (default: the prior trained for the dataset, else 'embedded' for "
+        "digits-like data), 'embedded', a prior folder or a cached hub id",
+    )
     p.add_argument(
         "--strength",
         type=float,
@@ -251,7 +314,7 @@ def _distill_config(args: argparse.Namespace) -> DistillConfig:
         method=args.method,
         alpha=args.alpha,
         decode=args.decode,
-        prior=args.prior,
+        prior=_pick_prior(args.prior, args.dataset),
         strength=args.strength,
         steps=args.steps,
         guidance=args.guidance,

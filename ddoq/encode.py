@@ -12,19 +12,23 @@ and the encoding mode in its metadata and is re-checked on load. Files are writt
 temporary name and renamed into place (`os.replace`), so a crash never leaves half a file.
 
 The default cache folder is ``$DDOQ_CACHE_DIR`` or ``~/.cache/ddoq``.
+
+Encoding reports ``progress(done, total)`` in images after every batch (cached classes
+count at once), so a caller can show it, or cancel by raising from the callback (a class
+is cached only once whole). Batches are `ENCODE_BATCH` images, fewer for images larger
+than 64 x 64 RGB (`encode_batch`), so a slow encoder still reports every few seconds.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
 from ddoq._io import cache_dir, save_tensors
 
@@ -34,6 +38,7 @@ __all__ = [
     "cache_entry",
     "cache_path",
     "default_cache_dir",
+    "encode_batch",
     "encode_chunk",
     "encode_class",
     "encode_dataset",
@@ -41,6 +46,17 @@ __all__ = [
 
 _FORMAT = "ddoq-latents-1"
 ENCODE_BATCH = 256  # images per VAE call; the Ray engine encodes the same chunks
+_BATCH_VALUES = 256 * 3 * 64 * 64  # image values per batch beyond which batches shrink
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: images encoded (or read from the cache) so far, of all."""
+
+
+def encode_batch(prior) -> int:
+    """Images per encoder call for `prior`: `ENCODE_BATCH`, fewer for images larger than
+    64 x 64 RGB (e.g. 16 at 256 x 256 RGB), so progress comes every few seconds."""
+    values = prior.channels * prior.image_size**2
+    return max(1, min(ENCODE_BATCH, _BATCH_VALUES // values))
 
 
 # One rule for every on-disk cache of ddoq: $DDOQ_CACHE_DIR, else ~/.cache/ddoq.
@@ -74,8 +90,14 @@ def _metadata(dataset, prior, class_index: int, n: int) -> dict[str, str]:
         "class_index": str(int(class_index)),
         "count": str(int(n)),
         "latent_shape": ",".join(map(str, prior.latent_shape)),
-        "mode": "posterior-mode",
+        "mode": _mode(prior),
     }
+
+
+def _mode(prior) -> str:
+    """How the latents were computed: posterior modes, in a reduced dtype when not float32."""
+    dtype = getattr(prior, "encode_dtype", torch.float32)
+    return "posterior-mode" if dtype == torch.float32 else f"posterior-mode/{dtype}"
 
 
 def _read(path: Path, expected: dict[str, str]) -> torch.Tensor | None:
@@ -157,8 +179,8 @@ def encode_class(
     class_index: int,
     *,
     cache_dir: str | os.PathLike | None | bool = None,
-    batch_size: int = ENCODE_BATCH,
-    progress: bool = False,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Latents of every image of one class, from the cache when possible.
 
@@ -174,9 +196,9 @@ def encode_class(
     cache_dir
         cache root (default `default_cache_dir()`); ``False`` disables caching.
     batch_size
-        images loaded and encoded together.
+        images loaded and encoded together (default `encode_batch`).
     progress
-        show a tqdm bar.
+        ``progress(done, total)`` in images of this class, after every batch.
 
     Returns
     -------
@@ -184,6 +206,7 @@ def encode_class(
         float32 CPU tensor ``N_c x *latent_shape``, in ``dataset.class_indices(class_index)`` order
         (posterior modes, deterministic).
     """
+    batch_size = encode_batch(prior) if batch_size is None else batch_size
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     indices = _class_indices(dataset, class_index)
@@ -192,16 +215,14 @@ def encode_class(
         entry = cache_entry(dataset, prior, class_index, None if cache_dir is True else cache_dir)
         cached = entry.read()
         if cached is not None:
+            if progress is not None:
+                progress(len(indices), len(indices))
             return cached
     chunks = []
-    name = dataset.classes[int(class_index)]
-    for start in tqdm(
-        range(0, len(indices), batch_size),
-        desc=f"encode {name}",
-        disable=not progress,
-        unit="batch",
-    ):
+    for start in range(0, len(indices), batch_size):
         chunks.append(encode_chunk(dataset, prior, indices[start : start + batch_size]))
+        if progress is not None:
+            progress(min(start + batch_size, len(indices)), len(indices))
     latents = torch.cat(chunks) if chunks else torch.empty((0, *prior.latent_shape))
     if use_cache:
         entry.write(latents)
@@ -225,17 +246,25 @@ def encode_dataset(
     classes: Iterable[int] | None = None,
     *,
     cache_dir: str | os.PathLike | None | bool = None,
-    batch_size: int = ENCODE_BATCH,
-    progress: bool = False,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
 ) -> dict[int, torch.Tensor]:
     """Latents of every class (or of `classes`), as ``{class_index: N_c x *latent_shape}``.
 
-    See `encode_class` for the arguments; each class is cached on its own.
+    See `encode_class` for the arguments; each class is cached on its own, and
+    ``progress(done, total)`` counts the images of all the classes asked for.
     """
     wanted = range(len(dataset.classes)) if classes is None else [int(c) for c in classes]
-    return {
-        c: encode_class(
-            dataset, prior, c, cache_dir=cache_dir, batch_size=batch_size, progress=progress
+    total = sum(len(_class_indices(dataset, c)) for c in wanted)
+    out: dict[int, torch.Tensor] = {}
+    for c in wanted:
+        before = sum(len(x) for x in out.values())
+
+        def report(done: int, _n: int, before: int = before) -> None:
+            if progress is not None:
+                progress(before + done, total)
+
+        out[c] = encode_class(
+            dataset, prior, c, cache_dir=cache_dir, batch_size=batch_size, progress=report
         )
-        for c in wanted
-    }
+    return out

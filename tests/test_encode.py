@@ -96,3 +96,51 @@ def test_encode_dataset_and_errors(tmp_path, prior, dataset, monkeypatch):
     encode_class(dataset, prior, 0)
     assert cache_path(dataset, prior, 0).is_relative_to(tmp_path / "env-cache")
     assert cache_path(dataset, prior, 0).is_file()
+
+
+def test_encode_progress_counts_images_and_cancels(tmp_path, prior, dataset):
+    n = [len(dataset.class_indices(c)) for c in (0, 1)]
+    calls = []
+    out = encode_dataset(
+        dataset,
+        prior,
+        classes=[0, 1],
+        cache_dir=tmp_path,
+        batch_size=16,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    total = sum(n)
+    assert all(t == total for _, t in calls) and calls[-1][0] == total
+    assert [d for d, _ in calls] == sorted({d for d, _ in calls})  # strictly increasing
+    assert len(calls) == sum(-(-k // 16) for k in n)  # one call per batch
+    direct = prior.encode(dataset.images(dataset.class_indices(1)))
+    assert torch.allclose(out[1], direct.cpu(), atol=1e-5)
+    # cached classes are counted at once
+    again = []
+    encode_dataset(
+        dataset, prior, classes=[0, 1], cache_dir=tmp_path, progress=lambda d, t: again.append(d)
+    )
+    assert again == [n[0], total]
+
+    # a callback that raises cancels, and a class is cached only whole
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        if done >= 16:
+            raise Stop
+
+    with pytest.raises(Stop):
+        encode_class(dataset, prior, 2, cache_dir=tmp_path, batch_size=16, progress=stop)
+    assert not cache_path(dataset, prior, 2, tmp_path).exists()
+
+
+def test_encode_batch_shrinks_for_large_images(prior, tmp_path):
+    from ddoq.encode import ENCODE_BATCH, encode_batch
+
+    assert encode_batch(prior) == ENCODE_BATCH  # 32-px grey: unchanged
+
+    class Big:
+        channels, image_size = 3, 256
+
+    assert encode_batch(Big()) == 16

@@ -235,3 +235,189 @@ def test_unknown_folders_and_offline_hub(tmp_path, monkeypatch):
         load_prior("ddoq-tests/no-such-model")
     assert time.perf_counter() - start < 5.0
     assert "load_prior('/path/to" in str(err.value)
+
+
+# ---------------------------------------------------------------- autoencoders alone
+
+
+def _save_autoencoder(kind: str, path):
+    """A tiny random `AutoencoderKL` (with SD3/FLUX-style shift), `AutoencoderTiny` or
+    `AutoencoderDC`, saved with `save_pretrained` (config.json + weights, no model_index)."""
+    from diffusers import AutoencoderDC, AutoencoderTiny
+
+    torch.manual_seed(1)
+    if kind == "kl":
+        vae = _tiny_vae()
+        vae.register_to_config(scaling_factor=1.5035, shift_factor=0.0609)  # SD3's factors
+    elif kind == "tiny":
+        vae = AutoencoderTiny(
+            encoder_block_out_channels=(8, 8),
+            decoder_block_out_channels=(8, 8),
+            num_encoder_blocks=(1, 1),
+            num_decoder_blocks=(1, 1),
+            latent_channels=4,
+        )
+    else:
+        vae = AutoencoderDC(
+            latent_channels=4,
+            attention_head_dim=4,
+            encoder_block_types="ResBlock",
+            decoder_block_types="ResBlock",
+            encoder_block_out_channels=(8, 16),
+            decoder_block_out_channels=(8, 16),
+            encoder_layers_per_block=(1, 1),
+            decoder_layers_per_block=(1, 1),
+            encoder_qkv_multiscales=((), ()),
+            decoder_qkv_multiscales=((), ()),
+            scaling_factor=0.41407,
+        )
+    vae.save_pretrained(path)
+    return vae.eval()
+
+
+@pytest.fixture(scope="module", params=["kl", "tiny", "dc"])
+def autoencoder(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(f"ae-{request.param}") / request.param
+    return path, _save_autoencoder(request.param, path)
+
+
+def _reference_latents(vae, images):
+    """diffusers' own encode, scaled as its pipelines do: (z - shift) * scale."""
+    out = vae.encode(images * 2 - 1)
+    if hasattr(out, "latent_dist"):
+        z = out.latent_dist.mode()
+    else:
+        z = out.latents if hasattr(out, "latents") else out.latent
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (z - shift) * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def test_autoencoder_folders_are_priors(autoencoder):
+    from ddoq.priors import AutoencoderPrior, inspect_prior
+
+    path, vae = autoencoder
+    assert detect_kind(path) == "autoencoder"
+    prior = load_prior(path, image_size=16)
+    assert isinstance(prior, AutoencoderPrior) and not prior.has_denoiser
+    assert (prior.image_size, prior.channels, prior.latent_shape) == (16, 3, (4, 8, 8))
+    assert inspect_prior(path, image_size=16) == prior.info.__class__(
+        **{**prior.info.__dict__, "fingerprint": ""}
+    )
+    images = torch.rand(3, 3, 16, 16)
+    z = prior.encode(images)
+    ref = _reference_latents(vae, images)
+    assert torch.allclose(z, ref, atol=1e-5)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    decoded = ((vae.decode(ref / vae.config.scaling_factor + shift).sample + 1) / 2).clamp(0, 1)
+    assert torch.allclose(prior.decode(z), decoded, atol=1e-5)
+    assert prior.info.disabled_decodes().keys() == {"img2img"}
+    with pytest.raises(ValueError, match="img2img needs a denoiser"):
+        prior.generate(z, 0, steps=2)
+    with pytest.raises(ValueError, match="multiple of"):
+        load_prior(path, image_size=15)
+
+
+def test_the_shift_factor_is_applied(tmp_path):
+    path = tmp_path / "kl"
+    vae = _save_autoencoder("kl", path)
+    prior = load_prior(path)  # the config's sample_size: 16
+    assert prior.image_size == 16
+    assert (prior.latent_shift, prior.latent_scale) == pytest.approx((0.0609, 1.5035))
+    images = torch.rand(2, 3, 16, 16)
+    raw = vae.encode(images * 2 - 1).latent_dist.mode()
+    assert torch.allclose(prior.encode(images), (raw - 0.0609) * 1.5035, atol=1e-5)
+
+
+@torch.no_grad()
+def test_sd_and_dit_round_trips_match_diffusers(prior):
+    vae = prior.vae
+    images = torch.rand(2, 3, 16, 16)
+    raw = vae.encode(images * 2 - 1).latent_dist.mode()
+    z = prior.encode(images)
+    assert torch.allclose(z, raw * vae.config.scaling_factor, atol=1e-5)
+    ref = ((vae.decode(raw).sample + 1) / 2).clamp(0, 1)
+    assert torch.allclose(prior.decode(z), ref, atol=1e-5)
+    assert prior.has_denoiser and prior.info.disabled_decodes() == {}
+
+
+def test_inspect_prior_reads_configs_only(sd_path, dit_path, tmp_path):
+    from ddoq.priors import inspect_prior
+
+    for path in (sd_path, dit_path):
+        loaded = load_prior(path).info
+        seen = inspect_prior(path)
+        assert seen.fingerprint == "" and seen.has_denoiser
+        assert (seen.kind, seen.image_size, seen.channels, seen.latent_shape) == (
+            loaded.kind,
+            loaded.image_size,
+            loaded.channels,
+            loaded.latent_shape,
+        )
+    assert inspect_prior(dit_path).class_names == load_prior(dit_path).class_names
+    # configs only: a folder whose weights are garbage is still described
+    broken = tmp_path / "broken"
+    shutil.copytree(dit_path, broken)
+    for weights in broken.rglob("*.safetensors"):
+        weights.write_bytes(b"not weights")
+    assert inspect_prior(broken).latent_shape == (4, 8, 8)
+    with pytest.raises(Exception):  # noqa: B017 - loading does read them
+        load_prior(broken)
+
+
+def test_other_pipelines_get_one_line(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    _save_autoencoder("kl", tmp_path / "vae")
+    with pytest.raises(ValueError, match="unsupported pipeline 'FluxPipeline'") as err:
+        load_prior(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "AutoencoderTiny" in message and str(tmp_path / "vae") in message
+    assert load_prior(tmp_path / "vae").kind == "autoencoder"  # its vae/ given directly
+    other = tmp_path / "unet"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(ValueError, match="unsupported model 'UNet2DModel'"):
+        load_prior(other)
+
+
+def _fake_hub_repo(hub, repo_id: str, build) -> None:
+    """A model in a hub cache's layout: models--org--name/{refs/main, snapshots/<rev>/...}."""
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    build(repo / "snapshots" / rev)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+
+
+def test_find_priors_lists_the_hub_cache_and_trained_priors(tmp_path, monkeypatch, dit_path):
+    from ddoq.priors import find_priors, inspect_prior
+
+    hub = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DDOQ_CACHE_DIR", str(tmp_path / "ddoq"))
+    _fake_hub_repo(hub, "tiny/taesd", lambda p: _save_autoencoder("tiny", p))
+    _fake_hub_repo(hub, "tiny/dit", lambda p: shutil.copytree(dit_path, p))
+
+    def flux(p):
+        p.mkdir(parents=True)
+        (p / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+        _save_autoencoder("kl", p / "vae")
+
+    _fake_hub_repo(hub, "tiny/flux", flux)
+    _fake_hub_repo(hub, "tiny/no-weights", lambda p: p.mkdir(parents=True))
+    found = {info.source: info for info in find_priors()}
+    assert {"embedded", "tiny/taesd", "tiny/dit"} <= set(found)
+    assert "tiny/flux" not in found and "tiny/no-weights" not in found
+    flux_vae = [s for s in found if s.endswith("vae") and "flux" in s]
+    assert len(flux_vae) == 1 and found[flux_vae[0]].kind == "autoencoder"
+    assert found["tiny/taesd"].kind == "autoencoder" and not found["tiny/taesd"].has_denoiser
+    assert found["tiny/dit"].num_classes == 5
+    # what is listed loads: hub ids from the cache, offline
+    assert load_prior("tiny/taesd", image_size=16).latent_shape == (4, 8, 8)
+    assert load_prior("tiny/dit").info.latent_shape == found["tiny/dit"].latent_shape
+    assert inspect_prior("tiny/taesd").image_size == 256  # no sample_size: the default
+    # HF_HUB_CACHE wins over HF_HOME
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    assert [i.source for i in find_priors()] == ["embedded"]

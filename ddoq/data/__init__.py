@@ -50,10 +50,19 @@ from ddoq.data.embedded import EMBEDDED_DATASETS, _load_embedded
 from ddoq.data.folders import DEFAULT_FOLDER_IMAGE_SIZE, FolderDataset
 from ddoq.data.split import DEFAULT_SEED, DEFAULT_TEST_FRACTION, _check_split
 
-__all__ = ["EMBEDDED_DATASETS", "OPTIONAL_DATASETS", "available_datasets", "load_dataset"]
+__all__ = [
+    "EMBEDDED_DATASETS",
+    "OPTIONAL_DATASETS",
+    "available_datasets",
+    "load_dataset",
+    "native_format",
+]
 
 #: Named sets whose images come from an optional package (see `ddoq.data.elpv`).
 OPTIONAL_DATASETS = ("elpv",)
+
+_NATIVE = {"mnist": (1, 28), "digits": (1, 8)}
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 def load_dataset(
@@ -185,3 +194,26 @@ def load_dataset(
 def available_datasets() -> list[str]:
     """Names of the embedded datasets `load_dataset` accepts (folders come on top)."""
     return list(EMBEDDED_DATASETS)
+
+
+def native_format(name_or_path: str | os.PathLike[str], sample: int = 24) -> tuple[int, int]:
+    """``(channels, side)`` of a dataset's own images: 1 (grey) or 3 (colour), and the median
+    shorter side in pixels, from up to `sample` train images spread over the classes.
+
+    An RGB file whose three channels are equal counts as grey.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(name_or_path, str) and name_or_path.strip().lower() in EMBEDDED_DATASETS:
+        return _NATIVE[name_or_path.strip().lower()]
+    train = load_dataset(name_or_path, "train", image_size=8, verify=False)
+    picks = np.linspace(0, len(train) - 1, num=min(sample, len(train))).round().astype(int)
+    colour, sides = False, []
+    for index in sorted(set(picks.tolist())):
+        with Image.open(train.path(index)) as im:
+            sides.append(min(im.size))
+            if not colour and im.mode not in _GREY_MODES:
+                rgb = np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.int16)
+                colour = bool(np.abs(rgb - rgb[..., :1]).max() > 2)
+    return (3 if colour else 1), int(np.median(sides))

@@ -54,7 +54,9 @@ class DistillConfig:
     decode
         ``"vae"`` or ``"img2img"`` (``ddoq`` and ``d4m`` only).
     prior
-        ``"embedded"``, a prior folder or hub id (`ddoq.priors.load_prior`).
+        ``"auto"`` (the prior trained for the dataset, else the embedded one for
+        digits-like data: `ddoq.priors.resolve_prior`), ``"embedded"``, a prior folder or
+        hub id (`ddoq.priors.load_prior`).
     strength, steps, guidance
         img2img noise level, DDIM steps, classifier-free scale
         (None: the prior's default).
@@ -87,7 +89,7 @@ class DistillConfig:
     method: str = "ddoq"
     alpha: float = 0.5
     decode: str = "vae"
-    prior: str = "embedded"
+    prior: str = "auto"
     strength: float = 0.7
     steps: int = 50
     guidance: float | None = None

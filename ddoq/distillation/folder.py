@@ -48,6 +48,7 @@ def distill_to_folder(
     teacher=None,
     progress: bool = True,
     on_class: Callable[[str, int, int], None] | None = None,
+    on_encode: Callable[[int, int], None] | None = None,
 ) -> DistillResult:
     """Distil `config` into the export folder `out`, resuming an interrupted run.
 
@@ -73,6 +74,8 @@ def distill_to_folder(
         show progress bars.
     on_class
         ``on_class("class", done, total)`` after each finished class.
+    on_encode
+        ``on_encode(done, total)`` after each batch of images encoded (local engine).
 
     Returns
     -------
@@ -120,7 +123,16 @@ def distill_to_folder(
 
     if engine == "local":
         run_local(
-            config, prior, teacher, train, todo, save, timings=timings, progress=progress, ks=ks
+            config,
+            prior,
+            teacher,
+            train,
+            todo,
+            save,
+            timings=timings,
+            progress=progress,
+            ks=ks,
+            on_encode=on_encode,
         )
     elif todo:
 

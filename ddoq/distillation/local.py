@@ -47,16 +47,27 @@ def run_local(
     timings: dict[str, float] | None = None,
     progress: bool = False,
     ks: dict[int, int] | None = None,
+    on_encode: Callable[[int, int], None] | None = None,
 ) -> None:
     """The local engine: encode, quantize, measure, decode and label `classes`, in this process.
 
     Classes go `group` at a time (one batched quantization per group, latents of one group
     in memory); `save(part)` receives each finished class, in class order. ``ks[c]`` is
     class c's number of images under a budget (None: `config.ipc` each).
+    ``on_encode(done, total)`` counts the images encoded (or read from the cache) of the
+    current group of classes; with `progress`, a tqdm bar shows them too.
     """
     timings = {} if timings is None else timings
     desc = f"distill ({config.method}, {config.decode})"
     bar = tqdm(total=len(classes), desc=desc, disable=not progress, unit="class")
+    images = tqdm(desc="encode", disable=not progress, unit="img", leave=False)
+
+    def encoded(done: int, total: int) -> None:
+        images.total = total
+        images.n = done
+        images.refresh()
+        if on_encode is not None:
+            on_encode(done, total)
 
     def timed(stage: str, fn, *args, **kwargs):
         t = time.perf_counter()
@@ -69,7 +80,9 @@ def run_local(
         latents: dict[int, torch.Tensor] = {}
         if config.method != "full":
             cache = config.cache_dir
-            latents = timed("encode", encode_dataset, train, prior, labels, cache_dir=cache)
+            latents = timed(
+                "encode", encode_dataset, train, prior, labels, cache_dir=cache, progress=encoded
+            )
         indices = [train.class_indices(c) for c in labels]
         found = [latents.get(c) for c in labels]
         k = None if ks is None else [ks[c] for c in labels]
@@ -81,6 +94,7 @@ def run_local(
                 part.logits = timed("label", teacher_logits, teacher, part.images)
             save(part)
             bar.update(1)
+    images.close()
     bar.close()
 
 
@@ -91,14 +105,16 @@ def distill(
     teacher=None,
     progress: bool = True,
     on_class: Callable[[str, int, int], None] | None = None,
+    on_encode: Callable[[int, int], None] | None = None,
 ) -> DistillResult:
     """Run Algorithm 2 (steps 1-3 and the labels) in this process; return the set in memory.
 
     `prior` and `teacher` may be given already loaded (benchmarks reuse them); they must
     be the ones `config.prior` and `config.teacher` name, which the manifest records.
     `on_class("class", done, total)` is called after each finished class, so a caller such
-    as the app can show progress. For a resumable run written to a folder, or the Ray
-    engine, see `ddoq.distillation.folder.distill_to_folder`.
+    as the app can show progress; ``on_encode(done, total)`` after each batch of images
+    encoded (see `run_local`). Either may raise to cancel. For a resumable run written to a
+    folder, or the Ray engine, see `ddoq.distillation.folder.distill_to_folder`.
     """
     config.check()
     timings: dict[str, float] = {}
@@ -118,7 +134,16 @@ def distill(
     timings["allocate"] = time.perf_counter() - t
     ks = None if plan is None else dict(enumerate(plan.counts))
     run_local(
-        config, prior, teacher, train, classes, save, timings=timings, progress=progress, ks=ks
+        config,
+        prior,
+        teacher,
+        train,
+        classes,
+        save,
+        timings=timings,
+        progress=progress,
+        ks=ks,
+        on_encode=on_encode,
     )
     info = teacher.info() if teacher is not None else None
     result = assemble(config, parts, train, prior_info(config, prior), info, with_total(timings))

@@ -51,7 +51,7 @@ from ddoq._io import load_record, save_record, save_tensors
 from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.stages import Selection, measure_w2, prepare, render_class, select_points
 from ddoq.distillation.store import write_part
-from ddoq.encode import ENCODE_BATCH, cache_entry, encode_chunk
+from ddoq.encode import cache_entry, encode_batch, encode_chunk
 
 __all__ = ["connect", "quantize_stage", "run_ray"]
 
@@ -333,11 +333,12 @@ def run_ray(
         if config.method != "full":
             entries = {c: cache_entry(train, prior, c, config.cache_dir) for c in classes}
         shards = store.scratch("shards")
+        batch = encode_batch(prior)  # the local engine's chunks: the same numbers
         rows = [
-            {"label": c, "start": s, "stop": min(s + ENCODE_BATCH, entry.shape[0])}
+            {"label": c, "start": s, "stop": min(s + batch, entry.shape[0])}
             for c, entry in entries.items()
             if not entry.valid()
-            for s in range(0, entry.shape[0], ENCODE_BATCH)
+            for s in range(0, entry.shape[0], batch)
         ]
         if rows:
             data = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(

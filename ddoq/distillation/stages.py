@@ -34,7 +34,7 @@ import torch
 from ddoq.data import load_dataset
 from ddoq.distillation.config import ClassStats, DistillConfig, DistillResult
 from ddoq.labels import match_teacher, resolve_teacher, teacher_logits
-from ddoq.priors import load_prior
+from ddoq.priors import load_prior, resolve_prior
 from ddoq.quantize import quantize_classes, temper_weights
 from ddoq.transport import distortion, voronoi_masses, wasserstein2
 
@@ -136,13 +136,21 @@ def load_train(config: DistillConfig, prior):
 def prepare(config: DistillConfig, *, prior=None, teacher=None, with_teacher: bool = True):
     """``(prior, train, teacher)`` of a run of `config`: each loaded unless given.
 
+    ``config.prior == "auto"`` is resolved for the dataset (`ddoq.priors.resolve_prior`) and
+    replaced in `config` by the prior it names, as the CLI records it; an img2img decode
+    with a prior that has no denoiser stops here.
+
     The teacher is None when `config.teacher` is empty or `with_teacher` is False. It is
     resolved for the dataset's classes (`ddoq.labels.resolve_teacher`; a given one is
     matched to them with `ddoq.labels.match_teacher`), so a teacher for other classes stops
     the run here, before any encoding.
     """
+    if config.prior == "auto":  # the manifest records the prior actually used
+        config.prior = resolve_prior(config.prior, config.dataset).name_or_path
     if prior is None:
         prior = load_prior(config.prior, config.device)
+    if config.decode == "img2img" and not prior.has_denoiser:
+        raise ValueError(prior.info.disabled_decodes()["img2img"])
     train = load_train(config, prior)
     classes = [str(c) for c in train.classes]
     if not (config.teacher and with_teacher):

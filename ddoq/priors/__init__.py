@@ -6,9 +6,15 @@
   `DiTTransformer2DModel`, trained by ``ddoq train-prior``), or any folder that command wrote;
 - a Stable Diffusion v1.x folder (`model_index.json` with ``StableDiffusionPipeline``);
 - a DiT folder (`model_index.json` with ``DiTPipeline``);
-- a Hugging Face hub id (``"org/name"``) of either, taken from the local hub cache, or
+- a diffusers autoencoder alone: an `AutoencoderKL`, `AutoencoderTiny` or `AutoencoderDC`
+  folder (``config.json`` + weights; a pipeline's ``vae/`` sub-folder), encode and decode only;
+- a Hugging Face hub id (``"org/name"``) of any of these, taken from the local hub cache, or
   downloaded when the network is allowed. Offline, a missing model fails at once with a
   `ValueError` telling how to point at local weights.
+
+`inspect_prior` describes a prior from its configs, `find_priors` lists those available
+here, and `resolve_prior("auto", dataset)` picks one for a dataset (`ddoq.priors.catalog`).
+`ddoq.priors.training` trains one for a dataset (``ddoq train-prior --dataset``).
 
 Example::
 
@@ -24,132 +30,44 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
+from ddoq.priors.autoencoder import AutoencoderPrior, load_autoencoder
 from ddoq.priors.base import PRIOR_JSON, GenerativePrior, PriorInfo, sample_seeds
+from ddoq.priors.catalog import (
+    PriorChoice,
+    channel_note,
+    detect_kind,
+    find_priors,
+    inspect_prior,
+    resolve_path,
+    resolve_prior,
+)
 from ddoq.priors.dit import DiTPrior, load_dit
 from ddoq.priors.embedded import EMBEDDED_PRIOR_DIR, EmbeddedPrior, load_embedded
 from ddoq.priors.stable_diffusion import StableDiffusionPrior, load_stable_diffusion
 
 __all__ = [
+    "AutoencoderPrior",
     "DiTPrior",
     "EMBEDDED_PRIOR_DIR",
     "EmbeddedPrior",
     "GenerativePrior",
+    "PRIOR_JSON",
+    "PriorChoice",
     "PriorInfo",
     "StableDiffusionPrior",
+    "channel_note",
     "detect_kind",
+    "find_priors",
+    "inspect_prior",
     "load_prior",
+    "resolve_prior",
     "sample_seeds",
 ]
-
-_SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
-_DIT_PIPELINES = {"DiTPipeline"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# what a hub download fetches: configs, tokenizer files and full-precision safetensors
-_HUB_ALLOW = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
-_HUB_IGNORE = [
-    "*fp16*",
-    "*non_ema*",
-    "*.ckpt",
-    "*.bin",
-    "*.msgpack",
-    "*.onnx*",
-    "*.h5",
-    "safety_checker/*",
-]
-
-
-def _offline() -> bool:
-    flags = (
-        os.environ.get(name, "")
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DDOQ_OFFLINE")
-    )
-    return any(flag.strip().lower() in {"1", "true", "yes", "on"} for flag in flags)
-
-
-def _how_to_local(name: str) -> str:
-    return (
-        f"download it on a machine with network access "
-        f"(e.g. `hf download {name} --local-dir DIR`), copy the folder here "
-        "and pass its path: load_prior('/path/to/DIR')"
-    )
-
-
-def _resolve(name_or_path: str | os.PathLike) -> Path:
-    """A local folder for `name_or_path`: the folder itself, or a hub snapshot."""
-    if str(name_or_path) == "embedded":
-        return EMBEDDED_PRIOR_DIR
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"prior path {str(path)!r} is a file; expected a model folder")
-        return path
-    name = str(name_or_path)
-    if not _HUB_ID.match(name) or name.startswith((".", "~")):
-        raise ValueError(
-            f"no prior folder at {name!r}; give 'embedded', an existing model folder, "
-            "or a Hugging Face hub id like 'org/name'"
-        )
-    from huggingface_hub import snapshot_download
-
-    try:  # the local hub cache first, never the network
-        return Path(
-            snapshot_download(
-                name, local_files_only=True, allow_patterns=_HUB_ALLOW, ignore_patterns=_HUB_IGNORE
-            )
-        )
-    except Exception:  # noqa: BLE001 - any failure means "not cached"
-        pass
-    if _offline():
-        raise ValueError(
-            f"{name!r} is not a local folder, and as a hub id it is not in the local cache "
-            f"while the hub is offline (HF_HUB_OFFLINE); {_how_to_local(name)}"
-        )
-    try:
-        return Path(
-            snapshot_download(
-                name, allow_patterns=_HUB_ALLOW, ignore_patterns=_HUB_IGNORE, etag_timeout=10
-            )
-        )
-    except Exception as err:  # noqa: BLE001 - network, auth or missing repo
-        reason = (str(err).splitlines() or [""])[0][:200]
-        raise ValueError(
-            f"{name!r} is not a local folder, and fetching it from the hub failed "
-            f"({type(err).__name__}: {reason}); {_how_to_local(name)}"
-        ) from err
-
-
-def detect_kind(path: str | os.PathLike) -> str:
-    """``"embedded"``, ``"stable-diffusion"`` or ``"dit"`` for a model folder, else ValueError."""
-    path = Path(path)
-    if (path / PRIOR_JSON).is_file():
-        return "embedded"
-    index_file = path / "model_index.json"
-    if not index_file.is_file():
-        raise ValueError(
-            f"{str(path)!r} is not a prior folder: it has neither {PRIOR_JSON} (written by "
-            "`ddoq train-prior`) nor a diffusers model_index.json"
-        )
-    try:
-        class_name = json.loads(index_file.read_text()).get("_class_name")
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{index_file} is not valid JSON: {err}") from err
-    if class_name in _SD_PIPELINES:
-        return "stable-diffusion"
-    if class_name in _DIT_PIPELINES:
-        return "dit"
-    raise ValueError(
-        f"unsupported pipeline {class_name!r} in {index_file}; supported: "
-        f"{sorted(_SD_PIPELINES | _DIT_PIPELINES)} and folders written by `ddoq train-prior`"
-    )
-
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -160,6 +78,7 @@ def load_prior(
     *,
     class_names: Sequence[str] | None = None,
     dtype: str | torch.dtype | None = None,
+    image_size: int | None = None,
 ) -> GenerativePrior:
     """Load a generative prior.
 
@@ -167,7 +86,7 @@ def load_prior(
     ----------
     name_or_path : str | os.PathLike
         ``"embedded"`` (the shipped MNIST prior), a local model folder, or a
-        Hugging Face hub id.
+        Hugging Face hub id (see the module docstring for the folder layouts).
     device : str | torch.device
         torch device for every component (``"cpu"`` default, ``"cuda"`` when asked).
     class_names : Sequence[str] | None
@@ -176,7 +95,11 @@ def load_prior(
         ones (same count).
     dtype : str | torch.dtype | None
         compute dtype of the networks, ``"float32"`` (default), ``"float16"`` or
-        ``"bfloat16"`` (autocast; inputs and outputs stay float32).
+        ``"bfloat16"`` (autocast; inputs and outputs stay float32). With float32 on
+        CUDA, `encode` runs in bfloat16 autocast (`GenerativePrior.fast_cuda_encode`).
+    image_size : int | None
+        image side of an autoencoder prior (default: its config's ``sample_size``, else
+        256); the other priors have a fixed size and refuse it.
 
     Raises
     ------
@@ -191,11 +114,17 @@ def load_prior(
         raise ValueError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device; use device='cpu'")
-    path = _resolve(name_or_path)
+    path = resolve_path(name_or_path)
     kind = detect_kind(path)
     source = str(name_or_path)
-    if kind == "dit":
-        prior: GenerativePrior = load_dit(
+    if image_size is not None and kind != "autoencoder":
+        raise ValueError(f"image_size applies to autoencoder priors only, not to a {kind} prior")
+    if kind == "autoencoder":
+        prior: GenerativePrior = load_autoencoder(
+            path, device, class_names=class_names, source=source, image_size=image_size
+        )
+    elif kind == "dit":
+        prior = load_dit(
             path, device, class_names=list(class_names) if class_names else None, source=source
         )
     elif kind != "embedded":

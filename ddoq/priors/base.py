@@ -38,7 +38,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["GenerativePrior", "PriorInfo", "PRIOR_JSON", "fingerprint_folder", "sample_seeds"]
+__all__ = [
+    "AUTOENCODERS",
+    "GenerativePrior",
+    "PriorInfo",
+    "PRIOR_JSON",
+    "autoencoder_geometry",
+    "fingerprint_folder",
+    "sample_seeds",
+]
 
 PRIOR_JSON = "ddoq_prior.json"
 """Name of the ddoq metadata file inside an embedded prior folder."""
@@ -70,7 +78,10 @@ class PriorInfo:
     class_names : tuple[str, ...]
         the class vocabulary, in label order.
     fingerprint : str
-        stable hash of weights and configuration (a cache key).
+        stable hash of weights and configuration (a cache key); empty when the info was
+        read from configs alone (`ddoq.priors.inspect_prior`).
+    has_denoiser : bool
+        whether the prior has a denoiser, hence img2img (False for an autoencoder alone).
     """
 
     kind: str
@@ -81,6 +92,41 @@ class PriorInfo:
     num_classes: int
     class_names: tuple[str, ...]
     fingerprint: str
+    has_denoiser: bool = True
+
+    def disabled_decodes(self) -> dict[str, str]:
+        """Decode modes this prior cannot run, each with the one-line reason (empty: all run)."""
+        if self.has_denoiser:
+            return {}
+        return {
+            "img2img": (
+                f"img2img needs a denoiser and this {self.kind} prior ({self.source}) is an "
+                "autoencoder alone; use the 'vae' decode"
+            )
+        }
+
+    def describe(self) -> str:
+        """One line for people: kind, source, image size, channels and latent shape."""
+        latent = " x ".join(map(str, self.latent_shape))
+        colour = "RGB" if self.channels == 3 else f"{self.channels}-channel"
+        return (
+            f"{self.source} ({self.kind}, {self.image_size} px {colour}, latents {latent}"
+            f"{'' if self.has_denoiser else ', no denoiser'})"
+        )
+
+
+AUTOENCODERS = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderDC")
+"""diffusers autoencoder classes accepted as priors on their own."""
+
+
+def autoencoder_geometry(config) -> tuple[int, int, int]:
+    """``(image channels, downsampling factor, latent channels)`` of a diffusers autoencoder
+    config (a dict or a `FrozenDict`): `AutoencoderKL`, `AutoencoderTiny` or `AutoencoderDC`."""
+    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+    blocks = get("encoder_block_out_channels") or get("block_out_channels")
+    if not blocks:
+        raise ValueError("autoencoder config has no block_out_channels")
+    return int(get("in_channels", 3)), 2 ** (len(blocks) - 1), int(get("latent_channels"))
 
 
 def load_ddim(path: str | os.PathLike):
@@ -172,11 +218,24 @@ class GenerativePrior:
     # (weights stay float32; inputs and outputs are float32 whatever the compute dtype)
     dtype: torch.dtype = torch.float32
 
-    def _autocast(self):
-        """Autocast to `dtype` on the prior's device, or nothing for float32."""
-        if self.dtype == torch.float32:
+    # on CUDA, encode in bfloat16 autocast with channels_last inputs when `dtype` is float32
+    # (the encoder is the slow stage of a distillation; decode keeps `dtype`)
+    fast_cuda_encode: bool = True
+
+    def _autocast(self, dtype: torch.dtype | None = None):
+        """Autocast to `dtype` (default: the prior's) on its device, or nothing for float32."""
+        dtype = self.dtype if dtype is None else dtype
+        if dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @property
+    def encode_dtype(self) -> torch.dtype:
+        """Compute dtype of `encode`: bfloat16 on CUDA (unless `fast_cuda_encode` is off or
+        another `dtype` was asked for), else `dtype`."""
+        if self.device.type == "cuda" and self.fast_cuda_encode and self.dtype == torch.float32:
+            return torch.bfloat16
+        return self.dtype
 
     def __init__(
         self,
@@ -191,7 +250,9 @@ class GenerativePrior:
     ) -> None:
         self.device = torch.device(device)
         self.vae = vae.to(self.device).eval().requires_grad_(False)
-        self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
+        if denoiser is not None:
+            denoiser = denoiser.to(self.device).eval().requires_grad_(False)
+        self.denoiser = denoiser
         self.scheduler = scheduler
         self._class_names = tuple(str(c) for c in class_names)
         self.source = str(source)
@@ -206,7 +267,12 @@ class GenerativePrior:
     @property
     def vae_scale_factor(self) -> int:
         """Downsampling factor of the VAE (images / latents side)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return autoencoder_geometry(self.vae.config)[1]
+
+    @property
+    def has_denoiser(self) -> bool:
+        """Whether `generate` (img2img) is available: False for an autoencoder alone."""
+        return self.denoiser is not None
 
     @property
     def latent_size(self) -> int:
@@ -255,6 +321,7 @@ class GenerativePrior:
             num_classes=self.num_classes,
             class_names=self.class_names,
             fingerprint=self.fingerprint,
+            has_denoiser=self.has_denoiser,
         )
 
     def __repr__(self) -> str:
@@ -349,15 +416,29 @@ class GenerativePrior:
             float32 tensor ``B x *latent_shape`` on the prior's device.
         """
         x = self._check_images(images)
+        cuda = self.device.type == "cuda"
+        if cuda:  # channels_last convolutions (unmeasured here: no GPU on the build machine)
+            self.vae.to(memory_format=torch.channels_last)
         out = []
         for start in range(0, len(x), batch_size):
-            with self._autocast():
-                dist = self.vae.encode(x[start : start + batch_size] * 2.0 - 1.0).latent_dist
-                z = dist.sample(generator=generator) if sample else dist.mode()
+            batch = x[start : start + batch_size] * 2.0 - 1.0
+            if cuda:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with self._autocast(self.encode_dtype):
+                z = self._encode_raw(batch, sample, generator)
             out.append((z.float() - self.latent_shift) * self.latent_scale)
         if not out:
             return torch.empty((0, *self.latent_shape), device=self.device)
         return torch.cat(out)
+
+    def _encode_raw(self, x: torch.Tensor, sample: bool, generator) -> torch.Tensor:
+        """Unscaled latents of `x` in [-1, 1]: the posterior mode or a sample for a KL
+        autoencoder, the deterministic output of `AutoencoderTiny` / `AutoencoderDC`."""
+        out = self.vae.encode(x)
+        if hasattr(out, "latent_dist"):
+            dist = out.latent_dist
+            return dist.sample(generator=generator) if sample else dist.mode()
+        return out.latents if hasattr(out, "latents") else out.latent
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
@@ -457,6 +538,8 @@ class GenerativePrior:
         torch.Tensor
             images ``B x C x H x W`` in [0, 1] on the prior's device.
         """
+        if not self.has_denoiser:
+            raise ValueError(self.info.disabled_decodes()["img2img"])
         z = self._check_latents(latents)
         y = self._check_labels(labels, len(z))
         if isinstance(strength, bool) or not 0.0 <= float(strength) <= 1.0:

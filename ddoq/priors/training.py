@@ -1,9 +1,13 @@
-"""Train the embedded prior (pipeline stage: encode/decode, offline): `ddoq train-prior`.
+"""Train a prior for a dataset (pipeline stage: encode/decode, offline): `ddoq train-prior`.
 
-Two stages on the embedded MNIST train split, both seeded and reproducible:
+The embedded prior's recipe, on the embedded MNIST train split (the defaults: the shipped
+prior) or on any dataset's train split (`config_for_dataset`: sized to the data), in two
+seeded, reproducible stages:
 
-1. a small diffusers `AutoencoderKL` (images 1 x 32 x 32 in [-1, 1] -> latents 4 x 8 x 8),
-   trained on reconstruction MSE plus a small KL term;
+1. a small diffusers `AutoencoderKL` (for MNIST, images 1 x 32 x 32 in [-1, 1] -> latents
+   4 x 8 x 8; for a dataset, one down-block per halving from the image size to an 8 x 8
+   latent grid, with the data's channels), trained on reconstruction MSE plus a small KL
+   term;
 2. a tiny class-conditional `DiTTransformer2DModel` on the VAE's latents, normalised to
    zero mean and unit standard deviation, trained to predict the noise added by a
    `DDIMScheduler` (epsilon objective). Its label embedding has one extra "null" class
@@ -11,7 +15,11 @@ Two stages on the embedded MNIST train split, both seeded and reproducible:
 
 The result is written in diffusers' `save_pretrained` layout (`vae/`, `transformer/`,
 `scheduler/`, plus `ddoq_prior.json`), atomically: a temporary folder beside the output
-is renamed into place only once complete. `ddoq.priors.load_prior(folder)` loads it.
+is renamed into place only once complete. `ddoq.priors.load_prior(folder)` loads it. A
+prior trained for a dataset goes by default to `prior_dir_for(dataset)` (keyed by the
+fingerprint of the data, as teachers are), where ``--prior auto`` finds it. After training,
+the held-out reconstruction error is measured and, when a teacher for the dataset exists,
+the share of class-conditional samples that it recognises as their class.
 """
 
 from __future__ import annotations
@@ -20,21 +28,57 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ddoq._io import replace_dir
-from ddoq.data import load_dataset
+from ddoq._io import cache_dir, replace_dir
+from ddoq.data import EMBEDDED_DATASETS, load_dataset, native_format
 from ddoq.priors.base import PRIOR_JSON
 
-__all__ = ["PriorTrainingConfig", "PriorTrainingReport", "train_prior"]
+__all__ = [
+    "Progress",
+    "PriorTrainingConfig",
+    "PriorTrainingReport",
+    "config_for_dataset",
+    "prior_dir_for",
+    "priors_root",
+    "train_prior",
+]
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, message)``: training steps done of all (autoencoder + denoiser)."""
+
+LATENT_SIDE = 8  # latent grid side of a prior sized to a dataset (16 DiT tokens)
+SAMPLES_PER_CLASS = 32  # class-conditional samples shown to the teacher after training
+
+
+def priors_root() -> Path:
+    """Where priors trained for datasets are kept: ``<cache dir>/priors``."""
+    return cache_dir() / "priors"
+
+
+def prior_dir_for(dataset: str | os.PathLike) -> Path:
+    """Default folder of the prior trained for a dataset (``ddoq train-prior --dataset``).
+
+    ``<cache dir>/priors/<name>-<fingerprint>``, keyed by the fingerprint of the dataset's
+    train split at its default options, so a changed folder gets a new prior.
+
+    Raises
+    ------
+    ValueError
+        the dataset does not load.
+    """
+    train = load_dataset(dataset if isinstance(dataset, str) else Path(dataset), "train")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(train.name)).strip("._") or "dataset"
+    return priors_root() / f"{slug}-{str(train.fingerprint)[:16]}"
 
 
 @dataclass
@@ -49,6 +93,7 @@ class PriorTrainingConfig:
 
     dataset: str = "mnist"
     image_size: int = 32
+    channels: int | None = None  # None: the dataset's default (1 for mnist, 3 for folders)
     limit_per_class: int | None = None  # None: the whole train split (smoke tests use a few)
     seed: int = 0
     # autoencoder
@@ -83,6 +128,50 @@ class PriorTrainingConfig:
     threads: int | None = 1
     device: str = "cpu"
     notes: dict = field(default_factory=dict)
+    # where to write (None: prior_dir_for(dataset)); not stored in ddoq_prior.json
+    output: str | None = None
+
+
+def config_for_dataset(
+    dataset: str | os.PathLike, image_size: int | None = None, **given
+) -> PriorTrainingConfig:
+    """The embedded prior's recipe sized to a dataset.
+
+    The image side defaults to 32 for data of at most 32 px, else 64 (CPU-trainable); the
+    channels are the data's own (`ddoq.data.native_format`); the autoencoder gets one
+    down-block per halving from the image side to an 8 x 8 latent grid (4 latent channels
+    for grey data, 8 for colour). MNIST keeps the shipped prior's settings. `given` overrides
+    any field (``vae_epochs``, ``dit_steps``, ``device``, ...).
+
+    Raises
+    ------
+    ValueError
+        the dataset does not load, or an image side that is not 8 times a power of 2.
+    """
+    name = str(dataset)
+    if name.strip().lower() == "mnist" and image_size in (None, 32):
+        return PriorTrainingConfig(dataset="mnist", **given)
+    channels, side = native_format(dataset)
+    size = (32 if side <= 32 else 64) if image_size is None else int(image_size)
+    levels = math.log2(size / LATENT_SIDE) if size >= LATENT_SIDE else -1
+    if levels != int(levels) or levels < 1:
+        raise ValueError(
+            f"--image-size must be {LATENT_SIDE} times a power of 2 (16, 32, 64, 128, ...), "
+            f"got {image_size}"
+        )
+    widths = (16, 32, 32, 32, 64, 64)[: int(levels) + 1]
+    base = {
+        "dataset": name if name.strip().lower() in EMBEDDED_DATASETS else str(Path(name)),
+        "image_size": size,
+        "channels": channels,
+        "vae_channels": widths,
+        "latent_channels": 4 if channels == 1 else 8,
+        "vae_epochs": 12,
+        "vae_batch_size": 32,
+        "dit_steps": 1200,
+        "dit_batch_size": 64,
+    }
+    return PriorTrainingConfig(**{**base, **given})
 
 
 @dataclass
@@ -98,6 +187,8 @@ class PriorTrainingReport:
     latent_shift: float
     latent_scale: float
     data_fingerprint: str
+    teacher_recognition: float | None = None  # share of samples the teacher calls their class
+    teacher: str | None = None  # the teacher that judged them
 
 
 def _images(
@@ -108,6 +199,7 @@ def _images(
         config.dataset,
         split=split,
         image_size=config.image_size,
+        channels=config.channels,
         limit_per_class=config.limit_per_class,
     )
     images = ds.images(list(range(len(ds)))).float()
@@ -186,10 +278,28 @@ def _lr_lambda(warmup: int, total: int):
     return fn
 
 
+class _Steps:
+    """Counts training steps over both stages and reports them to a `Progress` callback."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, message: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, message)
+
+
+def _vae_steps(config: PriorTrainingConfig, n: int) -> int:
+    return math.ceil(n / config.vae_batch_size) * config.vae_epochs
+
+
 def train_vae(
-    vae, images: torch.Tensor, config: PriorTrainingConfig, progress: bool = True
+    vae, images: torch.Tensor, config: PriorTrainingConfig, step: Callable[[str], None]
 ) -> float:
-    """Train the autoencoder in place on `images` in [0, 1]; return the last epoch's mean loss."""
+    """Train the autoencoder in place on `images` in [0, 1]; return the last epoch's mean loss.
+
+    `step(message)` is called after every optimisation step."""
     device = torch.device(config.device)
     gen = torch.Generator().manual_seed(config.seed)
     x_all = images * 2.0 - 1.0
@@ -198,7 +308,6 @@ def train_vae(
     opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(50, total // 10), total))
     vae.to(device).train()
-    bar = tqdm(total=total, desc="train vae", disable=not progress, unit="step")
     epoch_loss = float("nan")
     for _ in range(config.vae_epochs):
         losses = []
@@ -216,10 +325,8 @@ def train_vae(
             opt.step()
             sched.step()
             losses.append(mse.item() / 4.0)  # MSE on the [0, 1] scale
-            bar.update(1)
-            bar.set_postfix(mse01=f"{losses[-1]:.4f}")
+            step(f"autoencoder: MSE {losses[-1]:.4f}")
         epoch_loss = sum(losses) / len(losses)
-    bar.close()
     vae.eval()
     return epoch_loss
 
@@ -255,9 +362,11 @@ def train_transformer(
     latents: torch.Tensor,
     labels: torch.Tensor,
     config: PriorTrainingConfig,
-    progress: bool = True,
+    step: Callable[[str], None],
 ):
-    """Train the denoiser on normalised `latents`; return (EMA copy, last 100 steps' mean loss)."""
+    """Train the denoiser on normalised `latents`; return (EMA copy, last 100 steps' mean loss).
+
+    `step(message)` is called after every optimisation step."""
     device = torch.device(config.device)
     gen = torch.Generator().manual_seed(config.seed + 1)
     transformer.to(device).train()
@@ -266,8 +375,7 @@ def train_transformer(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.dit_warmup, config.dit_steps))
     n = len(latents)
     recent: list[float] = []
-    bar = tqdm(total=config.dit_steps, desc="train denoiser", disable=not progress, unit="step")
-    for step in range(config.dit_steps):
+    for i in range(config.dit_steps):
         idx = torch.randint(0, n, (config.dit_batch_size,), generator=gen)
         z0, y = latents[idx], labels[idx]
         noise = torch.randn(z0.shape, generator=gen)
@@ -282,15 +390,12 @@ def train_transformer(
         loss.backward()
         opt.step()
         sched.step()
-        decay = min(config.ema_decay, (1.0 + step) / (10.0 + step))
+        decay = min(config.ema_decay, (1.0 + i) / (10.0 + i))
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), transformer.parameters(), strict=True):
                 p_ema.lerp_(p, 1.0 - decay)
         recent = (recent + [loss.item()])[-100:]
-        bar.update(1)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
-    bar.close()
+        step(f"denoiser: loss {sum(recent) / len(recent):.4f}")
     transformer.eval()
     return ema, sum(recent) / max(1, len(recent))
 
@@ -306,16 +411,7 @@ def check_output_dir(output: Path) -> None:
         )
 
 
-def train_prior(
-    config: PriorTrainingConfig, output_dir: str | os.PathLike, progress: bool = True
-) -> PriorTrainingReport:
-    """Train the embedded prior from scratch and save it to `output_dir` (atomically)."""
-    from diffusers import __version__ as diffusers_version
-
-    output = Path(output_dir)
-    check_output_dir(output)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+def _check(config: PriorTrainingConfig) -> torch.device:
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
@@ -323,61 +419,31 @@ def train_prior(
         raise ValueError(
             f"vae_epochs and dit_steps must be >= 1, got {config.vae_epochs}, {config.dit_steps}"
         )
-    torch.manual_seed(config.seed)
+    return device
 
-    train_x, train_y, class_names, data_fp = _images(config, "train")
-    test_x, _, _, _ = _images(config, "test")
-    channels = train_x.shape[1]
 
-    start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    vae = build_vae(config, channels)
-    vae_loss = train_vae(vae, train_x, config, progress)
-    vae_seconds = time.perf_counter() - start
-    test_mse = recon_mse(vae, test_x, device)
+def _meta(config: PriorTrainingConfig, **fields) -> dict:
+    """The ddoq_prior.json of a trained prior (the training config without `output`)."""
+    from diffusers import __version__ as diffusers_version
 
-    raw = encode_modes(vae, train_x, device)
-    shift = float(raw.mean())
-    scale = float(1.0 / raw.std())
-    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-    latents = (raw - shift) * scale
+    cfg = asdict(config)
+    cfg.pop("output")
+    cfg["vae_channels"] = list(config.vae_channels)
+    if config.channels is None:
+        cfg.pop("channels")  # the shipped prior's record, unchanged
+    meta = {"kind": "ddoq-embedded", **fields, "training": cfg}
+    meta["versions"] = {"torch": torch.__version__, "diffusers": diffusers_version}
+    return meta
 
-    start = time.perf_counter()
-    torch.manual_seed(config.seed + 1)
-    transformer = build_transformer(config, len(class_names), latents.shape[-1])
-    scheduler = build_scheduler(config)
-    ema, dit_loss = train_transformer(transformer, scheduler, latents, train_y, config, progress)
-    dit_seconds = time.perf_counter() - start
 
+def _write(output: Path, vae, ema, scheduler, meta: dict) -> None:
+    """Save the prior into a temporary folder beside `output`, then swap it in."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         vae.to("cpu").save_pretrained(tmp / "vae")
         ema.to("cpu").save_pretrained(tmp / "transformer")
         scheduler.save_pretrained(tmp / "scheduler")
-        cfg = asdict(config)
-        cfg["vae_channels"] = list(config.vae_channels)
-        meta = {
-            "kind": "ddoq-embedded",
-            "class_names": class_names,
-            "image_size": config.image_size,
-            "channels": channels,
-            "latent_shape": list(latents.shape[1:]),
-            "latent_shift": shift,
-            "latent_scale": scale,
-            "default_guidance": config.default_guidance,
-            "data_fingerprint": data_fp,
-            "dataset": config.dataset,
-            "training": cfg,
-            "metrics": {
-                "test_recon_mse": test_mse,
-                "vae_final_loss": vae_loss,
-                "dit_final_loss": dit_loss,
-                "vae_seconds": round(vae_seconds, 1),
-                "dit_seconds": round(dit_seconds, 1),
-            },
-            "versions": {"torch": torch.__version__, "diffusers": diffusers_version},
-        }
         (tmp / PRIOR_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         for path in [tmp, *tmp.rglob("*")]:  # mkdtemp makes the folder private
             path.chmod(0o755 if path.is_dir() else 0o644)
@@ -385,6 +451,105 @@ def train_prior(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _teacher_for(dataset: str, class_names: list[str]):
+    """The teacher trained for `dataset` (`ddoq train-teacher --dataset`), or None."""
+    from ddoq.labels import load_teacher, match_teacher, teacher_dir_for
+
+    folder = teacher_dir_for(dataset)
+    if not (folder / "config.json").is_file():
+        return None
+    return match_teacher(load_teacher(folder), class_names, dataset=dataset)
+
+
+@torch.no_grad()
+def recognition_share(prior, teacher, per_class: int = SAMPLES_PER_CLASS, steps: int = 25):
+    """Share of class-conditional samples of `prior` (from pure noise, DDIM `steps`, the
+    prior's guidance) that `teacher` classifies as the class they were drawn for."""
+    from ddoq.labels import hard_labels
+
+    labels = torch.arange(prior.num_classes).repeat_interleave(per_class)
+    noise = torch.zeros(len(labels), *prior.latent_shape)
+    images = prior.generate(noise, labels, strength=1.0, steps=steps, seed=0)
+    return float((hard_labels(teacher, images).cpu() == labels).float().mean())
+
+
+def train_prior(
+    config: PriorTrainingConfig, progress: Progress | None = None
+) -> PriorTrainingReport:
+    """Train a prior from scratch and save it (atomically) to ``config.output``.
+
+    Parameters
+    ----------
+    config : PriorTrainingConfig
+        what to train (`config_for_dataset` sizes it to a dataset); ``output`` None
+        writes to `prior_dir_for` the dataset.
+    progress : Progress | None
+        ``progress(done, total, message)`` after every training step; it may raise
+        (to cancel), which leaves no output behind.
+
+    Returns
+    -------
+    PriorTrainingReport
+        times, losses, held-out reconstruction MSE and, when a teacher for the dataset
+        exists, the share of samples it recognises.
+
+    Raises
+    ------
+    ValueError
+        bad settings, an unusable output folder or dataset.
+    """
+    output = Path(config.output) if config.output else prior_dir_for(config.dataset)
+    check_output_dir(output)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = _check(config)
+    train_x, train_y, class_names, data_fp = _images(config, "train")
+    test_x, _, _, _ = _images(config, "test")
+    steps = _Steps(progress, _vae_steps(config, len(train_x)) + config.dit_steps)
+
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    vae = build_vae(config, train_x.shape[1])
+    vae_loss = train_vae(vae, train_x, config, steps)
+    vae_seconds = time.perf_counter() - start
+    test_mse = recon_mse(vae, test_x, device)
+
+    raw = encode_modes(vae, train_x, device)
+    shift, scale = float(raw.mean()), float(1.0 / raw.std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    latents = (raw - shift) * scale
+
+    start = time.perf_counter()
+    torch.manual_seed(config.seed + 1)
+    transformer = build_transformer(config, len(class_names), latents.shape[-1])
+    scheduler = build_scheduler(config)
+    ema, dit_loss = train_transformer(transformer, scheduler, latents, train_y, config, steps)
+    dit_seconds = time.perf_counter() - start
+
+    metrics = {
+        "test_recon_mse": test_mse,
+        "vae_final_loss": vae_loss,
+        "dit_final_loss": dit_loss,
+        "vae_seconds": round(vae_seconds, 1),
+        "dit_seconds": round(dit_seconds, 1),
+    }
+    meta = _meta(
+        config,
+        class_names=class_names,
+        image_size=config.image_size,
+        channels=int(train_x.shape[1]),
+        latent_shape=list(latents.shape[1:]),
+        latent_shift=shift,
+        latent_scale=scale,
+        default_guidance=config.default_guidance,
+        data_fingerprint=data_fp,
+        dataset=config.dataset,
+        metrics=metrics,
+    )
+    _judge(meta, vae, ema, scheduler, config, device)
+    _write(output, vae, ema, scheduler, meta)
     return PriorTrainingReport(
         output_dir=str(output),
         vae_seconds=vae_seconds,
@@ -395,4 +560,28 @@ def train_prior(
         latent_shift=shift,
         latent_scale=scale,
         data_fingerprint=data_fp,
+        teacher_recognition=metrics.get("teacher_recognition"),
+        teacher=metrics.get("teacher"),
     )
+
+
+def _judge(meta: dict, vae, ema, scheduler, config, device) -> None:
+    """Add the teacher's recognition share of the new prior's samples to ``meta["metrics"]``
+    when a teacher for the dataset exists."""
+    from ddoq.priors.embedded import EmbeddedPrior
+
+    teacher = _teacher_for(config.dataset, meta["class_names"])
+    if teacher is None:
+        return
+    prior = EmbeddedPrior(
+        meta=meta,
+        vae=vae,
+        scheduler=scheduler,
+        denoiser=ema,
+        class_names=meta["class_names"],
+        source="(being trained)",
+        fingerprint="",
+        device=device,
+    )
+    share = recognition_share(prior, teacher.to(device))
+    meta["metrics"].update(teacher_recognition=share, teacher=teacher.source)
