@@ -15,7 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from ddoq.app.figures import image_row, to_uint8
-from ddoq.distillation.config import DECODES, METHODS, DistillConfig
+from ddoq.app.state import decode_modes
+from ddoq.distillation.config import METHODS, DistillConfig
 from ddoq.distillation.local import distill
 from ddoq.export import write
 from pages._common import (
@@ -59,14 +60,19 @@ alpha = setting(
 )
 seed = setting(c4.number_input, "Seed", 0, 10_000, name="s_dist_seed")
 d1, d2, d3, d4 = st.columns(4)
+modes, modes_note = decode_modes(True, data.has_denoiser)
+if st.session_state["s_dist_decode"] not in modes:
+    st.session_state["s_dist_decode"] = modes[0]
 decode = setting(
     d1.radio,
     "Decode",
-    list(DECODES),
+    modes,
     name="s_dist_decode",
     horizontal=True,
     disabled=method not in ("ddoq", "d4m"),
 )
+if modes_note:
+    d1.caption(modes_note)
 strength = setting(
     d2.slider,
     "img2img strength",

@@ -56,7 +56,8 @@ def _metric(at: AppTest, label: str) -> str:
 def test_explore_opens_with_a_map_and_controls():
     at = _open()
     assert at.title[0].value == "Explore a class"
-    assert [s.label for s in at.main.selectbox] == ["Dataset", "Prior", "Class"]
+    assert [s.label for s in at.main.selectbox] == ["Dataset", "Class"]
+    assert [s.label for s in at.sidebar.selectbox] == ["Prior", "Device"]
     assert at.slider(key="w_s_k").value == 10
     assert any("Computing on" in c.value for c in at.sidebar.caption)
     assert [b.label for b in at.button] == ["Run", "Pause", "Resume", "Step", "Reset"]

@@ -35,7 +35,7 @@ from ddoq.priors import load_prior
 from ddoq.train.loop import TrainConfig, fit_distilled
 from ddoq.train.runs import held_out_split, read_run, write_run
 
-__all__ = ["MethodRecord", "TeacherJob", "TrainJob", "TrainSpec", "list_runs"]
+__all__ = ["MethodRecord", "PriorJob", "TeacherJob", "TrainJob", "TrainSpec", "list_runs"]
 
 
 @dataclass
@@ -249,6 +249,54 @@ class TeacherJob:
         try:
             self.status = "loading the dataset"
             self.report = train_teacher(self.config, self.out, progress=self._epoch)
+            self.progress = 1.0
+            self.status = "done"
+        except Exception as err:  # noqa: BLE001 - reported to the page, which shows it
+            self.error = f"{type(err).__name__}: {err}"
+            self.status = "failed"
+            self._trace = traceback.format_exc()
+
+
+class PriorJob:
+    """Train a prior for a dataset (`ddoq.priors.training.train_prior`) in a daemon thread.
+
+    Same public state as `TeacherJob`: `status`, `progress` (0..1), `report` (once done,
+    its ``output_dir`` is the prior's folder, `ddoq.priors.training.prior_dir_for` the
+    dataset), `error`, `running`, and `started` (``time.time()`` at start).
+    """
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.status = "queued"
+        self.progress = 0.0
+        self.report = None
+        self.error: str | None = None
+        self.started = time.time()
+        self._thread = threading.Thread(target=self._run, name="ddoq-prior", daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> PriorJob:
+        self.started = time.time()
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _progress(self, done: int, total: int, message: str) -> None:
+        self.progress = min(1.0, done / max(1, total))
+        self.status = message
+
+    def _run(self) -> None:
+        from ddoq.priors.training import train_prior
+
+        torch.set_num_threads(1)
+        try:
+            self.status = "loading the dataset"
+            self.report = train_prior(self.config, progress=self._progress)
             self.progress = 1.0
             self.status = "done"
         except Exception as err:  # noqa: BLE001 - reported to the page, which shows it

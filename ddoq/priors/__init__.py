@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ddoq.priors._appshim import find_priors, inspect_prior  # stand-in (issue 19), see there
 from ddoq.priors.base import PRIOR_JSON, GenerativePrior, PriorInfo, sample_seeds
 from ddoq.priors.dit import DiTPrior, load_dit
 from ddoq.priors.embedded import EMBEDDED_PRIOR_DIR, EmbeddedPrior, load_embedded
@@ -45,6 +46,8 @@ __all__ = [
     "PriorInfo",
     "StableDiffusionPrior",
     "detect_kind",
+    "find_priors",
+    "inspect_prior",
     "load_prior",
     "sample_seeds",
 ]

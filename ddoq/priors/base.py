@@ -70,7 +70,10 @@ class PriorInfo:
     class_names : tuple[str, ...]
         the class vocabulary, in label order.
     fingerprint : str
-        stable hash of weights and configuration (a cache key).
+        stable hash of weights and configuration (a cache key; empty when listed
+        without reading the weights).
+    has_denoiser : bool
+        whether the prior has a denoiser (img2img); an autoencoder alone has none.
     """
 
     kind: str
@@ -81,6 +84,7 @@ class PriorInfo:
     num_classes: int
     class_names: tuple[str, ...]
     fingerprint: str
+    has_denoiser: bool = True
 
 
 def load_ddim(path: str | os.PathLike):
@@ -255,6 +259,7 @@ class GenerativePrior:
             num_classes=self.num_classes,
             class_names=self.class_names,
             fingerprint=self.fingerprint,
+            has_denoiser=getattr(self, "denoiser", None) is not None,
         )
 
     def __repr__(self) -> str:
