@@ -18,13 +18,13 @@ import torch
 
 from ddoq import __version__, export
 from ddoq._io import write_json
-from ddoq.build.prior import PriorTrainingConfig, train_prior
 from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.distillation.config import DECODES, METHODS, DistillConfig
 from ddoq.distillation.folder import distill_to_folder
 from ddoq.distillation.stages import image_weights
 from ddoq.labels import resolve_teacher, teacher_for_set, teacher_logits
+from ddoq.priors.training import PriorTrainingConfig, train_prior
 from ddoq.train import distributed
 from ddoq.train.loop import (
     AUGMENTATIONS,

@@ -23,16 +23,15 @@ _JOBS = "prior_jobs"  # st.session_state[_JOBS][dataset name] -> PriorJob
 
 
 def _config(dataset_name: str, image_size: int, vae_epochs: int, dit_steps: int):
-    """What the button trains: the embedded prior's recipe, sized to the data."""
-    from ddoq.priors.training import PriorTrainingConfig
+    """What the button trains: the embedded prior's recipe, sized to the data
+    (`config_for_dataset` where the library has it, else the recipe at this image size)."""
+    from ddoq.priors import training
 
-    return PriorTrainingConfig(
-        dataset=dataset_name,
-        image_size=int(image_size),
-        vae_epochs=int(vae_epochs),
-        dit_steps=int(dit_steps),
-        device=device(),
-    )
+    given = {"vae_epochs": int(vae_epochs), "dit_steps": int(dit_steps), "device": device()}
+    sized = getattr(training, "config_for_dataset", None)
+    if sized is not None:
+        return sized(dataset_name, int(image_size), **given)
+    return training.PriorTrainingConfig(dataset=dataset_name, image_size=int(image_size), **given)
 
 
 def prior_panel(dataset_name: str) -> None:
@@ -42,7 +41,7 @@ def prior_panel(dataset_name: str) -> None:
     busy = job is not None and job.running
     trained = trained_prior(dataset_name)
     title = "Prior trained for this dataset" if trained else "Train a prior for this dataset"
-    with st.expander(title, icon=":material/model_training:", expanded=busy):
+    with st.expander(title, icon=":material/model_training:", expanded=job is not None):
         if trained:
             st.caption(f"In `{trained}`: the sidebar's **Prior** lists it (training replaces it).")
         cols = st.columns(3)

@@ -2,7 +2,7 @@
 
 A small `AutoencoderKL` (1 x 32 x 32 images -> 4 x 8 x 8 latents) and a tiny
 class-conditional `DiTTransformer2DModel` with a `DDIMScheduler`, trained by
-`ddoq train-prior` (see `ddoq.build.prior`) on the embedded MNIST train split and
+`ddoq train-prior` (see `ddoq.priors.training`) on the embedded MNIST train split and
 shipped in `ddoq/assets/prior/` in diffusers' `save_pretrained` layout. It is a
 `DiTPrior` like any other; only its metadata file `ddoq_prior.json` (class names,
 image size, latent normalisation, training configuration, data fingerprint) differs.

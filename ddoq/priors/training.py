@@ -1,25 +1,53 @@
-"""Training a prior for a dataset (issue 19): where it is kept, and the training call.
+"""Train the embedded prior (pipeline stage: encode/decode, offline): `ddoq train-prior`.
 
-STAND-IN, to be replaced at merge by the `priors` branch's ``ddoq/priors/training.py``
-(the move of ``ddoq/build/prior.py``), which defines the same names: `prior_dir_for`,
-`PriorTrainingConfig` and ``train_prior(config, progress=None)`` with
-``progress(done, total, message)``. Here `train_prior` wraps today's
-`ddoq.build.prior.train_prior` (which has no progress callback: it is called before and
-after each run only) and writes to `prior_dir_for(config.dataset)`.
+Two stages on the embedded MNIST train split, both seeded and reproducible:
+
+1. a small diffusers `AutoencoderKL` (images 1 x 32 x 32 in [-1, 1] -> latents 4 x 8 x 8),
+   trained on reconstruction MSE plus a small KL term;
+2. a tiny class-conditional `DiTTransformer2DModel` on the VAE's latents, normalised to
+   zero mean and unit standard deviation, trained to predict the noise added by a
+   `DDIMScheduler` (epsilon objective). Its label embedding has one extra "null" class
+   (label dropout), which gives classifier-free guidance at sampling time.
+
+The result is written in diffusers' `save_pretrained` layout (`vae/`, `transformer/`,
+`scheduler/`, plus `ddoq_prior.json`), atomically: a temporary folder beside the output
+is renamed into place only once complete. `ddoq.priors.load_prior(folder)` loads it.
+
+(Moved here from ``ddoq/build/prior.py`` on the appcolour branch, with `prior_dir_for` and a
+minimal ``progress(done, total, message)`` callback, called per stage, for the app's
+button: the priors branch's version of this module, which sizes the recipe to a dataset
+and calls the callback every step, replaces it at merge.)
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import math
 import os
 import re
+import shutil
+import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ddoq._io import cache_dir
-from ddoq.build.prior import PriorTrainingConfig, PriorTrainingReport
-from ddoq.build.prior import train_prior as _train_to
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-__all__ = ["PriorTrainingConfig", "prior_dir_for", "priors_root", "train_prior"]
+from ddoq._io import cache_dir, replace_dir
+from ddoq.data import load_dataset
+from ddoq.priors.base import PRIOR_JSON
+
+__all__ = [
+    "PriorTrainingConfig",
+    "PriorTrainingReport",
+    "prior_dir_for",
+    "priors_root",
+    "train_prior",
+]
 
 
 def priors_root() -> Path:
@@ -28,30 +56,389 @@ def priors_root() -> Path:
 
 
 def prior_dir_for(dataset: str | os.PathLike) -> Path:
-    """Folder of the prior trained for `dataset` (``<cache>/priors/<name>-<fingerprint>``).
+    """Default folder of the prior trained for a dataset: ``<cache>/priors/<name>-<fingerprint>``.
 
     Keyed by the fingerprint of the dataset's train split at its default options, as
-    `ddoq.labels.teacher_dir_for` keys teachers.
+    `ddoq.labels.teacher_dir_for` keys teachers, so a changed folder gets a new prior.
 
     Raises
     ------
     ValueError
         the dataset does not load.
     """
-    from ddoq.data import load_dataset
-
     train = load_dataset(dataset if isinstance(dataset, str) else Path(dataset), "train")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(train.name)).strip("._") or "dataset"
     return priors_root() / f"{slug}-{str(train.fingerprint)[:16]}"
 
 
+@dataclass
+class PriorTrainingConfig:
+    """Everything that determines the trained prior (goes into `ddoq_prior.json` as is).
+
+    The defaults are the shipped prior's. Measured on 2 shared cores: the VAE at ~0.5 s per
+    step of 64 images, the DiT (0.6M parameters, 16 tokens of 64 dims) at ~0.14-0.2 s per
+    step of 128 latents. One torch thread is the default: on idle cores two threads were
+    ~20-30% faster, but with other processes on the cores they were 3-4x slower.
+    """
+
+    dataset: str = "mnist"
+    image_size: int = 32
+    limit_per_class: int | None = None  # None: the whole train split (smoke tests use a few)
+    seed: int = 0
+    # autoencoder
+    vae_channels: tuple[int, ...] = (16, 32, 32)
+    latent_channels: int = 4
+    vae_epochs: int = 6
+    vae_batch_size: int = 64
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    # class-conditional denoiser
+    dit_layers: int = 6
+    dit_heads: int = 2
+    dit_head_dim: int = 32
+    dit_patch_size: int = 2
+    dit_steps: int = 3000
+    dit_batch_size: int = 128
+    dit_lr: float = 1e-3
+    dit_warmup: int = 100
+    ema_decay: float = 0.999
+    # our label dropout; the DiT label embedder adds its own 10% in train mode (diffusers'
+    # fixed default), so about 19% of training steps are unconditional
+    class_dropout_prob: float = 0.1
+    num_train_timesteps: int = 1000
+    # Stable Diffusion's schedule: its last step keeps some signal (alpha_bar_T = 0.0047), so
+    # an epsilon-prediction DDIM step from t = T stays well conditioned. (The cosine schedule
+    # reaches alpha_bar_T ~ 0 and turned the first "trailing" step into noise x 1e4.)
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    default_guidance: float = 4.0  # classifier-free guidance `generate` uses when none is given
+    # runtime (not part of the model, recorded for the manifest)
+    threads: int | None = 1
+    device: str = "cpu"
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass
+class PriorTrainingReport:
+    """What a training run measured."""
+
+    output_dir: str
+    vae_seconds: float
+    dit_seconds: float
+    vae_final_loss: float
+    dit_final_loss: float
+    test_recon_mse: float
+    latent_shift: float
+    latent_scale: float
+    data_fingerprint: str
+
+
+def _images(
+    config: PriorTrainingConfig, split: str
+) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
+    """Images (N x C x S x S in [0, 1]), labels, class names and fingerprint of one split."""
+    ds = load_dataset(
+        config.dataset,
+        split=split,
+        image_size=config.image_size,
+        limit_per_class=config.limit_per_class,
+    )
+    images = ds.images(list(range(len(ds)))).float()
+    labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    return images, labels, list(ds.classes), str(ds.fingerprint)
+
+
+def build_vae(config: PriorTrainingConfig, channels: int):
+    """The untrained autoencoder: one down-block per entry of `vae_channels`, no mid attention."""
+    from diffusers import AutoencoderKL
+
+    n = len(config.vae_channels)
+    return AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(config.vae_channels),
+        layers_per_block=1,
+        latent_channels=config.latent_channels,
+        norm_num_groups=8,
+        sample_size=config.image_size,
+        mid_block_add_attention=False,
+        scaling_factor=1.0,
+        shift_factor=0.0,
+        force_upcast=False,
+    )
+
+
+def build_transformer(config: PriorTrainingConfig, num_classes: int, latent_size: int):
+    """The untrained class-conditional DiT (label table has `num_classes` + 1 null rows)."""
+    from diffusers import DiTTransformer2DModel
+
+    return DiTTransformer2DModel(
+        num_attention_heads=config.dit_heads,
+        attention_head_dim=config.dit_head_dim,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        num_layers=config.dit_layers,
+        sample_size=latent_size,
+        patch_size=config.dit_patch_size,
+        num_embeds_ada_norm=num_classes,
+        norm_num_groups=8,
+    )
+
+
+def build_scheduler(config: PriorTrainingConfig):
+    """The noise schedule shared by training and sampling."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        clip_sample=False,
+        timestep_spacing="trailing",
+        prediction_type="epsilon",
+    )
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """Shuffled index batches of one epoch (last partial batch kept)."""
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def _lr_lambda(warmup: int, total: int):
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return fn
+
+
+def train_vae(
+    vae, images: torch.Tensor, config: PriorTrainingConfig, progress: bool = True
+) -> float:
+    """Train the autoencoder in place on `images` in [0, 1]; return the last epoch's mean loss."""
+    device = torch.device(config.device)
+    gen = torch.Generator().manual_seed(config.seed)
+    x_all = images * 2.0 - 1.0
+    steps_per_epoch = math.ceil(len(x_all) / config.vae_batch_size)
+    total = steps_per_epoch * config.vae_epochs
+    opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(50, total // 10), total))
+    vae.to(device).train()
+    bar = tqdm(total=total, desc="train vae", disable=not progress, unit="step")
+    epoch_loss = float("nan")
+    for _ in range(config.vae_epochs):
+        losses = []
+        for idx in _batches(len(x_all), config.vae_batch_size, gen):
+            x = x_all[idx].to(device)
+            posterior = vae.encode(x).latent_dist
+            noise = torch.randn(posterior.mean.shape, generator=gen).to(device)
+            z = posterior.mean + posterior.std * noise
+            recon = vae.decode(z).sample
+            mse = F.mse_loss(recon, x)
+            kl = posterior.kl().mean() / x[0].numel()
+            loss = mse + config.kl_weight * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(mse.item() / 4.0)  # MSE on the [0, 1] scale
+            bar.update(1)
+            bar.set_postfix(mse01=f"{losses[-1]:.4f}")
+        epoch_loss = sum(losses) / len(losses)
+    bar.close()
+    vae.eval()
+    return epoch_loss
+
+
+@torch.no_grad()
+def encode_modes(
+    vae, images: torch.Tensor, device: torch.device, batch_size: int = 500
+) -> torch.Tensor:
+    """Posterior modes (raw, unnormalised) of `images` in [0, 1]."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device) * 2.0 - 1.0
+        out.append(vae.encode(x).latent_dist.mode().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def recon_mse(vae, images: torch.Tensor, device: torch.device, batch_size: int = 500) -> float:
+    """Mean squared error per pixel (images in [0, 1]) of decode(encode mode)."""
+    total, count = 0.0, 0
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device)
+        z = vae.encode(x * 2.0 - 1.0).latent_dist.mode()
+        rec = ((vae.decode(z).sample + 1.0) / 2.0).clamp(0.0, 1.0)
+        total += float(((rec - x) ** 2).sum())
+        count += x.numel()
+    return total / count
+
+
+def train_transformer(
+    transformer,
+    scheduler,
+    latents: torch.Tensor,
+    labels: torch.Tensor,
+    config: PriorTrainingConfig,
+    progress: bool = True,
+):
+    """Train the denoiser on normalised `latents`; return (EMA copy, last 100 steps' mean loss)."""
+    device = torch.device(config.device)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    transformer.to(device).train()
+    ema = copy.deepcopy(transformer).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(transformer.parameters(), lr=config.dit_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.dit_warmup, config.dit_steps))
+    n = len(latents)
+    recent: list[float] = []
+    bar = tqdm(total=config.dit_steps, desc="train denoiser", disable=not progress, unit="step")
+    for step in range(config.dit_steps):
+        idx = torch.randint(0, n, (config.dit_batch_size,), generator=gen)
+        z0, y = latents[idx], labels[idx]
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, config.num_train_timesteps, (len(idx),), generator=gen)
+        # label dropout for classifier-free guidance, drawn from our generator
+        drop = torch.rand(len(idx), generator=gen) < config.class_dropout_prob
+        y = torch.where(drop, torch.full_like(y, transformer.config.num_embeds_ada_norm), y)
+        zt = scheduler.add_noise(z0, noise, t)
+        pred = transformer(zt.to(device), timestep=t.to(device), class_labels=y.to(device)).sample
+        loss = F.mse_loss(pred, noise.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        decay = min(config.ema_decay, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), transformer.parameters(), strict=True):
+                p_ema.lerp_(p, 1.0 - decay)
+        recent = (recent + [loss.item()])[-100:]
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+    bar.close()
+    transformer.eval()
+    return ema, sum(recent) / max(1, len(recent))
+
+
+def check_output_dir(output: Path) -> None:
+    """Refuse to overwrite a folder that is not empty and holds no ddoq prior."""
+    if output.exists() and (
+        not output.is_dir() or (any(output.iterdir()) and not (output / PRIOR_JSON).exists())
+    ):
+        raise ValueError(
+            f"output {output} exists and is not a ddoq prior folder; "
+            "choose a new or empty folder (an existing prior folder is replaced)"
+        )
+
+
 def train_prior(
-    config: PriorTrainingConfig, progress: Callable[[int, int, str], None] | None = None
+    config: PriorTrainingConfig,
+    output_dir: str | os.PathLike | None = None,
+    progress: bool | Callable[[int, int, str], None] | None = True,
 ) -> PriorTrainingReport:
-    """Train a prior on `config.dataset` into `prior_dir_for(config.dataset)` (atomically)."""
-    if progress is not None:
-        progress(0, 1, "training the autoencoder, then the denoiser")
-    report = _train_to(config, prior_dir_for(config.dataset), progress=False)
-    if progress is not None:
-        progress(1, 1, "done")
-    return report
+    """Train the embedded prior from scratch and save it to `output_dir` (atomically).
+
+    `output_dir` None writes to `prior_dir_for(config.dataset)`. `progress`: True for tqdm
+    bars, or ``progress(done, total, message)`` called at the start of each stage and at
+    the end (it may raise to cancel: nothing is written then).
+    """
+    from diffusers import __version__ as diffusers_version
+
+    report = progress if callable(progress) else (lambda done, total, message: None)
+    progress = progress is True
+    output = Path(output_dir) if output_dir is not None else prior_dir_for(config.dataset)
+    check_output_dir(output)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+    if config.vae_epochs < 1 or config.dit_steps < 1:
+        raise ValueError(
+            f"vae_epochs and dit_steps must be >= 1, got {config.vae_epochs}, {config.dit_steps}"
+        )
+    torch.manual_seed(config.seed)
+
+    train_x, train_y, class_names, data_fp = _images(config, "train")
+    test_x, _, _, _ = _images(config, "test")
+    channels = train_x.shape[1]
+
+    report(0, 2, "training the autoencoder")
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    vae = build_vae(config, channels)
+    vae_loss = train_vae(vae, train_x, config, progress)
+    vae_seconds = time.perf_counter() - start
+    test_mse = recon_mse(vae, test_x, device)
+
+    raw = encode_modes(vae, train_x, device)
+    shift = float(raw.mean())
+    scale = float(1.0 / raw.std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    latents = (raw - shift) * scale
+
+    report(1, 2, "training the denoiser")
+    start = time.perf_counter()
+    torch.manual_seed(config.seed + 1)
+    transformer = build_transformer(config, len(class_names), latents.shape[-1])
+    scheduler = build_scheduler(config)
+    ema, dit_loss = train_transformer(transformer, scheduler, latents, train_y, config, progress)
+    dit_seconds = time.perf_counter() - start
+
+    report(2, 2, "saving")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        vae.to("cpu").save_pretrained(tmp / "vae")
+        ema.to("cpu").save_pretrained(tmp / "transformer")
+        scheduler.save_pretrained(tmp / "scheduler")
+        cfg = asdict(config)
+        cfg["vae_channels"] = list(config.vae_channels)
+        meta = {
+            "kind": "ddoq-embedded",
+            "class_names": class_names,
+            "image_size": config.image_size,
+            "channels": channels,
+            "latent_shape": list(latents.shape[1:]),
+            "latent_shift": shift,
+            "latent_scale": scale,
+            "default_guidance": config.default_guidance,
+            "data_fingerprint": data_fp,
+            "dataset": config.dataset,
+            "training": cfg,
+            "metrics": {
+                "test_recon_mse": test_mse,
+                "vae_final_loss": vae_loss,
+                "dit_final_loss": dit_loss,
+                "vae_seconds": round(vae_seconds, 1),
+                "dit_seconds": round(dit_seconds, 1),
+            },
+            "versions": {"torch": torch.__version__, "diffusers": diffusers_version},
+        }
+        (tmp / PRIOR_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp makes the folder private
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PriorTrainingReport(
+        output_dir=str(output),
+        vae_seconds=vae_seconds,
+        dit_seconds=dit_seconds,
+        vae_final_loss=vae_loss,
+        dit_final_loss=dit_loss,
+        test_recon_mse=test_mse,
+        latent_shift=shift,
+        latent_scale=scale,
+        data_fingerprint=data_fp,
+    )
