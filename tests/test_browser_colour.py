@@ -168,8 +168,8 @@ def test_a_prior_trained_from_the_apps_button(page, app_url, rgb, tmp_path):
     _wait_idle(page)
     _no_exception(page)
     # the picker switched to it: the page computes on a 32-px RGB prior
-    page.get_by_text("trained for this dataset (embedded, 32 px RGB").first.wait_for()
-    page.get_by_text("32 px RGB images").first.wait_for()
+    page.get_by_text("Prior: embedded, 32 px RGB").wait_for()  # the sidebar's picker
+    page.get_by_text("(embedded): 32 px RGB images").wait_for()  # the page's line
     page.get_by_role("link", name="Decoded images").click()
     page.get_by_role("button", name="Decode").click()
     page.get_by_text("nearest real").first.wait_for()
