@@ -56,11 +56,19 @@ def _metric(at: AppTest, label: str) -> str:
 def test_explore_opens_with_a_map_and_controls():
     at = _open()
     assert at.title[0].value == "Explore a class"
-    assert [s.label for s in at.main.selectbox] == ["Dataset", "Class"]
+    # the third is the "Train a prior for this dataset" panel's image size
+    assert [s.label for s in at.main.selectbox] == ["Dataset", "Class", "Image size"]
     assert [s.label for s in at.sidebar.selectbox] == ["Prior", "Device"]
     assert at.slider(key="w_s_k").value == 10
     assert any("Computing on" in c.value for c in at.sidebar.caption)
-    assert [b.label for b in at.button] == ["Run", "Pause", "Resume", "Step", "Reset"]
+    assert [b.label for b in at.button] == [
+        "Train a prior for this dataset",
+        "Run",
+        "Pause",
+        "Resume",
+        "Step",
+        "Reset",
+    ]
     assert len(_charts(at)) == 1  # the map of the class before any step
     assert any("Run" in i.value for i in at.info)
     assert not at.error
@@ -412,8 +420,8 @@ def test_distill_uses_this_sessions_dataset_and_not_another_sessions(folder3):
     assert "Dataset **digits**" in _captions(b)
     a.run()
     assert f"Dataset **{folder3}**" in _captions(a)
-    b.switch_page("pages/explore.py").run()
-    b.selectbox(key="w_s_prior").set_value("none (raw pixels)").run()
+    # the picker is in the sidebar, which AppTest shows on a session's first run only
+    b.session_state["s_prior"] = "none (raw pixels)"
     b.switch_page("pages/distill.py").run()
     assert b.warning and "needs a prior" in b.warning[0].value
 
