@@ -80,14 +80,14 @@ def test_explore_run_pause_step_reset():
     assert _metric(at, "CLVQ steps") == "5"
     assert at.session_state["explore_running"]
     assert len(_charts(at)) == 2  # map with centroids + distortion curve
-    at.button[1].click().run()  # Pause (reruns without a step)
+    at.button(key="btn_pause").click().run()  # Pause (reruns without a step)
     assert not at.session_state["explore_running"]
     assert _metric(at, "CLVQ steps") == "5"
-    at.button[3].click().run()  # Step
+    at.button(key="btn_step").click().run()  # Step
     assert _metric(at, "CLVQ steps") == "10"
-    at.button[2].click().run()  # Resume
+    at.button(key="btn_resume").click().run()  # Resume
     assert at.session_state["explore_running"]
-    at.button[4].click().run()  # Reset
+    at.button(key="btn_reset").click().run()  # Reset
     assert not at.session_state["explore_running"]
     assert not at.metric and any("Run" in i.value for i in at.info)
 
