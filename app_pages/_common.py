@@ -33,12 +33,16 @@ from ddoq.app.state import (
     DEVICES,
     FOLDER,
     PIXELS,
-    PRIORS,
+    PRIOR_FOLDER,
     UPLOAD,
     Choices,
     DataInfo,
+    channel_note,
     data_info,
+    describe_prior,
     describe_skipped,
+    looks_colour,
+    prior_options,
 )
 from ddoq.app.warmup import start_warm_up
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
@@ -46,6 +50,7 @@ from ddoq.data.images import CorruptImageWarning
 from ddoq.data.uploads import UploadLimits, extract_imagefolder_zip
 from ddoq.distillation.allocation import preview_allocation
 from ddoq.distillation.config import DistillConfig
+from ddoq.priors import PRIOR_JSON, PriorInfo, find_priors, inspect_prior
 
 # The app's work is many small tensor operations (a live tick is a few ms of maths); on
 # shared 2-core machines a second torch thread made them several times slower under load
@@ -187,6 +192,40 @@ def prior_or_none(name: str, device: str = "cpu") -> tuple[object | None, str | 
         )
 
 
+@st.cache_data(show_spinner=False, ttl=60)
+def listed_priors() -> list[PriorInfo]:
+    """The priors in the local Hugging Face cache and the trained-priors folder (configs only)."""
+    return find_priors()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def prior_info(name: str) -> PriorInfo:
+    """What the prior `name` is, from its configs (no weights); ValueError when unusable."""
+    return inspect_prior(name)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _prior_dir(dataset_name: str) -> str | None:
+    from ddoq.priors.training import prior_dir_for
+
+    try:
+        return str(prior_dir_for(dataset_name))
+    except ValueError:
+        return None
+
+
+def trained_prior(dataset_name: str | None) -> str | None:
+    """The folder of the prior trained for the dataset, when one is there."""
+    folder = _prior_dir(dataset_name) if dataset_name else None
+    return folder if folder and (Path(folder) / PRIOR_JSON).is_file() else None
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def folder_in_colour(dataset_name: str) -> bool:
+    """Whether the dataset's images are in colour (a folder's first files, as stored)."""
+    return looks_colour(get_dataset(dataset_name, 32, 3))
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
 def get_dataset(name: str, image_size: int | None, channels: int | None, split: str = "train"):
     """A dataset object (cached once per process: one listing of a folder, not one a rerun).
@@ -298,6 +337,11 @@ class Data:
     def k_max(self) -> int:
         return self.info.k_max(self.class_index)
 
+    @property
+    def has_denoiser(self) -> bool:
+        """Whether the prior has a denoiser (img2img is offered only then)."""
+        return self.prior is not None and bool(self.prior.info.has_denoiser)
+
     def points(self) -> ClassPoints:
         """The chosen class's points (cached)."""
         return class_points(self.dataset, self.prior_name, self.class_index, self.device)
@@ -308,9 +352,85 @@ def device() -> str:
     return choices().device()[0]
 
 
+USE_PRIOR = "use_trained_prior"  # a finished prior job's folder, for the picker to switch to
+
+
+def _prior_label(option: str, trained: str | None, listed: dict[str, PriorInfo]) -> str:
+    if option == trained:
+        try:
+            return f"trained for this dataset ({describe_prior(prior_info(option))})"
+        except ValueError:
+            return "trained for this dataset"
+    if option in listed:
+        return f"{option} ({describe_prior(listed[option])})"
+    return option
+
+
+def prior_sidebar() -> None:
+    """The prior picker (part of the session's choices), in the sidebar of every page.
+
+    Offers the embedded prior, the prior trained for the dataset (when there is one), the
+    priors found in the local Hugging Face cache, a model folder or hub id typed in
+    (checked from its configs: a one-line error otherwise) and raw pixels.
+    """
+    ch = choices()
+    if st.session_state.get(USE_PRIOR):
+        ch.set("s_prior", st.session_state.pop(USE_PRIOR))
+    trained = trained_prior(ch.dataset)
+    listed = {i.source: i for i in listed_priors()}
+    options = prior_options(trained, list(listed))
+    if st.session_state["s_prior"] not in options:  # another dataset's trained prior
+        ch.choose_prior(str(st.session_state["s_prior"]))
+    setting(
+        st.selectbox,
+        "Prior",
+        options,
+        name="s_prior",
+        format_func=lambda o: _prior_label(o, trained, listed),
+        help="The latent space: the embedded MNIST model, a prior trained for this "
+        "dataset, a diffusers model folder (or cached hub id), or raw pixels.",
+    )
+    if st.session_state["s_prior"] == PRIOR_FOLDER:
+        setting(st.text_input, "Model folder or hub id", name="s_prior_folder")
+    if ch.prior == PIXELS:
+        st.caption("No prior: the pages quantize raw pixels.")
+        return
+    try:
+        st.caption(f"Prior: {describe_prior(prior_info(ch.prior))}.")
+    except ValueError as err:
+        st.error(f"Prior {ch.prior!r}: {err}")
+
+
+def computing_on(data: Data) -> str:
+    """One line: what this page computes on (prior, image size, latent shape, device)."""
+    ds = dataset_for(data.dataset, data.prior)
+    colour = "RGB" if ds.channels == 3 else "grey"
+    if data.prior is None:
+        dims = ds.channels * ds.image_size**2
+        return (
+            f"Computing on **raw pixels**: {ds.image_size} px {colour} images "
+            f"({dims} dimensions), device **{data.device}**."
+        )
+    shape = "×".join(str(s) for s in data.prior.latent_shape)
+    return (
+        f"Computing on prior **{data.prior_name}** ({data.prior.kind}): {ds.image_size} px "
+        f"{colour} images, latent {shape}, device **{data.device}**."
+    )
+
+
+def _colour_note(dataset_name: str, prior) -> None:
+    """Say so when colour images meet a grey prior (they are converted to grey)."""
+    if prior is None or dataset_name in EMBEDDED_DATASETS or int(prior.channels) != 1:
+        return
+    note = channel_note(folder_in_colour(dataset_name), prior.channels, prior.source)
+    if note:
+        st.info(note, icon=":material/palette:")
+
+
 def device_sidebar() -> None:
-    """The device setting and the device in use, in the sidebar (drawn on every page)."""
+    """The prior and device settings and the device in use, in the sidebar (every page)."""
     with st.sidebar:
+        prior_sidebar()
         setting(
             st.selectbox,
             "Device",
@@ -435,7 +555,7 @@ def data_controls() -> Data:
     Stops the page (with a message) until a folder is typed in, or when it cannot be read.
     """
     ch = choices()
-    cols = st.columns([1, 1, 1])
+    cols = st.columns([1, 1])
     with cols[0]:
         source = setting(
             st.selectbox,
@@ -449,13 +569,6 @@ def data_controls() -> Data:
             setting(st.text_input, "Folder (root/<class>/<image>)", name="s_folder")
         elif source == UPLOAD:
             _upload_control()
-    setting(
-        cols[1].selectbox,
-        "Prior",
-        PRIORS,
-        name="s_prior",
-        help="The latent space: the embedded MNIST autoencoder, or raw pixels.",
-    )
     dataset_name = ch.dataset
     if dataset_name is None:
         what = "Upload a zip of" if source == UPLOAD else "Type the path of"
@@ -472,7 +585,7 @@ def data_controls() -> Data:
     if st.session_state.get("w_s_class") not in range(len(info.classes)):
         st.session_state.pop("w_s_class", None)  # a stale or foreign value: start over
     setting(
-        cols[2].selectbox,
+        cols[1].selectbox,
         "Class",
         list(range(len(info.classes))),
         name="s_class",
@@ -481,7 +594,10 @@ def data_controls() -> Data:
     notes += ch.fit_to(info, ipc=False)  # the class may have changed: K's limit with it
     _show_notes(info, notes)
     prior, note = prior_or_none(ch.prior, dev)
-    return Data(dataset_name, ch.prior, prior, note, ch.class_index, info, dev)
+    data = Data(dataset_name, ch.prior, prior, note, ch.class_index, info, dev)
+    st.caption(computing_on(data))
+    _colour_note(dataset_name, prior)
+    return data
 
 
 def k_slider(container, label: str, key: str) -> int:
@@ -511,7 +627,7 @@ def chosen_data(needs: str) -> Data:
         st.warning("Choose a dataset (or type a folder) on the **Explore** page first.")
         st.stop()
     if ch.needs_prior_missing:
-        st.warning(f"{needs} needs a prior: choose the **embedded** prior on the Explore page.")
+        st.warning(f"{needs} needs a prior: choose one in the sidebar (**Prior**).")
         st.stop()
     dev = device()
     prior = None
@@ -520,10 +636,11 @@ def chosen_data(needs: str) -> Data:
     if prior is None:
         st.stop()
     info = _load_info(ch, dataset_name, dev)
+    data = Data(dataset_name, ch.prior, prior, None, ch.class_index, info, dev)
     st.caption(
         f"Dataset **{dataset_name}** ({len(info.classes)} classes, smallest "
-        f"{info.smallest[1]} images), prior **{ch.prior}**, device **{dev}** "
-        "(change them on Explore and in the sidebar)."
+        f"{info.smallest[1]} images; change it on Explore). " + computing_on(data)
     )
+    _colour_note(dataset_name, prior)
     _show_notes(info, ch.fit_to(info, k=False))
-    return Data(dataset_name, ch.prior, prior, None, ch.class_index, info, dev)
+    return data

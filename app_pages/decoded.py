@@ -19,6 +19,7 @@ from app_pages._common import (
 )
 from ddoq.app.compare import decode_centroids, nearest_points
 from ddoq.app.figures import image_row, to_uint8
+from ddoq.app.state import decode_modes
 from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.stages import select_points
 
@@ -55,14 +56,14 @@ if data.prior_note:
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
 k = k_slider(c1, "K (images per class)", key="dec_k")
+modes, modes_note = decode_modes(prior is not None, data.has_denoiser)
+if st.session_state["s_dec_mode"] not in modes:
+    st.session_state["s_dec_mode"] = modes[0]
 mode = setting(
-    c2.radio,
-    "Decode",
-    ["vae", "img2img"],
-    name="s_dec_mode",
-    horizontal=True,
-    disabled=prior is None,
+    c2.radio, "Decode", modes, name="s_dec_mode", horizontal=True, disabled=prior is None
 )
+if modes_note:
+    c2.caption(modes_note)
 strength = setting(
     c3.slider,
     "Strength",

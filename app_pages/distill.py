@@ -27,7 +27,8 @@ from app_pages._common import (
 from app_pages._teacher import teacher_panel
 from ddoq.app.figures import allocation_figure, image_row, to_uint8
 from ddoq.app.jobs import DistillJob
-from ddoq.distillation.config import ALLOCATIONS, DECODES, METHODS, DistillConfig
+from ddoq.app.state import decode_modes
+from ddoq.distillation.config import ALLOCATIONS, METHODS, DistillConfig
 
 st.title("Distill and export")
 st.caption(
@@ -101,14 +102,19 @@ alpha = setting(
 )
 seed = setting(c4.number_input, "Seed", 0, 10_000, name="s_dist_seed")
 d1, d2, d3, d4 = st.columns(4)
+modes, modes_note = decode_modes(True, data.has_denoiser)
+if st.session_state["s_dist_decode"] not in modes:
+    st.session_state["s_dist_decode"] = modes[0]
 decode = setting(
     d1.radio,
     "Decode",
-    list(DECODES),
+    modes,
     name="s_dist_decode",
     horizontal=True,
     disabled=method not in ("ddoq", "d4m"),
 )
+if modes_note:
+    d1.caption(modes_note)
 strength = setting(
     d2.slider,
     "img2img strength",

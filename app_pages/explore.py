@@ -15,6 +15,7 @@ from app_pages._common import (
     setting,
     umap_job,
 )
+from app_pages._prior import prior_panel
 from ddoq.app.live import LiveCLVQ
 from ddoq.app.live_charts import explore_frame
 
@@ -31,6 +32,7 @@ data = data_controls()
 dataset_name, prior_name, class_index = data.dataset, data.prior_name, data.class_index
 if data.prior_note:
     st.info(data.prior_note, icon=":material/info:")
+prior_panel(dataset_name)
 
 points = None
 with readable_errors("Encoding the class"):

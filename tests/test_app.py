@@ -67,10 +67,19 @@ def _metric(at: AppTest, label: str) -> str:
 def test_explore_opens_with_a_map_and_controls():
     at = _open()
     assert at.title[0].value == "Explore a class"
-    assert [s.label for s in at.main.selectbox] == ["Dataset", "Prior", "Class"]
+    # the third is the "Train a prior for this dataset" panel's image size
+    assert [s.label for s in at.main.selectbox] == ["Dataset", "Class", "Image size"]
+    assert [s.label for s in at.sidebar.selectbox] == ["Prior", "Device"]
     assert at.slider(key="w_s_k").value == 10
     assert any("Computing on" in c.value for c in at.sidebar.caption)
-    assert [b.label for b in at.button] == ["Run", "Pause", "Resume", "Step", "Reset"]
+    assert [b.label for b in at.button] == [
+        "Train a prior for this dataset",
+        "Run",
+        "Pause",
+        "Resume",
+        "Step",
+        "Reset",
+    ]
     assert len(_charts(at)) == 1  # the map of the class before any step
     assert any("Run" in i.value for i in at.info)
     assert not at.error
@@ -82,14 +91,14 @@ def test_explore_run_pause_step_reset():
     assert _metric(at, "CLVQ steps") == "5"
     assert at.session_state["explore_running"]
     assert len(_charts(at)) == 2  # map with centroids + distortion curve
-    at.button[1].click().run()  # Pause (reruns without a step)
+    at.button(key="btn_pause").click().run()  # Pause (reruns without a step)
     assert not at.session_state["explore_running"]
     assert _metric(at, "CLVQ steps") == "5"
-    at.button[3].click().run()  # Step
+    at.button(key="btn_step").click().run()  # Step
     assert _metric(at, "CLVQ steps") == "10"
-    at.button[2].click().run()  # Resume
+    at.button(key="btn_resume").click().run()  # Resume
     assert at.session_state["explore_running"]
-    at.button[4].click().run()  # Reset
+    at.button(key="btn_reset").click().run()  # Reset
     assert not at.session_state["explore_running"]
     assert not at.metric and any("Run" in i.value for i in at.info)
 
@@ -422,8 +431,8 @@ def test_distill_uses_this_sessions_dataset_and_not_another_sessions(folder3):
     assert "Dataset **digits**" in _captions(b)
     a.run()
     assert f"Dataset **{folder3}**" in _captions(a)
-    b.switch_page("app_pages/explore.py").run()
-    b.selectbox(key="w_s_prior").set_value("none (raw pixels)").run()
+    # the picker is in the sidebar, which AppTest shows on a session's first run only
+    b.session_state["s_prior"] = "none (raw pixels)"
     b.switch_page("app_pages/distill.py").run()
     assert b.warning and "needs a prior" in b.warning[0].value
 
@@ -595,7 +604,7 @@ def test_distill_page_shares_a_budget_and_charts_it_before_running(tmp_path, mon
 
     monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
     settings = dict(s_dist_count="total budget", s_dist_budget=25, s_dist_allocate="uniform")
-    at = _open("pages/distill.py", **settings)
+    at = _open("app_pages/distill.py", **settings)
     assert "dist_result" not in at.session_state
     charts = [c for c in _charts(at) if c.type == "plotly_chart"]
     bars = json.loads(charts[0].proto.spec)["data"][0]

@@ -56,6 +56,7 @@ __all__ = [
     "Job",
     "JobQueue",
     "MethodRecord",
+    "PriorJob",
     "TeacherJob",
     "TrainJob",
     "TrainSpec",
@@ -527,6 +528,31 @@ class DistillJob(Job):
         for leftover in self.out.parent.glob(f".{self.out.name}.zip-*"):
             leftover.unlink(missing_ok=True)
         self.archive.unlink(missing_ok=True)
+
+
+class PriorJob(Job):
+    """Train a prior for a dataset (`ddoq.priors.training.train_prior`), a queued `Job`.
+
+    `report` (once done) is the training report; its ``output_dir`` is the prior's folder.
+    The output is written atomically by `train_prior`, so a cancel leaves nothing behind.
+    """
+
+    kind = "prior"
+
+    def __init__(self, config) -> None:
+        super().__init__("train a prior")
+        self.config = config
+        self.report = None
+
+    def _progress(self, done: int, total: int, message: str) -> None:
+        self.tick(min(1.0, done / max(1, total)), message)
+
+    def work(self) -> None:
+        from ddoq.priors.training import train_prior
+
+        self.tick(0.0, "loading the dataset")
+        self.report = train_prior(self.config, progress=self._progress)
+        self.progress = 1.0
 
 
 def list_runs(root: str | os.PathLike) -> list[dict]:

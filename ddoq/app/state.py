@@ -28,14 +28,21 @@ __all__ = [
     "PIXELS",
     "PRIORS",
     "UPLOAD",
+    "PRIOR_FOLDER",
     "Choices",
     "DataInfo",
+    "channel_note",
     "data_info",
+    "decode_modes",
+    "describe_prior",
     "describe_skipped",
+    "looks_colour",
+    "prior_options",
 ]
 
 PIXELS = "none (raw pixels)"
-PRIORS = ("embedded", PIXELS)
+PRIOR_FOLDER = "model folder…"
+PRIORS = ("embedded", PRIOR_FOLDER, PIXELS)  # the options always offered
 FOLDER = "folder…"
 UPLOAD = "upload a zip…"
 DEVICES = ("auto", "cpu", "cuda")
@@ -48,7 +55,8 @@ DEFAULTS: dict[str, object] = {
     "s_source": "mnist",  # "mnist", "digits", FOLDER or UPLOAD
     "s_folder": "",  # the folder typed in when s_source is FOLDER
     "s_upload": "",  # the extracted zip's folder when s_source is UPLOAD
-    "s_prior": "embedded",
+    "s_prior": "embedded",  # "embedded", PIXELS, PRIOR_FOLDER, or a listed prior's source
+    "s_prior_folder": "",  # the model folder typed in when s_prior is PRIOR_FOLDER
     "s_device": "auto",
     "s_class": 0,
     "s_k": 10,
@@ -215,8 +223,19 @@ class Choices:
 
     @property
     def prior(self) -> str:
-        """The prior's name, or `PIXELS` for none."""
-        return str(self.store["s_prior"])
+        """The prior's name or folder, or `PIXELS` for none (also while no folder is typed)."""
+        choice = str(self.store["s_prior"])
+        if choice == PRIOR_FOLDER:
+            return str(self.store.get("s_prior_folder") or "").strip() or PIXELS
+        return choice
+
+    def choose_prior(self, name: str) -> None:
+        """Use the prior `name`: a listed option as is, any other folder as typed in."""
+        if name in PRIORS:
+            self.set("s_prior", name)
+        else:
+            self.set("s_prior", PRIOR_FOLDER)
+            self.set("s_prior_folder", str(name))
 
     @property
     def needs_prior_missing(self) -> bool:
@@ -295,3 +314,67 @@ def describe_skipped(skipped: Sequence[tuple[str, str]], limit: int = 50) -> lis
     if len(skipped) > limit:
         lines.append(f"- … and {len(skipped) - limit} more")
     return lines
+
+
+def prior_options(trained: str | None, found: Sequence[str] = ()) -> list[str]:
+    """The prior picker's options: embedded, the prior trained for the dataset (when
+    there is one), the priors found in the caches, a typed folder, raw pixels."""
+    listed = [o for o in (trained, *found) if o and o not in PRIORS]
+    return list(dict.fromkeys(["embedded", *listed, PRIOR_FOLDER, PIXELS]))
+
+
+def describe_prior(info) -> str:
+    """One line for a `ddoq.priors.PriorInfo`: kind, image size, colour, latent shape."""
+    colour = "RGB" if int(info.channels) == 3 else f"{info.channels}-channel"
+    if int(info.channels) == 1:
+        colour = "grey"
+    shape = "×".join(str(s) for s in info.latent_shape)
+    return f"{info.kind}, {info.image_size} px {colour}, latent {shape}"
+
+
+def decode_modes(has_prior: bool, has_denoiser: bool) -> tuple[list[str], str | None]:
+    """The decode modes a prior offers, and why the others are off (None when all are on)."""
+    if not has_prior:
+        return ["vae"], "Raw pixels: the centroids are images already, there is nothing to decode."
+    if not has_denoiser:
+        return ["vae"], (
+            "img2img is off: this prior is an autoencoder without a denoiser, so the "
+            "centroids are decoded by the VAE only."
+        )
+    return ["vae", "img2img"], None
+
+
+def looks_colour(dataset, n: int = 16) -> bool:
+    """Whether the first `n` files of a folder dataset hold colour (not grey) pixels.
+
+    Embedded datasets (no ``path`` method) are grey.
+    """
+    from PIL import Image
+
+    if not hasattr(dataset, "path"):
+        return False
+    for i in range(min(n, len(dataset))):
+        try:
+            with Image.open(dataset.path(i)) as im:
+                if im.mode in ("1", "L", "LA", "I", "I;16", "F"):
+                    continue
+                rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+        except OSError:
+            continue
+        if np.abs(rgb - rgb[..., :1]).max() > 2:
+            return True
+    return False
+
+
+def channel_note(colour_data: bool, prior_channels: int, prior_name: str) -> str | None:
+    """A note when colour images meet a grey prior (they are converted to grey), else None.
+
+    Grey images given to an RGB prior need none: their grey is repeated to 3 channels.
+    """
+    if colour_data and int(prior_channels) == 1:
+        return (
+            f"The images are in colour but the {prior_name!r} prior is greyscale: they are "
+            "converted to grey. Pick an RGB prior (or train one for this dataset) to keep "
+            "the colour."
+        )
+    return None
