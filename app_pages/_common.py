@@ -194,8 +194,11 @@ def prior_or_none(name: str, device: str = "cpu") -> tuple[object | None, str | 
 
 @st.cache_data(show_spinner=False, ttl=60)
 def listed_priors() -> list[PriorInfo]:
-    """The priors in the local Hugging Face cache and the trained-priors folder (configs only)."""
-    return find_priors()
+    """The priors in the local Hugging Face cache and the trained-priors folder (configs only).
+
+    The embedded prior, which `find_priors` lists first, has its own entry in the picker.
+    """
+    return [p for p in find_priors() if p.source != "embedded"]
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
