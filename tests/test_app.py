@@ -610,7 +610,7 @@ def test_distill_page_shares_a_budget_and_charts_it_before_running(tmp_path, mon
     bars = json.loads(charts[0].proto.spec)["data"][0]
     expected = share_out([400] * 10, 25)[0]
     assert bars["y"] == expected == [3] * 5 + [2] * 5
-    at.button(key="dist_go").click().run()
+    at = _distil(at)
     assert not at.exception and not at.error
     ds = load(at.session_state["dist_result"]["folder"])
     assert np.bincount(ds.labels.numpy()).tolist() == expected
