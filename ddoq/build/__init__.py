@@ -1,2 +1,2 @@
-"""Rebuild what ships in ``ddoq/assets``: the embedded prior and teacher (no pipeline module
-imports this folder; the command line does)."""
+"""Rebuild the shipped embedded prior (`ddoq.build.prior`, moving to `ddoq.priors.training`);
+only the command line imports this folder."""
