@@ -1,7 +1,7 @@
 """Distill and export: Algorithm 2 for every class, written to disk and offered as a zip.
 
 A thin view over `ddoq.distillation.local.distill` (encode, quantize, decode, label) and
-`ddoq.export.write`. Each browser session writes under its own folder
+`ddoq.export.DistilledSet.save`. Each browser session writes under its own folder
 (`pages._common.session_dir`), so two sessions never overwrite each other's exports.
 """
 
@@ -17,7 +17,6 @@ import streamlit as st
 from ddoq.app.figures import image_row, to_uint8
 from ddoq.distillation.config import DECODES, METHODS, DistillConfig
 from ddoq.distillation.local import distill
-from ddoq.export import write
 from pages._common import (
     chosen_data,
     readable_errors,
@@ -133,7 +132,7 @@ if st.button(
             )
             stamp = time.strftime("%Y%m%d-%H%M%S")
             name = f"{stamp}-{method}-ipc{int(ipc)}"
-            out = write(result, session_dir() / "exports" / name)
+            out = result.save(session_dir() / "exports" / name)
             st.write("Zipping…")
             archive = shutil.make_archive(str(out), "zip", root_dir=out)
             status.update(label=f"Exported to {out}", state="complete", expanded=False)

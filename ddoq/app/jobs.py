@@ -5,7 +5,7 @@ the worker thread runs on while the person switches pages or the page reruns, an
 polls the job's public state (status, progress, per-epoch losses and accuracies).
 
 For each method (``ddoq``, ``d4m``, ``random``, ``full``) the job distils the set
-(`ddoq.distillation.local.distill`), writes it (`ddoq.export.write`) to ``RUN/<method>/distilled``,
+(`ddoq.distillation.local.distill`), writes it (`DistilledSet.save`) to ``RUN/<method>/distilled``,
 trains a student with one `ddoq.train.loop.fit_distilled` call whose ``on_epoch`` callback
 records the loss and the held-out accuracy of every epoch and stops the run when asked
 (the checkpoint in ``RUN/<method>/student`` is written first, so stopping loses nothing),
@@ -163,7 +163,7 @@ class TrainJob:
                 device=spec.device,
             )
             result = distill(dconf, prior=prior, teacher=teacher, progress=False)
-            ds = export.load(export.write(result, run / "distilled", overwrite=True))
+            ds = export.load(result.save(run / "distilled", overwrite=True))
             if test is None:  # the same split for every method: the set's dataset and size
                 test = held_out_split(ds.manifest)
                 test_xy = (test.images(), torch.as_tensor(test.targets))

@@ -44,7 +44,7 @@ from ddoq.data.embedded import EMBEDDED_DATASETS, _load_embedded
 from ddoq.data.folders import DEFAULT_FOLDER_IMAGE_SIZE, FolderDataset
 from ddoq.data.split import DEFAULT_SEED, DEFAULT_TEST_FRACTION, _check_split
 
-__all__ = ["EMBEDDED_DATASETS", "available_datasets", "load_dataset"]
+__all__ = ["EMBEDDED_DATASETS", "load_dataset"]
 
 
 def load_dataset(
@@ -159,7 +159,3 @@ def load_dataset(
         verify=verify,
     )
 
-
-def available_datasets() -> list[str]:
-    """Names of the embedded datasets `load_dataset` accepts (folders come on top)."""
-    return list(EMBEDDED_DATASETS)

@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ddoq import export
-from ddoq.distillation.config import DistillConfig, DistillResult
+from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.local import run_local
 from ddoq.distillation.ray_engine import run_ray
-from ddoq.distillation.stages import ClassPart, assemble, prepare, prior_info, with_total
+from ddoq.distillation.stages import assemble, prepare, prior_info, with_total
 from ddoq.distillation.store import RunStore
+from ddoq.export import DistilledSet
 
 __all__ = ["ENGINES", "distill_to_folder"]
 
@@ -47,7 +47,7 @@ def distill_to_folder(
     teacher=None,
     progress: bool = True,
     on_class: Callable[[str, int, int], None] | None = None,
-) -> DistillResult:
+) -> DistilledSet:
     """Distil `config` into the export folder `out`, resuming an interrupted run.
 
     Parameters
@@ -75,10 +75,10 @@ def distill_to_folder(
 
     Returns
     -------
-    DistillResult
+    DistilledSet
         The distilled set as written, without its pixels (``images`` is None: they were
         streamed class by class into `out`; `ddoq.export.load` reads them back).
-        ``info["resumed_classes"]`` says how many classes came from an earlier run.
+        ``manifest["resumed_classes"]`` says how many classes came from an earlier run.
 
     Raises
     ------
@@ -106,31 +106,24 @@ def distill_to_folder(
             flush=True,
         )
 
-    def save(part: ClassPart) -> None:
-        store.save(part)
+    def done(label: int) -> None:
         if on_class is not None:
             on_class("class", len(store.done), train.num_classes)
 
-    if engine == "local":
-        run_local(config, prior, teacher, train, todo, save, timings=timings, progress=progress)
-    elif todo:
-
-        def finished(label: int) -> None:
-            store.mark_done(label)
-            if on_class is not None:
-                on_class("class", len(store.done), train.num_classes)
-
-        run_ray(
+    engines = {"local": run_local, "ray": run_ray}
+    options = {"address": ray_address, "workers": workers} if engine == "ray" else {}
+    if todo:
+        engines[engine](
             config,
-            train,
-            prior,
-            store,
-            todo,
-            finished,
-            address=ray_address,
-            workers=workers,
+            train=train,
+            prior=prior,
+            teacher=teacher,
+            classes=todo,
+            store=store,
+            on_class_done=done,
             timings=timings,
             progress=progress,
+            **options,
         )
     missing = store.todo()
     if missing:
@@ -139,11 +132,17 @@ def distill_to_folder(
     info = teacher.info() if teacher is not None else None
     parts = store.parts(images=False)
     result = assemble(
-        config, parts, train, prior_info(config, prior), info, timings, images=store.images()
+        config,
+        parts,
+        train,
+        prior_info(config, prior),
+        info,
+        timings,
+        images=store.images(),
+        engine=engine,
+        resumed_classes=store.resumed,
     )
-    result.info["engine"] = engine
-    result.info["resumed_classes"] = store.resumed
-    export.write(result, out, overwrite=overwrite)
+    result.save(out, overwrite=overwrite)
     store.remove()
     result.images = None  # the pixels are in `out` now (`ddoq.export.load` reads them)
     return result

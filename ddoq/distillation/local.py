@@ -1,9 +1,10 @@
 """The local engine: Algorithm 2's per-class stages, group by group, in this process.
 
-`distill(DistillConfig(...))` returns the distilled set in memory (the top-level
-``ddoq.distill``); `run_local` is the loop both it and the resumable folder run
-(`ddoq.distillation.folder`) use. The Ray engine (`ddoq.distillation.ray_engine`) runs the
-same stages (`ddoq.distillation.stages`) on a cluster.
+`distill(DistillConfig(...))` returns the distilled set in memory, a
+`ddoq.export.DistilledSet` (the top-level ``ddoq.distill``); `run_local` is the loop both it
+and the resumable folder run (`ddoq.distillation.folder`) use. The Ray engine
+(`ddoq.distillation.ray_engine`) runs the same stages (`ddoq.distillation.stages`) on a
+cluster.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ddoq.distillation.config import DistillConfig, DistillResult
+from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.stages import (
     ClassPart,
     assemble,
@@ -26,30 +27,46 @@ from ddoq.distillation.stages import (
     with_total,
 )
 from ddoq.encode import encode_dataset
+from ddoq.export import DistilledSet
 from ddoq.labels import teacher_logits
 
 __all__ = [
+    "PartList",
     "distill",
     "run_local",
 ]
 
 
+class PartList:
+    """An in-memory store of finished classes (what `distill` gives `run_local`)."""
+
+    def __init__(self) -> None:
+        self.done: list[ClassPart] = []
+
+    def save(self, part: ClassPart) -> None:
+        self.done.append(part)
+
+
 def run_local(
     config: DistillConfig,
+    *,
+    train,
     prior,
     teacher,
-    train,
     classes: list[int],
-    save: Callable[[ClassPart], None],
-    *,
+    store,
+    on_class_done: Callable[[int], None] | None = None,
     group: int = 64,
     timings: dict[str, float] | None = None,
     progress: bool = False,
 ) -> None:
     """The local engine: encode, quantize, measure, decode and label `classes`, in this process.
 
-    Classes go `group` at a time (one batched quantization per group, latents of one group
-    in memory); `save(part)` receives each finished class, in class order.
+    The engines' one signature (`ddoq.distillation.ray_engine.run_ray` takes the same
+    arguments). Classes go `group` at a time (one batched quantization per group, latents
+    of one group in memory); each finished class goes to ``store.save(part)`` (a
+    `ddoq.distillation.store.RunStore` or a `PartList`), then ``on_class_done(label)``, in
+    class order.
     """
     timings = {} if timings is None else timings
     desc = f"distill ({config.method}, {config.decode})"
@@ -75,7 +92,9 @@ def run_local(
             part = timed("decode", render_class, config, prior, train, selection, None)
             if teacher is not None:
                 part.logits = timed("label", teacher_logits, teacher, part.images)
-            save(part)
+            store.save(part)
+            if on_class_done is not None:
+                on_class_done(part.label)
             bar.update(1)
     bar.close()
 
@@ -87,28 +106,37 @@ def distill(
     teacher=None,
     progress: bool = True,
     on_class: Callable[[str, int, int], None] | None = None,
-) -> DistillResult:
+) -> DistilledSet:
     """Run Algorithm 2 (steps 1-3 and the labels) in this process; return the set in memory.
 
     `prior` and `teacher` may be given already loaded (benchmarks reuse them); they must
     be the ones `config.prior` and `config.teacher` name, which the manifest records.
     `on_class("class", done, total)` is called after each finished class, so a caller such
-    as the app can show progress. For a resumable run written to a folder, or the Ray
-    engine, see `ddoq.distillation.folder.distill_to_folder`.
+    as the app can show progress. Save the set with `DistilledSet.save`; for a resumable
+    run written to a folder, or the Ray engine, see
+    `ddoq.distillation.folder.distill_to_folder`.
     """
     config.check()
     timings: dict[str, float] = {}
     t = time.perf_counter()
     prior, train, teacher = prepare(config, prior=prior, teacher=teacher)
     timings["load"] = time.perf_counter() - t
-    parts: list[ClassPart] = []
+    store = PartList()
 
-    def save(part: ClassPart) -> None:
-        parts.append(part)
+    def done(label: int) -> None:
         if on_class is not None:
-            on_class("class", len(parts), train.num_classes)
+            on_class("class", len(store.done), train.num_classes)
 
-    classes = list(range(train.num_classes))
-    run_local(config, prior, teacher, train, classes, save, timings=timings, progress=progress)
+    run_local(
+        config,
+        train=train,
+        prior=prior,
+        teacher=teacher,
+        classes=list(range(train.num_classes)),
+        store=store,
+        on_class_done=done,
+        timings=timings,
+        progress=progress,
+    )
     info = teacher.info() if teacher is not None else None
-    return assemble(config, parts, train, prior_info(config, prior), info, with_total(timings))
+    return assemble(config, store.done, train, prior_info(config, prior), info, with_total(timings))
