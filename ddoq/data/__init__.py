@@ -158,4 +158,3 @@ def load_dataset(
         class_names=class_names,
         verify=verify,
     )
-
