@@ -1,6 +1,7 @@
 # Two entry points (see README): `make run` and `make test`.
 # Both create the project-local virtual environment .venv when it is missing
 # and reinstall only when requirements.txt or pyproject.toml changed.
+# `make test` is what CI runs: lint, format check, type check (mypy), then the tests.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,6 +22,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -28,4 +31,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info

@@ -190,7 +190,7 @@ def kmeans_plusplus(
         for w in range(width):
             r = w // trials
             c_sq = z_sq[cand[w]]
-            acc = np.float32(0.0)
+            acc = np.float32(0.0)  # type: ignore[assignment]  # numba: a float32 sum here
             for i in range(n):
                 dist = max(z_sq[i] + c_sq - np.float32(2.0) * dots[w, i], np.float32(0.0))
                 acc += min(dist, closest[r, i])
@@ -248,7 +248,7 @@ def _decide(
     x_sq: float,
     tie_rtol: float,
     c_max: float,
-) -> tuple[int, float, float]:
+) -> tuple[int, np.float32, np.float32]:
     """Row i's nearest centroid from its partial distances |c|^2 - 2 x.c (K,).
 
     The rule of `ddoq.quantize._assign_batched`: lowest index on ties, and when the two

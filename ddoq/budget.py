@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 
 from ddoq.quantize import quantize_classes
@@ -103,7 +105,7 @@ def allocate_budget(
         raise ValueError(f"method must be 'greedy' or 'exact', got {method!r}")
     # best[b] = least cost of the classes so far using b images; choice[c][b] = K_c there
     best = np.zeros(1)
-    choices = []
+    choices: list[np.ndarray] = []
     for c, curve in enumerate(cs):
         ks = np.arange(min_per_class, len(curve) + 1)
         new = np.full(len(best) + len(curve), np.inf)
@@ -124,11 +126,11 @@ def allocate_budget(
 
 
 def distortion_curves(
-    groups: Sequence[ArrayLike],
+    groups: Sequence[np.ndarray | torch.Tensor],
     k_max: int,
     *,
     random_state: int = 0,
-    **params: object,
+    **params: Any,
 ) -> list[np.ndarray]:
     """Each class's distortion with K = 1..k_max centroids (empirical, per point).
 

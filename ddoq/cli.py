@@ -467,7 +467,7 @@ def _train(args: argparse.Namespace) -> str | None:
         if main:
             print(f"teacher: {teacher.describe()}", flush=True)
     test = held_out_split(ds.manifest, args.dataset) if main else None
-    test_xy = (test.images(), torch.as_tensor(test.targets)) if main else None
+    test_xy = None if test is None else (test.images(), torch.as_tensor(test.targets))
     run = Path(args.out)
     if main:
         run.mkdir(parents=True, exist_ok=True)
@@ -554,7 +554,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         run = Path(args.run)
         manifest = read_run(run)
         s = manifest["student"]
-        model = load_student(run, args.device)
+        model = load_student(run, args.device)  # type: ignore[assignment]  # both nn.Modules
         name = args.dataset or manifest["test_split"]["dataset"]
         size, channels = args.image_size or s["image_size"], s["in_channels"]
         what = f"student {s['name']} of {run}"

@@ -201,7 +201,10 @@ class DistilledSet(Dataset):
         """Teacher probabilities at `temperature` (default the stored one), or None."""
         if self.teacher_logits is None:
             return None
-        return F.softmax(self.teacher_logits / (temperature or self.temperature), dim=1)
+        temperature = temperature or self.temperature
+        if temperature is None:
+            raise ValueError("this set stores no soft-label temperature: pass `temperature`")
+        return F.softmax(self.teacher_logits / temperature, dim=1)
 
     def __getitem__(self, i: int):
         probs = self.soft_labels()

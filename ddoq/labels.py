@@ -189,7 +189,7 @@ class Teacher(nn.Module):
         if x.shape[-2:] != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:  # set together
             x = (x - self.mean.to(device)) / self.std.to(device)
         logits = self.net(x)
         if self.output_index is not None:
@@ -304,6 +304,7 @@ def load_teacher(
         cfg = json.loads(cfg_file.read_text())
         names = cfg["class_names"]
         arch = cfg.get("arch", "convnet")
+        net: nn.Module
         if arch == "convnet":
             net = ConvNet(
                 len(names),

@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -214,7 +215,7 @@ def _kmeans_plusplus_batched(
     z = x
     if sketch:
         signs = torch.where(streams[:, n_u:] < 0.5, -1.0, 1.0).to(x.dtype)
-        z = _count_sketch(x, signs, n_components)
+        z = _count_sketch(x, signs, cast(int, n_components))  # sketch: not None
     measured = z  # one row per class (the draws repeat it below)
     len_t = torch.as_tensor(lengths, device=device)
     if draws > 1:
@@ -456,7 +457,9 @@ def _to_tensor(data: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
 
 def _int_at_least(value: object, least: int) -> bool:
     """Whether value is an integer (numpy's too, not a bool) of at least `least`."""
-    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= least
+    return (
+        not isinstance(value, bool) and isinstance(value, int | np.integer) and bool(value >= least)
+    )
 
 
 def _check_n_clusters(n_clusters: int, n_points: int) -> None:
@@ -850,11 +853,13 @@ def _lloyd_polish(
         prev, sums = start[0].masked_fill(~valid, 0), start[1]
     bounded = n_classes == 1  # distance bounds for one class (its rows gathered directly)
     bounds = None  # (upper, lower) distances of one class's points, valid for `centers`
+    sq: torch.Tensor | None
     for it in range(max_iter + 1):
         if bounds is None:
             labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, bounded)
-        else:
-            labels, sq, bounds = _reassign_within_bounds(x, centers, x_sq, prev, *bounds)
+        else:  # prev is the last labels (not None) whenever bounds are kept
+            prev_labels = cast(torch.Tensor, prev)
+            labels, sq, bounds = _reassign_within_bounds(x, centers, x_sq, prev_labels, *bounds)
         counts = _cell_counts(labels, valid, k)
         if bool((counts == 0).any()):
             if sq is None:  # some distances are stale: the relocation needs them all
@@ -947,9 +952,8 @@ def _reassign_within_bounds(
     labels = labels.clone()
     upper, lower = upper.clone(), lower.clone()
     if len(need):
-        sub_labels, _, (sub_upper, sub_lower) = _assign_with_bounds(
-            x[:, need], centers, x_sq[:, need], True
-        )
+        sub_labels, _, sub_bounds = _assign_with_bounds(x[:, need], centers, x_sq[:, need], True)
+        sub_upper, sub_lower = cast("tuple[torch.Tensor, torch.Tensor]", sub_bounds)  # bounded
         labels[0, need], upper[0, need], lower[0, need] = sub_labels[0], sub_upper[0], sub_lower[0]
     return labels, None, (upper, lower)
 
@@ -1490,8 +1494,8 @@ def _fit_batched(
         if n_iter is not None:  # Lloyd has no online estimates
             est.n_steps_ = int(n_iter[c])
             est.n_samples_seen_ = est.n_steps_ * lengths[c]
-            est.companion_weights_ = None
-            est.running_distortion_ = None
+            est.companion_weights_ = None  # type: ignore[assignment]  # Lloyd: no estimate
+            est.running_distortion_ = None  # type: ignore[assignment]
         est.n_polish_ = 0 if n_polish is None else int(n_polish[c])
         est.history_ = histories[c]
         est.n_iter_ = est.n_steps_ if n_iter is not None else first.max_iter  # passes over X
@@ -1579,12 +1583,13 @@ def _fit_compiled(est: CLVQ, X: ArrayLike, name: str) -> bool:
     if dead and gen is None:  # the re-seeding below draws from the class's generator
         gen = _make_generator(seed, torch.device("cpu"))
     est._keep_host_state(host)
-    est._generator, est._window_samples = gen, 0
+    est._generator, est._window_samples = gen, 0  # type: ignore[assignment]  # None: no draws yet
     if dead:  # a centroid won nothing: the torch solver's re-seeding, with that generator
         state = est._state
         state.wins_window[0] = torch.from_numpy(wonf)
         mask = torch.ones((1, n), dtype=torch.bool)
-        _reseed_dead(state, torch.from_numpy(x)[None], mask, torch.from_numpy(step_sq)[None], [gen])
+        gens = [cast(torch.Generator, gen)]  # made above when dead
+        _reseed_dead(state, torch.from_numpy(x)[None], mask, torch.from_numpy(step_sq)[None], gens)
         centers, labels, sq, n_polish, counts = kern.lloyd_polish(
             x, x_sq, state.centers[0].numpy(), int(est.polish_iter), step_labels, sums,
             _TIE_RTOL, _BOUND_RTOL, np.empty(0, np.float32), np.empty(0, np.float32),
@@ -1619,7 +1624,7 @@ def quantize_classes(
     the same arithmetic on a padded (C, N_max, d) stack, so one call keeps a GPU busy.
     """
     if y is not None:
-        data = _as_points(X, finite=False)
+        data = _as_points(cast(ArrayLike, X), finite=False)
         names = None
         labels = (
             np.asarray(torch.as_tensor(y).cpu()) if isinstance(y, torch.Tensor) else np.asarray(y)

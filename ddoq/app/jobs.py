@@ -22,6 +22,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -224,7 +225,7 @@ class TeacherJob:
         self.status = "queued"
         self.progress = 0.0
         self.info: dict = {}
-        self.report = None
+        self.report: Any = None  # a TeacherReport once done
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name="ddoq-teacher", daemon=True)
 

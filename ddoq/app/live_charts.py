@@ -573,7 +573,7 @@ def teach_frame(
     tick = tick_playground(live, bounds, step=step, resolution=resolution)
     snap = tick.snapshot
     curve = history_spec(live.history, "Running vs exact distortion")
-    if snap is None:
+    if snap is None or tick.grid is None:  # both None before the first step
         fig = voronoi_map_spec(
             points, None, None, None, k=k, bounds=bounds, uniform_overlay=uniform_overlay
         )

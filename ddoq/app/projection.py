@@ -137,7 +137,8 @@ def _read(path: Path, fingerprint: str, params: dict[str, Any], n: int) -> dict 
 
 def _write(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Store a projection cache file: `arrays` and the JSON `meta` in one ``.npz``."""
-    atomic_write(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays))
+    # numpy's stub matches **arrays against savez's allow_pickle: bool
+    atomic_write(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays))  # type: ignore[arg-type]
 
 
 def _pca_from_arrays(mean: np.ndarray, components: np.ndarray, ratio: np.ndarray) -> Any:
@@ -200,7 +201,7 @@ def project(
     use_cache = cache_dir is not False
     path = None
     if use_cache:
-        root = default_cache_dir() if cache_dir in (None, True) else cache_dir
+        root = cache_dir if isinstance(cache_dir, str | os.PathLike) else default_cache_dir()
         path = cache_path(fp, params, root)
         hit = _read(path, fp, params, x.shape[0])
         if hit is not None:

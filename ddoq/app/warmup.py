@@ -41,7 +41,8 @@ def enable_numba_cache(cache_dir: str | os.PathLike | None = None) -> int:
 
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        numba.config.CACHE_DIR = str(cache_dir)  # numba reads $NUMBA_CACHE_DIR at import only
+        # numba reads $NUMBA_CACHE_DIR at import only (CACHE_DIR is set at run time, untyped)
+        numba.config.CACHE_DIR = str(cache_dir)  # type: ignore[attr-defined]
     import pynndescent  # noqa: F401
     import umap  # noqa: F401
 
@@ -53,7 +54,7 @@ def enable_numba_cache(cache_dir: str | os.PathLike | None = None) -> int:
             if (
                 isinstance(obj, Dispatcher)
                 and not obj.signatures
-                and isinstance(obj._cache, NullCache)
+                and isinstance(obj._cache, NullCache)  # type: ignore[attr-defined]  # private
             ):
                 obj.enable_caching()
                 count += 1

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -326,7 +327,7 @@ def run_ray(
         if config.method != "full":
             entries = {c: cache_entry(train, prior, c, config.cache_dir) for c in classes}
         shards = store.scratch("shards")
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"label": c, "start": s, "stop": min(s + ENCODE_BATCH, entry.shape[0])}
             for c, entry in entries.items()
             if not entry.valid()

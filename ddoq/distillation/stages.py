@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -186,9 +187,10 @@ def select_points(
     gets its own seed (`quantize_seed`), so the result does not depend on the grouping.
     """
     out = []
+    present = cast("list[torch.Tensor]", latents)  # None only for "full"
     if config.method in ("ddoq", "d4m"):
         estimators = quantize_classes(
-            [x.flatten(1).numpy() for x in latents],
+            [x.flatten(1).numpy() for x in present],
             n_clusters=config.ipc,
             random_state=[quantize_seed(config, c) for c in labels],
             solver=config.solver,
@@ -196,12 +198,12 @@ def select_points(
             batch_size=config.quantize_batch,
             device=config.device,
         )
-        for c, x, est in zip(labels, latents, estimators):
+        for c, x, est in zip(labels, present, estimators):
             points = torch.as_tensor(est.cluster_centers_).reshape(-1, *x.shape[1:])
             masses = np.asarray(est.weights_, dtype=np.float64)
             out.append(Selection(c, masses, points, None, distortion=est.distortion_))
     elif config.method == "random":
-        for c, x, idx in zip(labels, latents, class_indices):
+        for c, x, idx in zip(labels, present, class_indices):
             rng = np.random.default_rng([config.seed, c])
             pick = np.sort(rng.choice(len(idx), size=config.ipc, replace=False))
             masses = voronoi_masses(x.flatten(1).numpy(), x[pick].flatten(1).numpy())
@@ -235,6 +237,7 @@ def render_class(
     c = selection.label
     seeds = [image_seed(config.seed, c, k) for k in range(len(selection.masses))]
     if config.method in ("ddoq", "d4m"):
+        assert selection.points is not None  # select_points gives ddoq and d4m points
         images = decode_latents(prior, selection.points, c, seeds, config)
     else:
         images = train.images(selection.source)
@@ -321,7 +324,7 @@ def assemble(
     latents, logits, sources = cat("latents"), cat("logits"), cat("source")
     return DistillResult(
         config=config,
-        images=torch.cat([p.images for p in parts]).float().clamp(0, 1)
+        images=torch.cat([cast(torch.Tensor, p.images) for p in parts]).float().clamp(0, 1)
         if images is None
         else images,
         labels=labels,

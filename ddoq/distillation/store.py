@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def _int64(values) -> torch.Tensor | None:
 def write_part(path: str | os.PathLike, part: ClassPart) -> None:
     """Store one finished class as a safetensors file (atomically)."""
     tensors = {
-        "images": part.images.float(),
+        "images": cast(torch.Tensor, part.images).float(),  # a finished class has pixels
         "masses": torch.as_tensor(part.masses, dtype=torch.float64),
         "seeds": _int64(part.seeds),
         "latents": None if part.latents is None else part.latents.float(),

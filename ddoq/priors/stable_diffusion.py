@@ -65,7 +65,7 @@ class StableDiffusionPrior(GenerativePrior):
         """The text-conditional `UNet2DConditionModel`."""
         return self.denoiser
 
-    @GenerativePrior.class_names.setter
+    @GenerativePrior.class_names.setter  # type: ignore[attr-defined]  # mypy: inherited property
     def class_names(self, names: Sequence[str]) -> None:
         names = tuple(str(n) for n in names)
         if not names:

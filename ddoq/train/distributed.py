@@ -23,7 +23,7 @@ import socket
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -180,7 +180,8 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any) -> list[Any]:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
     ctx = mp.get_context("spawn")
     port = _free_port()
-    procs, conns = [], {}
+    procs: list = []
+    conns: dict[Any, int] = {}
     for r in range(nproc):
         reader, writer = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_worker, args=(r, nproc, port, fn, args, writer), daemon=True)
@@ -193,7 +194,7 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any) -> list[Any]:
     finished = False
     try:
         while conns and failure is None:
-            for conn in mpc.wait(list(conns)):
+            for conn in cast("list[mpc.Connection]", mpc.wait(list(conns))):
                 r = conns.pop(conn)
                 try:
                     message = pickle.loads(conn.recv_bytes())

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -429,8 +430,10 @@ def fit(
         if teacher is None:
             raise ValueError("soft labels need teacher_probs or a teacher; or use labels='hard'")
         teacher_probs = _teacher_probs(teacher, images, config.temperature, device)
-    if num_classes is None:
-        num_classes = teacher_probs.shape[1] if soft else int(labels.max()) + 1
+    if num_classes is None and soft and teacher_probs is not None:
+        num_classes = teacher_probs.shape[1]
+    elif num_classes is None:
+        num_classes = int(labels.max()) + 1
     mode = config.augment
     if mode == "auto":
         mode = "digits" if images.shape[-1] <= 32 else "large"
@@ -485,7 +488,7 @@ def fit(
         total = 0.0
         for batch in epoch_order(n, draw, gen).split(config.batch_size):
             boxes = _crop_boxes(len(batch), mode, gen)  # drawn for the whole global batch
-            mix = _cutmix_draw(len(batch), config.cutmix, *images.shape[-2:], gen)
+            mix = _cutmix_draw(len(batch), config.cutmix, images.shape[-2], images.shape[-1], gen)
             idx = batch.tensor_split(world)[rank]  # this process's share
             share = None if boxes is None else boxes.tensor_split(world)[rank]
             x = images[idx].to(device)
@@ -502,23 +505,27 @@ def fit(
                 parts = [(idx, lam), (other, 1.0 - lam)]
             out = net(x)
             if soft and config.protocol == "live":  # the teacher labels the mixed view
+                assert teacher is not None  # checked before training
                 target = _teacher_probs(teacher, x, config.temperature, device)
-                mixed_w = sum(f * w[i] for i, f in parts).to(device)
+                mixed_w = cast(torch.Tensor, sum(f * w[i] for i, f in parts)).to(device)
                 loss = weighted_loss(
                     out, target, mixed_w, config.temperature, batch_size=len(batch)
                 )
             else:
-                loss = sum(
+                targets = teacher_probs if soft else labels  # not None when soft
+                assert targets is not None
+                terms = (
                     f
                     * weighted_loss(
                         out,
-                        (teacher_probs[i] if soft else labels[i]).to(device),
+                        targets[i].to(device),
                         w[i].to(device),
                         config.temperature,
                         batch_size=len(batch),
                     )
                     for i, f in parts
                 )
+                loss = cast(torch.Tensor, sum(terms))
             if world > 1:
                 loss = loss * world  # DDP averages the W processes' gradients
             opt.zero_grad(set_to_none=True)

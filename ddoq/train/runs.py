@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def write_run(
     test: ImageDataset | None,
     teacher: nn.Module | None = None,
     status: str = "done",
-    history: dict[str, list[float]] | None = None,
+    history: dict[str, Sequence[float]] | None = None,
     started: float | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -141,7 +142,8 @@ def write_run(
         "test_split": None
         if test is None
         else {"dataset": test.name, "fingerprint": test.fingerprint, "size": len(test)},
-        "teacher": teacher.info() if teacher is not None else distilled.manifest.get("teacher"),
+        # a ddoq Teacher: typed as nn.Module, whose __getattr__ hides info()
+        "teacher": teacher.info() if teacher is not None else distilled.manifest.get("teacher"),  # type: ignore[operator]
         "class_names": distilled.class_names,
         "versions": package_versions(),
         "distributed": {"world_size": result.world_size, "backend": distributed.backend()},
