@@ -1,6 +1,6 @@
 """ddoq: Dataset Distillation by Optimal Quantization.
 
-The pipeline flows one way, one folder or module per stage (README, "Layout"):
+The pipeline flows one way, one folder or module per stage (docs/architecture.md):
 data -> encode (priors) -> quantize -> decode (priors) -> label -> train -> export.
 
 The verbs a user needs first are re-exported here (as POT re-exports ``ot.emd2``)::
