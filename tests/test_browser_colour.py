@@ -11,7 +11,6 @@ README's colour screenshots come from there).
 
 from __future__ import annotations
 
-import inspect
 import io
 import zipfile
 from pathlib import Path
@@ -152,12 +151,6 @@ def test_rgb_folder_through_a_typed_sd_prior(page, app_url, rgb, sd, tmp_path):
 
 
 def test_a_prior_trained_from_the_apps_button(page, app_url, rgb, tmp_path):
-    from ddoq.priors import training
-
-    if "dataset" not in getattr(training.PriorTrainingConfig, "__dataclass_fields__", {}) or (
-        "progress" not in inspect.signature(training.train_prior).parameters
-    ):
-        pytest.skip("ddoq.priors.training.train_prior has no dataset option on this branch")
     _open_folder(page, app_url, rgb)
     page.get_by_text("Train a prior for this dataset").first.click()  # the expander
     _pick(page, "Image size", "32")
