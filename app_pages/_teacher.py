@@ -1,7 +1,7 @@
 """The teacher panel: which teacher labels the current dataset, and training one if none.
 
 `teacher_panel(dataset_name)` is called near the top of the pages that make soft labels
-(Distill, Train). It shows the teacher `ddoq.labels.resolve_teacher` picks for the
+(Distill, Train). It shows the teacher `ddoq.teachers.resolve_teacher` picks for the
 dataset's classes, or, when none fits, that one-line reason and a **Train a teacher for
 this dataset** button. The button queues a `ddoq.app.jobs.TeacherJob` (the app's one job queue)
 kept in this browser session's ``st.session_state`` (never in a ``st.cache_*`` function),
@@ -15,9 +15,9 @@ import streamlit as st
 
 from app_pages._common import job_status, submit
 from ddoq.app.jobs import TeacherJob
-from ddoq.build.teacher import TeacherConfig
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
-from ddoq.labels import Teacher, resolve_teacher
+from ddoq.teachers import Teacher, resolve_teacher
+from ddoq.teachers.training import TeacherConfig
 
 __all__ = ["teacher_panel"]
 

@@ -34,9 +34,9 @@ from _report import machine_line, markdown_table, write_section
 from ddoq.data import load_dataset
 from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.local import distill
-from ddoq.labels import load_teacher
 from ddoq.priors import load_prior
 from ddoq.quantize import temper_weights
+from ddoq.teachers import load_teacher
 from ddoq.train.loop import TrainConfig, auto_epochs, fit
 
 GRID_METHODS = ("random", "d4m", "ddoq-1", "ddoq-0.5")  # ddoq-<alpha>

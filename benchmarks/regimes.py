@@ -62,9 +62,10 @@ from _report import machine_line, markdown_table, write_section
 from ddoq.budget import allocate_budget, distortion_curves
 from ddoq.data import load_dataset
 from ddoq.distillation.stages import image_weights
-from ddoq.labels import load_teacher, soft_labels
+from ddoq.labels import soft_labels
 from ddoq.priors import load_prior
 from ddoq.quantize import quantize_classes
+from ddoq.teachers import load_teacher
 from ddoq.train.loop import PRESETS, TrainConfig, auto_epochs, fit
 from ddoq.transport import wasserstein2
 

@@ -169,8 +169,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DDOQ_CACHE_DIR"] = str(Path(tmp) / "cache")
         from ddoq.cli import main as ddoq
-        from ddoq.labels import load_teacher, teacher_dir_for
         from ddoq.priors.training import config_for_dataset, train_prior
+        from ddoq.teachers import load_teacher, teacher_dir_for
 
         torch.set_num_threads(args.threads)
         machine = machine_line()

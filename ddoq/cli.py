@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -18,14 +17,15 @@ import torch
 
 from ddoq import __version__, export
 from ddoq._io import write_json
-from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.distillation.config import ALLOCATIONS, DECODES, METHODS, DistillConfig
 from ddoq.distillation.folder import distill_to_folder
 from ddoq.distillation.stages import image_weights
-from ddoq.labels import resolve_teacher, teacher_for_set, teacher_logits
+from ddoq.labels import teacher_logits
 from ddoq.priors import channel_note, inspect_prior, resolve_prior
 from ddoq.priors.training import config_for_dataset, train_prior
+from ddoq.teachers import resolve_teacher, teacher_for_set
+from ddoq.teachers.training import TeacherConfig, train_teacher
 from ddoq.train import distributed
 from ddoq.train.loop import (
     AUGMENTATIONS,
@@ -36,14 +36,8 @@ from ddoq.train.loop import (
     evaluate,
     fit_distilled,
 )
-from ddoq.train.metrics import ranking_scores
-from ddoq.train.runs import (
-    held_out_split,
-    load_student,
-    read_run,
-    validation_split,
-    write_run,
-)
+from ddoq.train.metrics import GROUPS, rank_runs
+from ddoq.train.runs import held_out_split, load_student, read_run, validation_split, write_run
 from ddoq.train.students import STUDENTS
 
 
@@ -467,7 +461,7 @@ def _class_names(dataset: str) -> list[str]:
 
 
 def _set_teacher(args: argparse.Namespace, manifest: dict, class_names: list[str], device: str):
-    """`ddoq.labels.teacher_for_set` with ``--teacher`` / ``--teacher-weights``."""
+    """`ddoq.teachers.teacher_for_set` with ``--teacher`` / ``--teacher-weights``."""
     return teacher_for_set(
         manifest, class_names, device, spec=args.teacher, weights=args.teacher_weights
     )
@@ -669,102 +663,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-_SAME_PROTOCOL = ("student", "width", "labels", "temperature", "protocol", "augment", "cutmix")
-
-
-def _read_runs(paths: list[str], what: str) -> list[dict]:
-    """The manifests of finished `ddoq train` runs (one-line error otherwise)."""
-    out = []
-    for path in paths:
-        try:
-            manifest = read_run(path, model=False)
-        except ValueError:
-            manifest = {}
-        if (manifest.get("metrics") or {}).get("test_accuracy") is None:
-            raise ValueError(f"{what} {path} is not a finished `ddoq train` run")
-        out.append({**manifest, "path": str(Path(path).resolve())})
-    return out
-
-
 def _rank(args: argparse.Namespace) -> int:
     """DD-Ranking's scores from the recorded accuracies of the given runs."""
-    groups = {"run": _read_runs(args.run, "RUN")}
-    for name in ("random", "full", "hard", "no_aug", "random_no_aug"):
-        if getattr(args, name) is not None:
-            groups[name] = _read_runs(getattr(args, name), f"--{name.replace('_', '-')}")
-    run_cfg = groups["run"][0]["config"]
-    if "hard" not in groups and run_cfg["labels"] == "hard":
-        groups["hard"] = groups["run"]
-    splits = {m["test_split"]["fingerprint"] for runs in groups.values() for m in runs}
-    if len(splits) > 1:
-        raise ValueError("the runs were evaluated on different test splits; use one dataset")
-
-    def check(name: str, like: str, **fixed) -> None:
-        for m in groups.get(name, []):
-            for key, value in fixed.items():
-                if m["config"].get(key) != value:
-                    raise ValueError(
-                        f"--{name.replace('_', '-')} {m['path']} must have {key}={value!r}, "
-                        f"has {m['config'].get(key)!r}"
-                    )
-            for key in _SAME_PROTOCOL if like else ():
-                ref = groups[like][0]["config"]
-                if key not in fixed and m["config"].get(key) != ref.get(key):
-                    raise ValueError(
-                        f"--{name.replace('_', '-')} {m['path']} differs from {like} in {key} "
-                        f"({m['config'].get(key)!r} vs {ref.get(key)!r}): same protocol needed"
-                    )
-
-    check("random", "run")
-    check("hard", "", labels="hard")
-    check("full", "", labels="hard")
-    for m in groups.get("full", []):
-        if (m.get("distilled") or {}).get("method") != "full":
-            raise ValueError(f"--full {m['path']} was not trained on a `--method full` set")
-    check("no_aug", "run", augment="none", cutmix=0.0)
-    check("random_no_aug", "no_aug", augment="none", cutmix=0.0)
-    if "no_aug" in groups and run_cfg["augment"] == "none" and not run_cfg.get("cutmix"):
-        raise ValueError("ARS compares with and without augmentation, but RUN has none")
-    acc = {k: statistics.fmean(m["metrics"]["test_accuracy"] for m in v) for k, v in groups.items()}
-    scores = ranking_scores(
-        acc["run"],
-        random=acc.get("random"),
-        full_hard=acc.get("full"),
-        distilled_hard=acc.get("hard"),
-        distilled_no_aug=acc.get("no_aug"),
-        random_no_aug=acc.get("random_no_aug") if "random" in acc else None,
+    ranking = rank_runs(
+        args.run,
+        **{name: getattr(args, name) for name in GROUPS[1:]},
         lrs_weight=args.lrs_weight,
         ars_weight=args.ars_weight,
     )
     names = {"ior": "IOR", "hlr": "HLR", "lrs": "LRS", "ars": "ARS"}
     shown = [
         f"{names[k]} {100 * v:{'+' if k in ('ior', 'hlr') else ''}.2f}"
-        for k, v in scores.as_dict().items()
+        for k, v in ranking.scores.as_dict().items()
         if v is not None
     ]
-    if not shown:
-        raise ValueError(
-            "no score computable: IOR needs --random; HLR --full and --hard; ARS --random, "
-            "--no-aug and --random-no-aug"
-        )
-    means = ", ".join(f"{k} {100 * v:.2f}% ({len(groups[k])} runs)" for k, v in acc.items())
+    means = ", ".join(
+        f"{k} {100 * v:.2f}% ({len(ranking.runs[k])} runs)" for k, v in ranking.accuracy.items()
+    )
     out = Path(args.out) if args.out else Path(args.run[0]) / "ranking.json"
-    write_json(
-        out,
-        {
-            "kind": "ddoq-ranking",
-            "definition": "DD-Ranking (Li et al. 2025) on accuracies as fractions; see "
-            "ddoq.train.metrics",
-            "scores": scores.as_dict(),
-            "weights": {"lrs": args.lrs_weight, "ars": args.ars_weight},
-            "accuracy": acc,
-            "runs": {
-                k: [{"path": m["path"], "config": m["config"], "preset": m.get("preset")}
-                    for m in v]
-                for k, v in groups.items()
-            },
-        },
-    )  # fmt: skip
+    write_json(out, ranking.as_dict())
     print(f"DD-Ranking (points; LRS/ARS in [0, 100]): {', '.join(shown)}; accuracies: {means}")
     print(f"wrote {out}")
     return 0

@@ -1,10 +1,11 @@
 """The app in a real browser: Debian's chromium driven by Playwright against `streamlit run`.
 
 Playwright's own browser download cannot work here, so the test uses the system
-chromium (installed with apt-get when missing and running as root; skipped with the
-reason otherwise). It opens each page, checks the Explore map and a live CLVQ run, and
-checks that the export download unpacks to the documented format, and takes a screenshot
-of each page (kept under $DDOQ_SCREENSHOTS when set: the README's come from there).
+chromium, which the set-up installs (``make install``: Debian's ``chromium`` when running
+as root); without it the tests skip with the reason. It opens each page, checks the
+Explore map and a live CLVQ run, checks that the export download unpacks to the
+documented format, and takes a screenshot of each page (kept under $DDOQ_SCREENSHOTS
+when set: the README's come from there).
 """
 
 from __future__ import annotations
@@ -42,20 +43,24 @@ LAUNCH_ARGS = [
 pytestmark = pytest.mark.slow
 
 
+def chromium_path() -> str | None:
+    """Path of the system chromium, or None."""
+    return shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
+
+
+NO_CHROMIUM = (
+    "no chromium: `make install` installs Debian's `chromium` package when run as root "
+    "(or: apt-get install chromium)"
+)
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Path of a chromium binary, installing Debian's package when missing and root."""
+    """Path of the system chromium (installed by the set-up, never by a test)."""
     pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
-    path = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
-    if path is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "chromium"]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            subprocess.run(install, env=env, capture_output=True)
-        path = CHROMIUM if os.path.exists(CHROMIUM) else None
+    path = chromium_path()
     if path is None:
-        pytest.skip("no chromium: install Debian's `chromium` package (needs root for apt-get)")
+        pytest.skip(NO_CHROMIUM)
     return path
 
 

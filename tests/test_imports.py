@@ -1,9 +1,10 @@
 """The package's import graph and folders: one-way, `ddoq._io` a leaf, and the curated API.
 
-The pipeline (data, priors, encode, quantize, transport, distillation, labels, train,
-export) is what a distillation runs; `ddoq.build` (rebuilding the shipped prior and
-teacher), `ddoq.app` (the app's view models) and `ddoq.cli` sit on top of it and no
-pipeline module imports them, nor Streamlit.
+The pipeline (data, priors, encode, quantize, transport, distillation, teachers, labels,
+train, export) is what a distillation runs; `ddoq.app` (the app's view models), `ddoq.ui`
+(the Streamlit app) and `ddoq.cli` sit on top of it and no pipeline module imports them,
+nor Streamlit. Training a teacher or a prior (the ``training`` modules) is for the command
+line and the app only.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def test_io_is_a_leaf():
 
 
 #: the layers above the pipeline: nothing in the pipeline imports them
-TOP = ("ddoq.cli", "ddoq.app", "ddoq.build")
+TOP = ("ddoq.cli", "ddoq.app", "ddoq.ui")
 
 
 def _on_top(name: str) -> bool:
@@ -129,8 +130,8 @@ def _third_party(path: Path) -> set[str]:
 
 
 def test_the_layer_check_can_fail():
-    graph = {"ddoq.labels": {"ddoq.build.teacher"}, "ddoq.app.jobs": {"ddoq.labels"}}
-    assert _imports_from_above(graph, ["ddoq.labels"]) == {"ddoq.labels": {"ddoq.build.teacher"}}
+    graph = {"ddoq.labels": {"ddoq.app.jobs"}, "ddoq.app.jobs": {"ddoq.labels"}}
+    assert _imports_from_above(graph, ["ddoq.labels"]) == {"ddoq.labels": {"ddoq.app.jobs"}}
     assert "ddoq.app.jobs" not in pipeline_modules()
     assert {"ddoq.data.datasets", "ddoq.distillation.stages"} <= set(pipeline_modules())
 
@@ -141,10 +142,14 @@ def test_no_pipeline_module_imports_the_app_the_build_or_the_cli():
     assert not bad, f"pipeline modules importing a top layer: {bad}"
 
 
-def test_only_the_cli_and_the_app_import_build():
+#: modules that train what the pipeline uses (a teacher, a prior)
+TRAINING = ("ddoq.teachers.training", "ddoq.priors.training")
+
+
+def test_only_the_cli_and_the_app_import_training():
     graph = import_graph()
-    users = {n for n, deps in graph.items() if any(d.startswith("ddoq.build") for d in deps)}
-    users = {n for n in users if not n.startswith("ddoq.build")}
+    assert "ddoq.teachers.training" in graph
+    users = {n for n, deps in graph.items() if deps & set(TRAINING)} - set(TRAINING)
     assert users <= {"ddoq.cli", "ddoq.app.jobs"}
     assert "ddoq.cli" in users  # `ddoq train-prior` / `ddoq train-teacher`
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torchvision
 
-from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.data import load_dataset
-from ddoq.labels import EMBEDDED_TEACHER_DIR, hard_labels, load_teacher, soft_labels, teacher_logits
+from ddoq.labels import hard_labels, soft_labels, teacher_logits
+from ddoq.teachers import EMBEDDED_TEACHER_DIR, load_teacher
+from ddoq.teachers.training import TeacherConfig, train_teacher
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +105,13 @@ def test_bad_teacher_specs_are_value_errors(tmp_path):
 
 
 def test_teacher_for_set_uses_the_recorded_teacher_while_it_loads():
-    from ddoq.labels import teacher_for_set
+    from ddoq.teachers import teacher_for_set
 
     names = [str(c) for c in load_dataset("mnist").classes]
     recorded = {"teacher": {"spec": "embedded"}, "dataset": {"name": "mnist"}}
-    assert teacher_for_set(recorded, names).selected == "the set's teacher"
+    teacher = teacher_for_set(recorded, names)
+    assert teacher.selection.source == "recorded" and teacher.selected == "the set's teacher"
     gone = {"teacher": {"spec": "/no/such/teacher"}, "dataset": {"name": "mnist"}}
-    assert teacher_for_set(gone, names).selected.startswith("auto")
-    assert teacher_for_set(gone, names, spec="embedded").selected == "given"
+    assert teacher_for_set(gone, names).selection.auto
+    given = teacher_for_set(gone, names, spec="embedded")
+    assert given.selection.source == "given" and given.selected == "given"

@@ -14,7 +14,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from ddoq.data import load_dataset
-from ddoq.labels import teacher_dir_for
+from ddoq.teachers import teacher_dir_for
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 120

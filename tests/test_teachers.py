@@ -5,6 +5,7 @@ Tiny folders of real MNIST digits written as PNGs: ``digits3`` has classes 3, 5,
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,11 +15,13 @@ import torch
 import torchvision
 from PIL import Image
 
+import ddoq
 from ddoq import export
-from ddoq.build.teacher import TeacherConfig, train_teacher
 from ddoq.cli import main
 from ddoq.data import load_dataset
-from ddoq.labels import hard_labels, load_teacher, resolve_teacher, teacher_dir_for, teacher_logits
+from ddoq.labels import hard_labels, teacher_logits
+from ddoq.teachers import Selection, load_teacher, resolve_teacher, teacher_dir_for
+from ddoq.teachers.training import TeacherConfig, train_teacher
 
 PER_CLASS = 40
 
@@ -166,6 +169,30 @@ def test_soft_labels_of_other_classes_are_refused_by_train(env, capsys):
     assert len(err.splitlines()) == 1 and "10 columns" in err and "5 classes" in err
 
 
+def test_a_selection_is_data_and_only_describe_words_it():
+    # the wording people read, for each way a teacher is chosen and matched
+    assert Selection("given").describe() == "given"
+    assert Selection("recorded").describe() == "the set's teacher"
+    assert Selection("own").describe() == "auto: trained for this dataset, same class names"
+    assert Selection("cached", "reordered", 3, 3).describe() == (
+        "auto: a cached teacher; outputs reordered to the dataset's class order"
+    )
+    assert Selection("embedded", "restricted", 2, 10).describe() == (
+        "auto: the embedded teacher; restricted to 2 of its 10 classes"
+    )
+    assert Selection("given", "by_index").describe().startswith("given; by output index")
+    with pytest.raises(ValueError, match="unknown teacher selection"):
+        Selection("whim")
+    # no code of the package reads the words back: nothing branches on `.selected`
+    package = Path(ddoq.__file__).parent
+    readers = [
+        str(f.relative_to(package))
+        for f in package.rglob("*.py")
+        if re.search(r"\.selected\s*(\.|==|!=|\[)", f.read_text())
+    ]
+    assert not readers
+
+
 def test_a_permuted_teacher_is_reordered_and_a_superset_restricted(trained):
     folder, _ = trained
     raw = load_teacher(folder)
@@ -176,15 +203,18 @@ def test_a_permuted_teacher_is_reordered_and_a_superset_restricted(trained):
     assert t.class_names == order and t.num_classes == 3
     expected = torch.stack([logits[:, raw.class_names.index(c)] for c in order], 1)
     assert torch.equal(teacher_logits(t, x), expected)
+    assert t.selection == Selection("given", "reordered", used=3, known=3)
     assert "reordered" in t.describe()
     # "auto" for a dataset with those classes in that order finds the cached teacher
     auto = resolve_teacher("auto", order)
     assert auto.source == str(folder) and torch.equal(teacher_logits(auto, x), expected)
+    assert auto.selection.source == "cached" and auto.selection.mapping == "reordered"
     # the embedded teacher restricted to two of its digits
     embedded = load_teacher("embedded")
     sub = resolve_teacher("embedded", ["7", "1"])
     full = teacher_logits(embedded, x)
     assert torch.equal(teacher_logits(sub, x), full[:, [7, 1]])
+    assert sub.selection == Selection("given", "restricted", used=2, known=10)
     assert "restricted to 2 of its 10 classes" in sub.describe()
     with pytest.raises(ValueError, match=r"knows the classes \[3, 5, 8\]"):
         resolve_teacher(str(folder), ["3", "5", "9"])

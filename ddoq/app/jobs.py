@@ -40,12 +40,12 @@ from pathlib import Path
 import torch
 
 from ddoq import export
-from ddoq.build.teacher import train_teacher
 from ddoq.data import load_dataset
 from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.local import distill
-from ddoq.labels import match_teacher, resolve_teacher
 from ddoq.priors import load_prior
+from ddoq.teachers import match_teacher, resolve_teacher
+from ddoq.teachers.training import train_teacher
 from ddoq.train.loop import TrainConfig, fit_distilled
 from ddoq.train.runs import held_out_split, read_run, write_run
 
@@ -322,7 +322,7 @@ class TrainJob(Job):
     """Distil and train every method of `spec` under `run_root` (a queued `Job`).
 
     Public state (read it from any thread): `status`, `progress` (0..1), `records`
-    (method -> `MethodRecord`), `error`, `running`, `teacher` (the `ddoq.labels.Teacher`
+    (method -> `MethodRecord`), `error`, `running`, `teacher` (the `ddoq.teachers.Teacher`
     of soft labels, None with hard labels). `stop()` asks the worker to stop after the
     current epoch and keeps what was trained; `cancel()` stops it within a class or an
     epoch and removes `run_root`. `prior` and `teacher` may be passed already loaded.
@@ -448,12 +448,12 @@ class TrainJob(Job):
 
 
 class TeacherJob(Job):
-    """Train a teacher for a dataset (`ddoq.build.teacher.train_teacher`), a queued `Job`.
+    """Train a teacher for a dataset (`ddoq.teachers.training.train_teacher`), a queued `Job`.
 
     The app keeps one per dataset in the person's session and polls its public state:
     `status`, `progress` (0..1, per epoch), `info` (the last epoch's loss, seconds),
-    `report` (a `ddoq.build.teacher.TeacherReport` once done), `error`, `running`. The teacher is
-    written to `out` (default: `ddoq.labels.teacher_dir_for` the dataset, where
+    `report` (a `ddoq.teachers.training.TeacherReport` once done), `error`, `running`. The
+    teacher is written to `out` (default: `ddoq.teachers.teacher_dir_for` the dataset, where
     ``teacher="auto"`` finds it).
     """
 

@@ -66,7 +66,7 @@ class DistillConfig:
     teacher
         teacher for the soft labels: ``"auto"`` (the one trained for the dataset, or
         another whose class names match), ``"embedded"``, a teacher folder or a
-        torchvision name (`ddoq.labels.resolve_teacher`), None for none (hard labels).
+        torchvision name (`ddoq.teachers.resolve_teacher`), None for none (hard labels).
     teacher_weights
         weights file of a torchvision teacher.
     temperature

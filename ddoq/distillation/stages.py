@@ -33,9 +33,10 @@ import torch
 
 from ddoq.data import load_dataset
 from ddoq.distillation.config import ClassStats, DistillConfig, DistillResult
-from ddoq.labels import match_teacher, resolve_teacher, teacher_logits
+from ddoq.labels import teacher_logits
 from ddoq.priors import load_prior, resolve_prior
 from ddoq.quantize import quantize_classes, temper_weights
+from ddoq.teachers import match_teacher, resolve_teacher
 from ddoq.transport import distortion, voronoi_masses, wasserstein2
 
 __all__ = [
@@ -141,8 +142,8 @@ def prepare(config: DistillConfig, *, prior=None, teacher=None, with_teacher: bo
     with a prior that has no denoiser stops here.
 
     The teacher is None when `config.teacher` is empty or `with_teacher` is False. It is
-    resolved for the dataset's classes (`ddoq.labels.resolve_teacher`; a given one is
-    matched to them with `ddoq.labels.match_teacher`), so a teacher for other classes stops
+    resolved for the dataset's classes (`ddoq.teachers.resolve_teacher`; a given one is
+    matched to them with `ddoq.teachers.match_teacher`), so a teacher for other classes stops
     the run here, before any encoding.
     """
     if config.prior == "auto":  # the manifest records the prior actually used

@@ -455,7 +455,7 @@ def _write(output: Path, vae, ema, scheduler, meta: dict) -> None:
 
 def _teacher_for(dataset: str, class_names: list[str]):
     """The teacher trained for `dataset` (`ddoq train-teacher --dataset`), or None."""
-    from ddoq.labels import load_teacher, match_teacher, teacher_dir_for
+    from ddoq.teachers import load_teacher, match_teacher, teacher_dir_for
 
     folder = teacher_dir_for(dataset)
     if not (folder / "config.json").is_file():

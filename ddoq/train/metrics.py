@@ -29,14 +29,20 @@ accuracies above 1, which are almost surely percentages.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 __all__ = [
+    "Ranking",
     "RankingScores",
     "augmentation_robust_score",
     "hard_label_recovery",
     "improvement_over_random",
     "label_robust_score",
+    "rank_runs",
     "ranking_scores",
 ]
 
@@ -218,3 +224,166 @@ def ranking_scores(
             distilled, random, distilled_no_aug, random_no_aug, ars_weight
         )
     return out
+
+
+#: settings two runs compared by IOR or ARS must share (their `TrainConfig`)
+SAME_PROTOCOL = ("student", "width", "labels", "temperature", "protocol", "augment", "cutmix")
+#: the groups of runs `rank_runs` takes, in the order of its arguments
+GROUPS = ("run", "random", "full", "hard", "no_aug", "random_no_aug")
+
+Runs = Sequence[str | os.PathLike[str]]
+
+
+@dataclass
+class Ranking:
+    """What `rank_runs` found: the scores, the mean accuracy and the runs of each group.
+
+    Attributes
+    ----------
+    scores : RankingScores
+        the DD-Ranking scores (fractions).
+    accuracy : dict[str, float]
+        group -> mean recorded test accuracy of its runs (fractions).
+    runs : dict[str, list[dict]]
+        group -> the manifests of its runs, each with its resolved ``"path"``.
+    lrs_weight, ars_weight : float
+        w of LRS and g of ARS.
+    """
+
+    scores: RankingScores
+    accuracy: dict[str, float]
+    runs: dict[str, list[dict]] = field(default_factory=dict)
+    lrs_weight: float = 0.5
+    ars_weight: float = 0.5
+
+    def as_dict(self) -> dict:
+        """The JSON document ``ddoq evaluate`` writes (``ranking.json``)."""
+        runs = {
+            k: [{"path": m["path"], "config": m["config"], "preset": m.get("preset")} for m in v]
+            for k, v in self.runs.items()
+        }
+        return {
+            "kind": "ddoq-ranking",
+            "definition": "DD-Ranking (Li et al. 2025) on accuracies as fractions; see "
+            "ddoq.train.metrics",
+            "scores": self.scores.as_dict(),
+            "weights": {"lrs": self.lrs_weight, "ars": self.ars_weight},
+            "accuracy": self.accuracy,
+            "runs": runs,
+        }
+
+
+def _read_runs(paths: Runs, group: str) -> list[dict]:
+    """The manifests of finished `ddoq train` runs (one-line error otherwise)."""
+    from ddoq.train.runs import read_run  # torch and the data stack; only this needs them
+
+    out = []
+    for path in paths:
+        try:
+            manifest = read_run(path, model=False)
+        except ValueError:
+            manifest = {}
+        if (manifest.get("metrics") or {}).get("test_accuracy") is None:
+            raise ValueError(f"{group} {path} is not a finished `ddoq train` run")
+        out.append({**manifest, "path": str(Path(path).resolve())})
+    return out
+
+
+def _check_group(groups: dict[str, list[dict]], name: str, like: str | None, **fixed) -> None:
+    """Each run of `name` has the settings `fixed` and otherwise the protocol of `like`."""
+    ref = groups[like][0]["config"] if like else {}
+    for m in groups.get(name, []):
+        config = m["config"]
+        for key, value in fixed.items():
+            if config.get(key) != value:
+                raise ValueError(
+                    f"{name} run {m['path']} must have {key}={value!r}, has {config.get(key)!r}"
+                )
+        for key in SAME_PROTOCOL if like else ():
+            if key not in fixed and config.get(key) != ref.get(key):
+                raise ValueError(
+                    f"{name} run {m['path']} differs from the {like} runs in {key} "
+                    f"({config.get(key)!r} vs {ref.get(key)!r}): same protocol needed"
+                )
+
+
+def _check_groups(groups: dict[str, list[dict]]) -> None:
+    """The runs of each group are comparable as DD-Ranking needs (one-line error otherwise)."""
+    splits = {m["test_split"]["fingerprint"] for runs in groups.values() for m in runs}
+    if len(splits) > 1:
+        raise ValueError("the runs were evaluated on different test splits; use one dataset")
+    _check_group(groups, "random", "run")
+    _check_group(groups, "hard", None, labels="hard")
+    _check_group(groups, "full", None, labels="hard")
+    for m in groups.get("full", []):
+        if (m.get("distilled") or {}).get("method") != "full":
+            raise ValueError(f"full run {m['path']} was not trained on a `--method full` set")
+    _check_group(groups, "no_aug", "run", augment="none", cutmix=0.0)
+    _check_group(groups, "random_no_aug", "no_aug", augment="none", cutmix=0.0)
+    run_cfg = groups["run"][0]["config"]
+    if "no_aug" in groups and run_cfg["augment"] == "none" and not run_cfg.get("cutmix"):
+        raise ValueError("ARS compares with and without augmentation, but the runs have none")
+
+
+def rank_runs(
+    runs: Runs,
+    *,
+    random: Runs | None = None,
+    full: Runs | None = None,
+    hard: Runs | None = None,
+    no_aug: Runs | None = None,
+    random_no_aug: Runs | None = None,
+    lrs_weight: float = 0.5,
+    ars_weight: float = 0.5,
+) -> Ranking:
+    """DD-Ranking's scores from the recorded test accuracies of finished ``ddoq train`` runs.
+
+    Each group takes one or more run folders (seeds), whose accuracies are averaged. The runs
+    must have been evaluated on the same test split, and each group trained as its score
+    needs: `random` with the protocol of `runs`; `full` and `hard` with hard labels (`full` on
+    a ``--method full`` set); `no_aug` like `runs` and `random_no_aug` like `no_aug`, both
+    without augmentation. `hard` defaults to `runs` when those used hard labels.
+
+    Parameters
+    ----------
+    runs : sequence of paths
+        the distilled set with its protocol.
+    random, full, hard, no_aug, random_no_aug : sequence of paths, optional
+        the runs the scores compare with (see `ranking_scores`).
+    lrs_weight, ars_weight : float
+        w of LRS and g of ARS.
+
+    Returns
+    -------
+    Ranking
+        the scores (None where their runs were not given), mean accuracies and runs.
+
+    Raises
+    ------
+    ValueError
+        a run is not finished, the runs are not comparable, or no score is computable.
+    """
+    given = dict(zip(GROUPS, (runs, random, full, hard, no_aug, random_no_aug)))
+    if not runs:
+        raise ValueError("give at least one run to rank")
+    groups = {k: _read_runs(v, k) for k, v in given.items() if v}
+    if "hard" not in groups and groups["run"][0]["config"]["labels"] == "hard":
+        groups["hard"] = groups["run"]
+    _check_groups(groups)
+    acc = {k: statistics.fmean(m["metrics"]["test_accuracy"] for m in v) for k, v in groups.items()}
+    scores = ranking_scores(
+        acc["run"],
+        random=acc.get("random"),
+        full_hard=acc.get("full"),
+        distilled_hard=acc.get("hard"),
+        distilled_no_aug=acc.get("no_aug"),
+        random_no_aug=acc.get("random_no_aug") if "random" in acc else None,
+        lrs_weight=lrs_weight,
+        ars_weight=ars_weight,
+    )
+    if all(v is None for v in scores.as_dict().values()):
+        raise ValueError(
+            "no score computable: IOR needs random runs; HLR full and hard ones; ARS random, "
+            "no_aug and random_no_aug ones"
+        )
+    return Ranking(scores, acc, groups, lrs_weight, ars_weight)

@@ -127,7 +127,7 @@ def write_run(
     test : ImageDataset or None
         The held-out split it was scored on (`held_out_split`).
     teacher : nn.Module, optional
-        The live teacher, if any (a `ddoq.labels.Teacher`); else the set's recorded one.
+        The live teacher, if any (a `ddoq.teachers.Teacher`); else the set's recorded one.
     status : str
         ``"done"``, or ``"stopped"`` for a run stopped early.
     history : dict, optional

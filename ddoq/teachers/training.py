@@ -3,10 +3,10 @@
 `train_teacher(TeacherConfig(...), out)` trains a ConvNet (one `ddoq.train.loop.fit` call)
 or fine-tunes a torchvision classifier from local weights on a dataset's train split,
 reports its accuracy on the held-out split, and writes ``model.safetensors`` +
-``config.json`` (with the class names) atomically, in the folder layout `ddoq.labels`
-loads. Rebuild the shipped teacher with ``ddoq train-teacher --out ddoq/assets/teacher``
-(seeded: the same weights). No pipeline module imports this; the command line and the
-app's teacher panel (`ddoq.app.jobs.TeacherJob`) do.
+``config.json`` (with the class names) atomically, in the folder layout
+`ddoq.teachers.load_teacher` loads. Rebuild the shipped teacher with
+``ddoq train-teacher --out ddoq/assets/teacher`` (seeded: the same weights). Only the
+command line and the app's teacher panel (`ddoq.app.jobs.TeacherJob`) import this.
 """
 
 from __future__ import annotations
@@ -29,16 +29,15 @@ from tqdm.auto import tqdm
 
 from ddoq._io import replace_dir
 from ddoq.data import load_dataset
-from ddoq.labels import (
+from ddoq.teachers.model import (
     _IMAGENET_MEAN,
     _IMAGENET_STD,
     _build_torchvision,
-    _dataset_key,
     _last_linear,
     _read_state,
     _torchvision_names,
-    teacher_dir_for,
 )
+from ddoq.teachers.selection import _dataset_key, teacher_dir_for
 from ddoq.train.loop import AUGMENTATIONS, TrainConfig, augment, evaluate, fit
 
 __all__ = [
