@@ -1,7 +1,7 @@
 """Distill and export: Algorithm 2 for every class, written to disk and offered as a zip.
 
 A thin view over `ddoq.app.jobs.DistillJob` (`ddoq.distillation.local.distill`: encode,
-quantize, decode, label; then `ddoq.export.write` and a zip), queued on the app's one job
+quantize, decode, label; then `DistilledSet.save` and a zip), queued on the app's one job
 queue, with its place in the queue and a Cancel button while it waits or runs. Each
 browser session writes under its own folder (`app_pages._common.session_dir`), so two
 sessions never overwrite each other's exports.

@@ -73,7 +73,7 @@ def _start() -> None:
             student=student,
             epochs=int(epochs),
             labels=labels,
-            use_weights=bool(use_weights),
+            weighting="loss" if use_weights else "none",
             width=64 if student == "convnet" else 128,
             device=data.device,
         ),

@@ -40,7 +40,7 @@ def log(epoch: int, metrics: dict, accs: list) -> None:
 def curve(seed: int, epochs: int, width: int = 128) -> dict:
     """Per-epoch held-out loss and test accuracy of one seed."""
     result = distill(DistillConfig(ipc=10, seed=seed), progress=False)
-    manifest = result.manifest()
+    manifest = result.manifest
     test = held_out_split(manifest)
     keep = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:TEST_IMAGES]
     test_xy = (test.images(keep.numpy()), torch.as_tensor(test.targets)[keep])

@@ -44,7 +44,7 @@ GRID_METHODS = ("random", "d4m", "ddoq-1", "ddoq-0.5")  # ddoq-<alpha>
 
 def reweight(result, alpha: float) -> torch.Tensor:
     """Weights of `result`'s images with cell masses tempered by `alpha` (mean 1 overall)."""
-    counts = np.asarray(result.info["dataset"]["class_counts"], dtype=np.float64)
+    counts = np.asarray(result.manifest["dataset"]["class_counts"], dtype=np.float64)
     w = torch.zeros(len(result.labels), dtype=torch.float64)
     for c in range(len(counts)):
         rows = (result.labels == c).nonzero().flatten()
@@ -210,13 +210,13 @@ def main() -> None:
             r.images, r.labels, weights, r.teacher_logits, test_xy,
             hard=mode == "hard", seed=seed, epochs=epochs, quick=args.quick,
         )  # fmt: skip
-        stats = [s for s in r.per_class if s.w2_uniform is not None]
+        stats = [s for s in r.metrics()["w2_per_class"] if s["w2_uniform"] is not None]
         rec = {
             "method": method, "decode": decode, "ipc": ipc, "labels": mode, "seed": seed,
             "acc": a, "train_s": secs, "epochs": epochs, "distill_s": distill_s,
             "prior": "any" if method == "full" else prior.fingerprint[:16],
-            "w2_weighted": statistics.fmean(s.w2_weighted for s in stats) if stats else None,
-            "w2_uniform": statistics.fmean(s.w2_uniform for s in stats) if stats else None,
+            "w2_weighted": statistics.fmean(s["w2_weighted"] for s in stats) if stats else None,
+            "w2_uniform": statistics.fmean(s["w2_uniform"] for s in stats) if stats else None,
         }  # fmt: skip
         records.append(rec)
         done.add(k)

@@ -61,7 +61,7 @@ from _report import machine_line, markdown_table, write_section
 
 from ddoq.budget import allocate_budget, distortion_curves
 from ddoq.data import load_dataset
-from ddoq.distillation.stages import image_weights
+from ddoq.export import image_weights
 from ddoq.labels import soft_labels
 from ddoq.priors import load_prior
 from ddoq.quantize import quantize_classes
@@ -149,7 +149,7 @@ def contaminated_indices(
 
 def class_weights(masses: list[np.ndarray], alpha: float, counts: np.ndarray) -> torch.Tensor:
     """Weights of a set (class c's masses at ``masses[c]``): the package's one formula,
-    `ddoq.distillation.stages.image_weights` (mass^alpha in a class, class prior, mean 1)."""
+    `ddoq.export.image_weights` (mass^alpha in a class, class prior, mean 1)."""
     labels = np.concatenate([np.full(len(m), c) for c, m in enumerate(masses)])
     return image_weights(np.concatenate(masses), labels, counts, alpha)
 

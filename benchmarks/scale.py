@@ -244,7 +244,7 @@ def embedded_stages(scratch: Path, quick: bool) -> list[dict]:
         )
         out = scratch / f"embedded-{engine}-{decode}"
         result = distill_to_folder(config, out, engine=engine, progress=False)
-        counts = result.info["dataset"]["class_counts"]
+        counts = result.manifest["dataset"]["class_counts"]
         runs.append(
             {
                 "engine": engine,

@@ -20,8 +20,6 @@ from ddoq._io import write_json
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
 from ddoq.distillation.config import ALLOCATIONS, DECODES, METHODS, DistillConfig
 from ddoq.distillation.folder import distill_to_folder
-from ddoq.distillation.stages import image_weights
-from ddoq.labels import teacher_logits
 from ddoq.priors import channel_note, inspect_prior, resolve_prior
 from ddoq.priors.training import config_for_dataset, train_prior
 from ddoq.teachers import resolve_teacher, teacher_for_set
@@ -55,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(subparsers)
     _add_export(subparsers)
     _add_train_teacher(subparsers)
+    _add_app(subparsers)
     return parser
 
 
@@ -296,31 +295,21 @@ def _add_distill(subparsers) -> None:
     p.set_defaults(func=_cmd_distill)
 
 
+_DISTILL_OPTIONS = (
+    "dataset", "budget", "allocate", "min_per_class", "method", "alpha", "decode", "strength",
+    "steps", "guidance", "solver", "quantize_iter", "teacher_weights", "temperature", "seed",
+    "limit_per_class", "device", "cache_dir",
+)  # fmt: skip
+
+
 def _distill_config(args: argparse.Namespace) -> DistillConfig:
     """The checked `DistillConfig` of ``ddoq distill``'s options."""
     ipc = DistillConfig.ipc if args.ipc is None and args.budget is None else args.ipc
     return DistillConfig(
-        dataset=args.dataset,
         ipc=ipc,
-        budget=args.budget,
-        allocate=args.allocate,
-        min_per_class=args.min_per_class,
-        method=args.method,
-        alpha=args.alpha,
-        decode=args.decode,
         prior=_pick_prior(args.prior, args.dataset),
-        strength=args.strength,
-        steps=args.steps,
-        guidance=args.guidance,
-        solver=args.solver,
-        quantize_iter=args.quantize_iter,
         teacher=None if str(args.teacher).lower() == "none" else args.teacher,
-        teacher_weights=args.teacher_weights,
-        temperature=args.temperature,
-        seed=args.seed,
-        limit_per_class=args.limit_per_class,
-        device=args.device,
-        cache_dir=args.cache_dir,
+        **{name: getattr(args, name) for name in _DISTILL_OPTIONS},
     ).check()
 
 
@@ -352,17 +341,21 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         restart=args.restart,
         progress=not args.quiet,
     )
-    m = result.metrics()
-    reduction = m["w2_reduction_mean"]
-    resumed = result.info["resumed_classes"]
-    print(
-        f"wrote {out}: {m['num_images']} images ({config.method}, {result.info['images']}) in "
-        f"{result.timings['total']:.1f} s ({args.engine} engine"
+    print(_distilled_line(result, out))
+    return 0
+
+
+def _distilled_line(result: export.DistilledSet, out: Path) -> str:
+    """What `ddoq distill` prints when done."""
+    m, manifest = result.metrics(), result.manifest
+    reduction, resumed = m["w2_reduction_mean"], manifest["resumed_classes"]
+    return (
+        f"wrote {out}: {m['num_images']} images ({manifest['config']['method']}, "
+        f"{manifest['images']}) in {result.timings['total']:.1f} s ({manifest['engine']} engine"
         + (f", {resumed} classes resumed from an interrupted run" if resumed else "")
         + ")"
         + (f"; latent W2 weighted vs uniform: {100 * reduction:.1f}% lower" if reduction else "")
     )
-    return 0
 
 
 def _add_train(subparsers) -> None:
@@ -435,7 +428,6 @@ def _add_train(subparsers) -> None:
         help="how the set's weights act: loss (weighted loss, default), sample (a weighted "
         "sampler with an unweighted loss) or none (uniform)",
     )
-    p.add_argument("--no-weights", action="store_true", help="same as --weights none")
     p.add_argument(
         "--teacher",
         help="teacher for --protocol live or a set without soft labels (default: the set's, "
@@ -530,7 +522,7 @@ def _train_config(args: argparse.Namespace, ds: export.DistilledSet) -> TrainCon
         protocol=args.protocol,
         augment=pick("augment"),
         cutmix=pick("cutmix"),
-        weighting="none" if args.no_weights else args.weights,
+        weighting=args.weights,
         seed=args.seed,
         device=args.device,
         patience=preset.get("patience"),
@@ -713,48 +705,19 @@ def _add_export(subparsers) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    """Re-export a distilled set with new weights and/or labels."""
+    """Re-export a distilled set with new weights and/or labels (`ddoq.export.derive`)."""
     _threads(args)
     src = export.load(args.source)
-    if Path(args.out).resolve() == src.root.resolve():
-        raise ValueError("--out must differ from the source folder")
-    manifest = dict(src.manifest)
-    config = dict(manifest.get("config", {}))
-    weights = src.weights
-    if args.alpha is not None:
-        counts = manifest.get("dataset", {}).get("class_counts") or [1] * src.num_classes
-        weights = image_weights(src.masses.double().numpy(), src.labels.numpy(), counts, args.alpha)
-        config["alpha"] = args.alpha
-    logits, temperature = src.teacher_logits, src.temperature or config.get("temperature", 20.0)
+    teacher = None
     if args.teacher is not None:
         teacher = _set_teacher(args, src.manifest, src.class_names, args.device)
         print(f"teacher: {teacher.describe()}", flush=True)
-        logits = teacher_logits(teacher, src.images)
-        manifest["teacher"] = teacher.info()
-        config["teacher"], config["teacher_weights"] = args.teacher, args.teacher_weights
-    if args.temperature is not None:
-        temperature = config["temperature"] = args.temperature
-    manifest["config"] = config
-    manifest["derived_from"] = {
-        "path": str(src.root.resolve()),
-        "alpha": args.alpha,
-        "teacher": args.teacher,
-        "temperature": args.temperature,
-    }
-    seeds = [r.get("seed") for r in src.rows]
-    export.write_set(
+    export.derive(
+        src,
         args.out,
-        images=src.images,
-        labels=src.labels,
-        class_names=src.class_names,
-        weights=weights,
-        masses=src.masses,
-        manifest=manifest,
-        index_in_class=torch.tensor([int(r.get("k", i)) for i, r in enumerate(src.rows)]),
-        seeds=None if None in seeds else torch.tensor(seeds),
-        latents=src.latents,
-        teacher_logits=logits,
-        temperature=float(temperature),
+        alpha=args.alpha,
+        teacher=teacher,
+        temperature=args.temperature,
         overwrite=args.overwrite,
     )
     print(f"wrote {args.out}: {len(src)} images from {src.root}")
@@ -848,10 +811,34 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_app(subparsers) -> None:
+    p = subparsers.add_parser(
+        "app",
+        help="open the Streamlit app (options are passed on to `streamlit run`)",
+        description=(
+            "Run the app shipped in the package with `streamlit run`; every option is passed "
+            "on to Streamlit, e.g. `ddoq app --server.port 8502 --server.headless true`. "
+            "Needs the app's dependencies: pip install 'ddoq[app]'."
+        ),
+    )
+    p.set_defaults(func=_cmd_app, options=[])  # main() hands it the options it does not know
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    """Run the packaged app until it stops (`ddoq.ui.run_app`)."""
+    from ddoq.ui import run_app  # the app's modules load only for this command
+
+    return run_app(args.options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ddoq` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is _cmd_app:
+        args.options = unknown  # for `streamlit run`, in the order given
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "device", None) == "auto":  # every command: the GPU when there is one
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if getattr(args, "func", None) is None:

@@ -131,12 +131,12 @@ def test_distortion_budget_run_equals_allocate_budget_on_its_curves(unequal_fold
         max_iter=config.quantize_iter,
     )
     expected = allocate_budget(curves, 24)
-    rows = result.info["allocation"]["per_class"]
+    rows = result.manifest["allocation"]["per_class"]
     assert [r["images"] for r in rows] == expected and sum(expected) == 24
     assert np.bincount(result.labels.numpy()).tolist() == expected
     assert [r["training_images"] for r in rows] == sizes == [4, 10, 16, 24]
     assert all(r["reason"].startswith("distortion curve") for r in rows)
-    assert result.info["allocation"]["method"] == "distortion"
+    assert result.manifest["allocation"]["method"] == "distortion"
 
 
 def test_uniform_budget_caps_the_small_class_end_to_end(unequal_folder, tmp_path):

@@ -2,10 +2,10 @@
 
 Playwright's own browser download cannot work here, so the test uses the system
 chromium, which the set-up installs (``make install``: Debian's ``chromium`` when running
-as root); without it the tests skip with the reason. It opens each page, checks the
-Explore map and a live CLVQ run, checks that the export download unpacks to the
-documented format, and takes a screenshot of each page (kept under $DDOQ_SCREENSHOTS
-when set: the README's come from there).
+as root); without it the tests skip with the reason. It opens each page, checks the Explore
+map and a live CLVQ run, checks that the export download unpacks to the documented format,
+and takes a screenshot of each page (kept under $DDOQ_SCREENSHOTS when set: the README's
+come from there).
 """
 
 from __future__ import annotations

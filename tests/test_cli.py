@@ -3,10 +3,12 @@
 import argparse
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
+import ddoq
 from ddoq.cli import build_parser, main
 
 COMMANDS = ["train-prior", "distill", "train", "evaluate", "export", "train-teacher"]
@@ -111,8 +113,7 @@ def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
 
 def test_export_re_tempers_with_the_distillation_formula(distilled, tmp_path):
     """`ddoq export --alpha a` gives the weights a distillation at alpha a assembles."""
-    from ddoq.distillation.stages import image_weights
-    from ddoq.export import load
+    from ddoq.export import image_weights, load
 
     out = tmp_path / "alpha03"
     assert main(["export", str(distilled), "--out", str(out), "--alpha", "0.3", "--quiet"]) == 0
@@ -144,3 +145,22 @@ def test_train_writes_one_run_schema_that_rebuilds_the_student(distilled, traine
         read_run(other)
     with pytest.raises(ValueError, match="not a finished"):
         read_run(tmp_path)
+
+
+def test_app_command_runs_the_packaged_script_with_the_options_given():
+    import tomllib
+
+    from ddoq.ui import APP_SCRIPT, CONFIG, app_command
+
+    root = Path(__file__).resolve().parents[1]
+    # one set of settings: the checkout's .streamlit/config.toml is the package's
+    assert tomllib.loads(CONFIG.read_text()) == tomllib.loads(
+        (root / ".streamlit" / "config.toml").read_text()
+    )
+    assert APP_SCRIPT.is_file() and APP_SCRIPT.is_relative_to(Path(ddoq.__file__).parent)
+    given = ["--server.port", "8599", "--server.headless=false"]
+    cmd = app_command(given)
+    assert cmd[1:5] == ["-m", "streamlit", "run", str(APP_SCRIPT)] and cmd[-3:] == given
+    settings = cmd[5:-3]
+    assert settings[settings.index("--runner.postScriptGC") + 1] == "false"
+    assert "--server.headless" not in settings and "--server.port" not in settings

@@ -20,12 +20,11 @@ SUBSET = 37  # an odd batch: the 2 processes get 19 and 18 images
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory):
     """A real distilled set: DDOQ, IPC 10 on the embedded MNIST (100 weighted images)."""
-    from ddoq import export
     from ddoq.distillation.config import DistillConfig
     from ddoq.distillation.local import distill
 
     result = distill(DistillConfig(ipc=10), progress=False)
-    return export.write(result, tmp_path_factory.mktemp("ddp") / "ddoq10")
+    return result.save(tmp_path_factory.mktemp("ddp") / "ddoq10")
 
 
 def _test_split(ds):

@@ -8,7 +8,7 @@ import torchvision
 
 from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.local import distill
-from ddoq.export import load, write, write_set
+from ddoq.export import DistilledSet, load
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def result():
 
 @pytest.fixture(scope="module")
 def exported(result, tmp_path_factory):
-    return write(result, tmp_path_factory.mktemp("exp") / "set")
+    return result.save(tmp_path_factory.mktemp("exp") / "set")
 
 
 def test_layout_and_metadata(exported, result):
@@ -76,8 +76,8 @@ def test_hugging_face_imagefolder_reads_the_root(exported, tmp_path, monkeypatch
 
 def test_refuses_to_overwrite_unless_asked(exported, result):
     with pytest.raises(ValueError, match="not empty"):
-        write(result, exported)
-    write(result, exported, overwrite=True)
+        result.save(exported)
+    result.save(exported, overwrite=True)
     assert len(load(exported)) == 20
 
 
@@ -85,15 +85,13 @@ def test_interrupted_write_leaves_nothing(tmp_path, result):
     """A failure after some images were written (here: a label with no class name) leaves
     neither the output folder nor a temporary one behind."""
     with pytest.raises(IndexError):
-        write_set(
-            tmp_path / "out",
+        DistilledSet(
             images=result.images,
             labels=result.labels,
             class_names=result.class_names[:5],  # labels 5..9 have no name
             weights=result.weights,
             masses=result.masses,
-            manifest={},
-        )
+        ).save(tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -102,3 +100,49 @@ def test_load_rejects_what_is_not_an_export(tmp_path):
         load(tmp_path / "nope")
     with pytest.raises(ValueError, match="not a distilled set"):
         load(tmp_path)
+
+
+def test_derive_re_tempers_the_weights_by_hand(exported, tmp_path):
+    """`derive(alpha=a)`: within class c, w ~ mass**a summing to the class prior N_c / N, then
+    mean 1 over the set, computed here from the manifest and the metadata rows."""
+    from ddoq.export import derive
+
+    src = load(exported)
+    new = derive(exported, tmp_path / "a03", alpha=0.3)
+    counts = torch.tensor(src.manifest["dataset"]["class_counts"], dtype=torch.float64)
+    rows = [json.loads(line) for line in (exported / "metadata.jsonl").read_text().splitlines()]
+    mass = torch.tensor([r["mass"] for r in rows], dtype=torch.float64)
+    label = torch.tensor([r["label"] for r in rows])
+    w = torch.zeros_like(mass)
+    for c in range(len(counts)):
+        m = mass[label == c] ** 0.3
+        w[label == c] = m / m.sum() * counts[c] / counts.sum()
+    w *= len(w) / w.sum()
+    again = load(tmp_path / "a03")
+    torch.testing.assert_close(again.weights.double(), w, rtol=1e-6, atol=0)
+    assert torch.equal(new.weights, again.weights) and not torch.allclose(w.float(), src.weights)
+    assert again.manifest["config"]["alpha"] == 0.3
+    assert again.manifest["derived_from"]["path"] == str(exported.resolve())
+    assert torch.equal(again.teacher_logits, src.teacher_logits)  # labels untouched
+    assert torch.equal(load(exported).weights, src.weights)  # the source too
+
+
+def test_derive_relabels_with_a_teacher(exported, tmp_path):
+    """`derive(teacher=, temperature=)`: the new soft labels are `ddoq.labels.soft_labels` of
+    the teacher on the set's images."""
+    from ddoq.export import derive
+    from ddoq.labels import soft_labels
+    from ddoq.teachers import load_teacher
+
+    src = load(exported)
+    derive(exported, tmp_path / "t3", teacher="embedded", temperature=3.0)
+    new = load(tmp_path / "t3")
+    expected = soft_labels(load_teacher("embedded"), src.images, temperature=3.0)
+    torch.testing.assert_close(new.soft_labels(), expected, rtol=0, atol=1e-6)
+    assert new.temperature == 3.0 and new.manifest["teacher"]["spec"] == "embedded"
+    assert torch.equal(new.weights, src.weights)
+    with pytest.raises(ValueError, match="must differ"):
+        derive(exported, exported, alpha=0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        derive(exported, tmp_path / "bad", alpha=-1.0)
+    assert not (tmp_path / "bad").exists()

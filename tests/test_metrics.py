@@ -1,6 +1,7 @@
 """DD-Ranking's scores against values computed by hand (accuracies as fractions)."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,32 @@ def test_evaluate_bad_runs_exit_2_with_one_line(tmp_path, capsys, extra, message
     assert main(["evaluate", run, *[made.get(a, a) for a in extra]]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_rank_runs_averages_the_groups_and_scores_them_by_hand(tmp_path):
+    import json
+
+    from ddoq.train.metrics import rank_runs
+
+    runs = [_run(tmp_path, f"hard{s}", a, labels="hard") for s, a in enumerate((0.80, 0.90))]
+    random = [_run(tmp_path, f"random{s}", a, labels="hard") for s, a in enumerate((0.7, 0.8))]
+    full = _run(tmp_path, "full", 0.99, method="full", labels="hard")
+    ranking = rank_runs(runs, random=random, full=[full])
+    ior, hlr = 0.85 - 0.75, 0.99 - 0.85  # `hard` defaults to the runs: they used hard labels
+    a = 0.5 * ior - 0.5 * hlr
+    lrs = (math.exp(a) - math.exp(-1)) / (math.exp(1) - math.exp(-1))
+    assert ranking.scores.ior == pytest.approx(ior) and ranking.scores.hlr == pytest.approx(hlr)
+    assert ranking.scores.lrs == pytest.approx(lrs) and ranking.scores.ars is None
+    assert ranking.accuracy == pytest.approx(
+        {"run": 0.85, "random": 0.75, "full": 0.99, "hard": 0.85}
+    )
+    doc = json.loads(json.dumps(ranking.as_dict()))
+    assert doc["kind"] == "ddoq-ranking" and [m["path"] for m in doc["runs"]["random"]] == [
+        str(Path(r).resolve()) for r in random
+    ]
+    with pytest.raises(ValueError, match="no score computable"):
+        rank_runs(runs)
+    with pytest.raises(ValueError, match="same protocol"):
+        rank_runs(runs, random=[_run(tmp_path, "soft", 0.7)])
+    with pytest.raises(ValueError, match="not a finished"):
+        rank_runs(runs, random=[str(tmp_path / "missing")])

@@ -1,4 +1,4 @@
-"""`pip install .` in a clean virtual environment gives a working `ddoq distill`.
+"""`pip install .` in a clean virtual environment gives a working `ddoq distill` and `ddoq app`.
 
 The wheel is built from a copy of the package, installed into a fresh virtual environment
 (no system site-packages, so a dependency missing from pyproject.toml fails here), and
@@ -8,6 +8,11 @@ torch, torchvision, triton and the nvidia/cuda wheels (about 5.5 GB, which fille
 machine's disk) are linked in from the test's own environment through a ``.pth`` file, so
 pip finds them installed. That torch and torchvision are declared is checked on the wheel's
 own metadata instead.
+
+Then ``pip install "ddoq[app]"`` adds the app's dependencies, ``ddoq app`` starts the app
+shipped in the wheel from the same folder outside the checkout, and its first page must
+render: in Debian's chromium driven by Playwright when the set-up installed it, else through
+Streamlit's AppTest inside the fresh environment.
 """
 
 from __future__ import annotations
@@ -17,14 +22,20 @@ import importlib.metadata
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+
+import ddoq
+from tests.test_browser import LAUNCH_ARGS, NO_CHROMIUM, chromium_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +83,7 @@ def test_pip_install_gives_a_working_distill(tmp_path, venv):
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
+        shutil.copy(ROOT / name, src / name)  # no app.py nor pages/: the wheel ships its own
     shutil.copytree(ROOT / "ddoq", src / "ddoq", ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
@@ -107,3 +118,100 @@ def test_pip_install_gives_a_working_distill(tmp_path, venv):
     installed = {d["name"].lower() for d in json.loads(listed)}
     assert {"numba", "pot", "diffusers"} <= installed  # pip installed the rest itself
     assert (n, classes) == (20, 10)
+    version = "import ddoq, importlib.metadata as m; print(ddoq.__version__, m.version('ddoq'))"
+    ours, recorded = _run([python, "-c", version], cwd=elsewhere, env=env).stdout.split()
+    assert ours == recorded == ddoq.__version__  # one version, read by pyproject.toml
+
+    t = time.perf_counter()
+    _run([python, "-m", "pip", "install", "--quiet", f"{wheel}[app]"], env=env)
+    print(f"pip install ddoq[app]: {time.perf_counter() - t:.0f} s")
+    _check_the_installed_app(venv, elsewhere, env | {"DDOQ_APP_UMAP": "0"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_the_installed_app(venv: Path, cwd: Path, env: dict) -> None:
+    """`ddoq app` serves the packaged app from `cwd`, outside the checkout; a page renders."""
+    port, log_path = _free_port(), cwd / "streamlit.log"
+    options = ["--server.headless", "true", "--server.port", str(port)]
+    options += ["--server.address", "127.0.0.1"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [venv / "bin" / "ddoq", "app", *options],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(url, proc, log_path)
+            if chromium_path() is not None and _has_playwright():
+                _page_renders_in_chromium(url)
+            else:  # no browser: run the installed entry script with AppTest in the venv
+                print(f"app page checked with AppTest ({NO_CHROMIUM})")
+                _page_renders_in_apptest(venv / "bin" / "python", cwd, env)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(15)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200 and r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            pytest.fail(f"`ddoq app` did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def _has_playwright() -> bool:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _page_renders_in_chromium(url: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=LAUNCH_ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.get_by_role("heading", name="Explore a class").wait_for()
+        page.locator('[data-testid="stSidebarNav"]').get_by_text("Distill and export").wait_for()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        browser.close()
+
+
+_APPTEST = """
+import json
+from streamlit.testing.v1 import AppTest
+from ddoq.ui import APP_SCRIPT
+at = AppTest.from_file(str(APP_SCRIPT), default_timeout=120).run()
+print(json.dumps({"exceptions": [e.value for e in at.exception],
+                  "titles": [t.value for t in at.title]}))
+"""
+
+
+def _page_renders_in_apptest(python: Path, cwd: Path, env: dict) -> None:
+    out = json.loads(_run([python, "-c", _APPTEST], cwd=cwd, env=env).stdout.splitlines()[-1])
+    assert not out["exceptions"], out["exceptions"]
+    assert "Explore a class" in out["titles"], out

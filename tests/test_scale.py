@@ -121,7 +121,7 @@ def test_interrupted_run_resumes_without_redoing_finished_classes(
         assert {c: p.stat().st_mtime_ns for c, p in kept.items()} == stamps
 
     result = distill_to_folder(config, out, engine=engine, progress=False, on_class=check_untouched)
-    assert result.info["resumed_classes"] == len(done)
+    assert result.manifest["resumed_classes"] == len(done)
     assert seen == list(range(len(done) + 1, 11))  # only the other classes were computed
     resumed = export.load(out)
     assert_same_set(local_set, resumed)
@@ -145,7 +145,7 @@ def test_restart_discards_an_unfinished_run(tmp_path):
     assert json.loads((store_dir / "run.json").read_text())["classes_done"] == [0]
     other = DistillConfig(cache_dir=str(tmp_path / "cache"), **(SETTINGS | {"ipc": 2}))
     result = distill_to_folder(other, tmp_path / "out", restart=True, progress=False)
-    assert result.info["resumed_classes"] == 0 and len(result.labels) == 20
+    assert result.manifest["resumed_classes"] == 0 and len(result.labels) == 20
     assert not store_dir.exists()
 
 
@@ -230,7 +230,7 @@ def test_resumed_budgeted_run_equals_an_uninterrupted_one(budget_set, tmp_path):
     run = json.loads((tmp_path / ".out.distill-run" / "run.json").read_text())
     assert run["allocation"]["counts"] == np.bincount(budget_set.labels.numpy()).tolist()
     result = distill_to_folder(config, out, progress=False)
-    assert result.info["resumed_classes"] == 4
+    assert result.manifest["resumed_classes"] == 4
     resumed = export.load(out)
     assert_same_set(budget_set, resumed)
     assert resumed.manifest["allocation"] == budget_set.manifest["allocation"]

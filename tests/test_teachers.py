@@ -152,16 +152,8 @@ def test_soft_labels_of_other_classes_are_refused_by_train(env, capsys):
     # what the old default wrote: 10-column soft labels for 5 classes
     ds = export.load(out)
     wrong = base / "set5-wrong"
-    export.write_set(
-        wrong,
-        images=ds.images,
-        labels=ds.labels,
-        class_names=ds.class_names,
-        weights=ds.weights,
-        masses=ds.masses,
-        manifest=ds.manifest,
-        teacher_logits=torch.randn(len(ds), 10),
-    )
+    ds.teacher_logits = torch.randn(len(ds), 10)
+    ds.save(wrong)
     capsys.readouterr()
     train[2] = str(wrong)
     assert main(train + ["--out", str(base / "run5w")]) == 2

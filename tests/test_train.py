@@ -218,14 +218,14 @@ def test_weighting_none_equals_uniform_weights_and_the_others_differ():
     w = torch.linspace(0.2, 3.0, len(x))
     none = fit(_cfg(weighting="none"), x, y, weights=w, progress=False).model
     uniform = fit(_cfg(), x, y, weights=torch.ones(len(x)), progress=False).model
-    off = fit(_cfg(use_weights=False), x, y, weights=w, progress=False).model
     loss = fit(_cfg(), x, y, weights=w, progress=False).model
     sample = fit(_cfg(weighting="sample"), x, y, weights=w, progress=False)
-    assert _same_weights(none, uniform) and _same_weights(none, off)
+    assert _same_weights(none, uniform)
     assert not _same_weights(loss, uniform) and not _same_weights(sample.model, loss)
     assert sample.epochs_done == 4 and all(math.isfinite(v) for v in sample.losses)
     with pytest.raises(ValueError, match="weighting"):
         _cfg(weighting="sometimes").check()
+    assert not hasattr(TrainConfig(), "use_weights")  # one switch: `weighting`
 
 
 def test_cutmix_box_and_kept_area():

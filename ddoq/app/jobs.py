@@ -15,7 +15,7 @@ batch) raises `Cancelled`, and the job removes the output folder it was writing
 The "Train a student" page starts a `TrainJob`:
 
 For each method (``ddoq``, ``d4m``, ``random``, ``full``) the job distils the set
-(`ddoq.distillation.local.distill`), writes it (`ddoq.export.write`) to ``RUN/<method>/distilled``,
+(`ddoq.distillation.local.distill`), writes it (`DistilledSet.save`) to ``RUN/<method>/distilled``,
 trains a student with one `ddoq.train.loop.fit_distilled` call whose ``on_epoch`` callback
 records the loss and the held-out accuracy of every epoch and stops the run when asked
 (the checkpoint in ``RUN/<method>/student`` is written first, so stopping loses nothing),
@@ -402,7 +402,7 @@ class TrainJob(Job):
                 self.tick(status=f"distilling {method}: class {n}/{of}")
 
             result = distill(dconf, prior=prior, teacher=teacher, progress=False, on_class=on_class)
-            ds = export.load(export.write(result, run / "distilled", overwrite=True))
+            ds = export.load(result.save(run / "distilled", overwrite=True))
             if test is None:  # the same split for every method: the set's dataset and size
                 test = held_out_split(ds.manifest)
                 test_xy = (test.images(), torch.as_tensor(test.targets))
@@ -483,7 +483,7 @@ class DistillJob(Job):
     Public state besides `Job`'s: `result` (the `DistilledSet`-like result of `distill`
     once done), `folder` and `archive` (the written folder and its zip, ``out.zip``).
     Nothing is left at `out` or its zip when the job is cancelled or fails: the set is
-    written atomically (`ddoq.export.write`) and the zip under a temporary name.
+    written atomically (`DistilledSet.save`) and the zip under a temporary name.
     """
 
     kind = "distil"
@@ -514,7 +514,7 @@ class DistillJob(Job):
             self.config, prior=self.prior, teacher=None, progress=False, on_class=self._class
         )
         self.tick(0.9, "writing the set")
-        export.write(result, self.out)
+        result.save(self.out)
         self.tick(0.95, "zipping")
         tmp = self.out.with_name(f".{self.out.name}.zip-{os.getpid()}")
         made = shutil.make_archive(str(tmp), "zip", root_dir=self.out)

@@ -53,7 +53,6 @@ from ddoq.data.split import DEFAULT_SEED, DEFAULT_TEST_FRACTION, _check_split
 __all__ = [
     "EMBEDDED_DATASETS",
     "OPTIONAL_DATASETS",
-    "available_datasets",
     "load_dataset",
     "native_format",
 ]
@@ -189,11 +188,6 @@ def load_dataset(
         class_names=class_names,
         verify=verify,
     )
-
-
-def available_datasets() -> list[str]:
-    """Names of the embedded datasets `load_dataset` accepts (folders come on top)."""
-    return list(EMBEDDED_DATASETS)
 
 
 def native_format(name_or_path: str | os.PathLike[str], sample: int = 24) -> tuple[int, int]:

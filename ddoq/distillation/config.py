@@ -1,26 +1,27 @@
-"""What determines a distilled set (`DistillConfig`) and what a run gives (`DistillResult`).
+"""What determines a distilled set (`DistillConfig`) and the manifest a run records.
 
-The configuration is stored in the set's manifest as is; `DistillResult.manifest` is that
-manifest (configuration, seeds, versions, timings, W2 figures).
+The configuration is stored in the set's manifest as is; `distill_manifest` is that
+manifest (configuration, seeds, versions, timings, W2 figures). The set itself is a
+`ddoq.export.DistilledSet`.
 """
 
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
-import torch
 
 __all__ = [
     "ALLOCATIONS",
     "ClassStats",
     "DECODES",
     "DistillConfig",
-    "DistillResult",
     "METHODS",
+    "distill_manifest",
     "package_versions",
+    "w2_metrics",
 ]
 
 METHODS = ("ddoq", "d4m", "random", "full")
@@ -154,56 +155,43 @@ class ClassStats:
         return 1.0 - self.w2_weighted / self.w2_uniform
 
 
-@dataclass
-class DistillResult:
-    """A distilled set in memory (everything `ddoq.export.write` stores).
+def w2_metrics(per_class: list[ClassStats]) -> dict:
+    """Manifest-ready W2 figures: per class and the mean reduction."""
+    rows = [asdict(s) | {"w2_reduction": s.w2_reduction} for s in per_class]
+    reductions = [s.w2_reduction for s in per_class if s.w2_reduction is not None]
+    return {
+        "num_images": None,
+        "w2_per_class": rows,
+        "w2_weighted_mean": _mean([s.w2_weighted for s in per_class]),
+        "w2_uniform_mean": _mean([s.w2_uniform for s in per_class]),
+        "w2_reduction_mean": _mean(reductions),
+    }
 
-    Tensors are on the CPU; ``N`` is the number of distilled images, in class order.
-    """
 
-    config: DistillConfig
-    images: torch.Tensor | None  # N x C x H x W in [0, 1] (None once streamed to a folder)
-    labels: torch.Tensor  # N int64
-    class_names: list[str]
-    weights: torch.Tensor  # N, mean 1 over the set
-    masses: torch.Tensor  # N, Voronoi cell mass of the image's point within its class
-    index_in_class: torch.Tensor  # N, k
-    seeds: torch.Tensor | None  # N int64, img2img noise seed of each image
-    latents: torch.Tensor | None  # N x latent_shape (decoded centroids, or encoded reals)
-    teacher_logits: torch.Tensor | None  # N x num_classes
-    source_indices: torch.Tensor | None  # N, train-split index of real images
-    per_class: list[ClassStats]
-    timings: dict[str, float]
-    info: dict = field(default_factory=dict)
-
-    def metrics(self) -> dict:
-        """Manifest-ready W2 figures: per class and the mean reduction."""
-        rows = [asdict(s) | {"w2_reduction": s.w2_reduction} for s in self.per_class]
-        reductions = [s.w2_reduction for s in self.per_class if s.w2_reduction is not None]
-        return {
-            "num_images": len(self.labels),
-            "w2_per_class": rows,
-            "w2_weighted_mean": _mean([s.w2_weighted for s in self.per_class]),
-            "w2_uniform_mean": _mean([s.w2_uniform for s in self.per_class]),
-            "w2_reduction_mean": _mean(reductions),
-        }
-
-    def manifest(self) -> dict:
-        """The run manifest: configuration, seeds, versions, timings, metrics."""
-        return {
-            "kind": "ddoq-distill",
-            "config": asdict(self.config),
-            "seeds": {
-                "master": self.config.seed,
-                "quantize": "seed * 1000 + class label",
-                "image": "ddoq.distillation.stages.image_seed(seed, label, k) (per metadata row)",
-            },
-            "class_names": self.class_names,
-            "versions": package_versions(),
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
-            "metrics": self.metrics(),
-            **self.info,
-        }
+def distill_manifest(
+    config: DistillConfig,
+    class_names: list[str],
+    per_class: list[ClassStats],
+    timings: dict[str, float],
+    num_images: int,
+    **info,
+) -> dict:
+    """The manifest of a distillation: configuration, seeds, versions, timings, metrics and
+    `info` (images, prior, teacher, dataset)."""
+    return {
+        "kind": "ddoq-distill",
+        "config": asdict(config),
+        "seeds": {
+            "master": config.seed,
+            "quantize": "seed * 1000 + class label",
+            "image": "ddoq.distillation.stages.image_seed(seed, label, k) (per metadata row)",
+        },
+        "class_names": [str(c) for c in class_names],
+        "versions": package_versions(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "metrics": w2_metrics(per_class) | {"num_images": num_images},
+        **info,
+    }
 
 
 def _mean(values: list) -> float | None:

@@ -22,13 +22,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ddoq import export
 from ddoq.distillation.allocation import plan_allocation
-from ddoq.distillation.config import DistillConfig, DistillResult
+from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.local import run_local
 from ddoq.distillation.ray_engine import run_ray
-from ddoq.distillation.stages import ClassPart, assemble, prepare, prior_info, with_total
+from ddoq.distillation.stages import assemble, prepare, prior_info, with_total
 from ddoq.distillation.store import RunStore
+from ddoq.export import DistilledSet
 
 __all__ = ["ENGINES", "distill_to_folder"]
 
@@ -49,7 +49,7 @@ def distill_to_folder(
     progress: bool = True,
     on_class: Callable[[str, int, int], None] | None = None,
     on_encode: Callable[[int, int], None] | None = None,
-) -> DistillResult:
+) -> DistilledSet:
     """Distil `config` into the export folder `out`, resuming an interrupted run.
 
     Parameters
@@ -79,10 +79,10 @@ def distill_to_folder(
 
     Returns
     -------
-    DistillResult
+    DistilledSet
         The distilled set as written, without its pixels (``images`` is None: they were
         streamed class by class into `out`; `ddoq.export.load` reads them back).
-        ``info["resumed_classes"]`` says how many classes came from an earlier run.
+        ``manifest["resumed_classes"]`` says how many classes came from an earlier run.
 
     Raises
     ------
@@ -116,43 +116,28 @@ def distill_to_folder(
             flush=True,
         )
 
-    def save(part: ClassPart) -> None:
-        store.save(part)
+    def done(label: int) -> None:
         if on_class is not None:
             on_class("class", len(store.done), train.num_classes)
 
-    if engine == "local":
-        run_local(
+    engines = {"local": run_local, "ray": run_ray}
+    if engine == "ray":
+        options = {"address": ray_address, "workers": workers}
+    else:
+        options = {"on_encode": on_encode}
+    if todo:
+        engines[engine](
             config,
-            prior,
-            teacher,
-            train,
-            todo,
-            save,
+            train=train,
+            prior=prior,
+            teacher=teacher,
+            classes=todo,
+            store=store,
+            on_class_done=done,
             timings=timings,
             progress=progress,
             ks=ks,
-            on_encode=on_encode,
-        )
-    elif todo:
-
-        def finished(label: int) -> None:
-            store.mark_done(label)
-            if on_class is not None:
-                on_class("class", len(store.done), train.num_classes)
-
-        run_ray(
-            config,
-            train,
-            prior,
-            store,
-            todo,
-            finished,
-            address=ray_address,
-            workers=workers,
-            timings=timings,
-            progress=progress,
-            ks=ks,
+            **options,
         )
     missing = store.todo()
     if missing:
@@ -161,13 +146,18 @@ def distill_to_folder(
     info = teacher.info() if teacher is not None else None
     parts = store.parts(images=False)
     result = assemble(
-        config, parts, train, prior_info(config, prior), info, timings, images=store.images()
+        config,
+        parts,
+        train,
+        prior_info(config, prior),
+        info,
+        timings,
+        images=store.images(),
+        engine=engine,
+        resumed_classes=store.resumed,
+        **({} if plan is None else {"allocation": plan.manifest([str(c) for c in train.classes])}),
     )
-    result.info["engine"] = engine
-    if plan is not None:
-        result.info["allocation"] = plan.manifest(result.class_names)
-    result.info["resumed_classes"] = store.resumed
-    export.write(result, out, overwrite=overwrite)
+    result.save(out, overwrite=overwrite)
     store.remove()
     result.images = None  # the pixels are in `out` now (`ddoq.export.load` reads them)
     return result

@@ -283,24 +283,28 @@ def quantize_stage(
 
 def run_ray(
     config: DistillConfig,
+    *,
     train,
     prior,
-    store,
+    teacher,
     classes: list[int],
-    finished: Callable[[int], None],
-    *,
+    store,
+    on_class_done: Callable[[int], None] | None = None,
+    timings: dict[str, float] | None = None,
+    progress: bool = False,
     address: str | None = None,
     workers: int | None = None,
     classes_per_task: int | None = None,
-    timings: dict[str, float] | None = None,
-    progress: bool = False,
     ks: dict[int, int] | None = None,
 ) -> None:
     """Distil `classes` on Ray, writing each finished class into `store` (a `RunStore`).
 
-    ``ks[c]`` is class c's number of images under a budget (None: `config.ipc` each).
-
-    `finished(label)` is called on the driver as each class's file is written. `workers`
+    The engines' one signature (`ddoq.distillation.local.run_local` takes the same
+    arguments). ``ks[c]`` is class c's number of images under a budget (None:
+    `config.ipc` each). The workers load the teacher `config` names (the driver's
+    `teacher`, already resolved, must be that one). On the driver, each class whose file a
+    worker wrote is recorded (``store.mark_done(label)``), then ``on_class_done(label)`` is
+    called. `workers`
     is how many actors (per Ray Data stage) and tasks run at once: by default one per GPU
     when `config.device` is CUDA, else one per CPU of the cluster. `classes_per_task`
     defaults to about four tasks per worker, at most 32 classes each.
@@ -397,7 +401,9 @@ def run_ray(
         )
         with bar(len(rows), f"decode + label (ray, {config.decode})", "class") as b:
             for row in data.iter_rows():
-                finished(int(row["label"]))
+                store.mark_done(int(row["label"]))
+                if on_class_done is not None:
+                    on_class_done(int(row["label"]))
                 b.update(1)
         clock("decode", t)
     finally:

@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from ddoq.data import load_dataset
-from ddoq.distillation.config import ClassStats, DistillConfig, DistillResult
+from ddoq.distillation.config import ClassStats, DistillConfig, distill_manifest
+from ddoq.export import DistilledSet, image_weights
 from ddoq.labels import teacher_logits
 from ddoq.priors import load_prior, resolve_prior
-from ddoq.quantize import quantize_classes, temper_weights
+from ddoq.quantize import quantize_classes
 from ddoq.teachers import match_teacher, resolve_teacher
 from ddoq.transport import distortion, voronoi_masses, wasserstein2
 
@@ -45,7 +46,6 @@ __all__ = [
     "assemble",
     "decode_latents",
     "image_seed",
-    "image_weights",
     "load_train",
     "measure_w2",
     "prepare",
@@ -269,44 +269,6 @@ def render_class(
     )
 
 
-def image_weights(
-    masses: np.ndarray | torch.Tensor,
-    labels: np.ndarray | torch.Tensor,
-    class_counts: np.ndarray | list[int],
-    alpha: float,
-) -> torch.Tensor:
-    """The weights of a distilled set's images, from their cell masses (the one formula).
-
-    Within class c, ``temper_weights(masses of c, alpha)`` (w ~ mass**alpha, summing to 1),
-    times the class prior N_c / N; then scaled to mean 1 over the whole set. `assemble` uses
-    it when a run ends, ``ddoq export --alpha`` when it re-tempers a written set.
-
-    Parameters
-    ----------
-    masses : array of shape (n,)
-        Voronoi cell mass of each image's point within its class.
-    labels : array of shape (n,)
-        Class of each image.
-    class_counts : array of shape (n_classes,)
-        Training images per class, N_c (N is their sum).
-    alpha : float
-        Tempering exponent: 1 keeps the masses, 0 gives uniform weights within a class.
-
-    Returns
-    -------
-    torch.Tensor
-        float32 weights of shape (n,), mean 1.
-    """
-    masses = np.asarray(masses, dtype=np.float64)
-    labels = np.asarray(labels)
-    counts = np.asarray(class_counts, dtype=np.float64)
-    w = np.zeros(len(masses), dtype=np.float64)
-    for c in np.unique(labels):
-        rows = labels == c
-        w[rows] = temper_weights(masses[rows], alpha) * counts[c] / counts.sum()
-    return torch.as_tensor(w * (len(w) / w.sum())).float()
-
-
 def assemble(
     config: DistillConfig,
     parts: list[ClassPart],
@@ -315,11 +277,13 @@ def assemble(
     teacher_info: dict | None,
     timings: dict[str, float],
     images=None,
-) -> DistillResult:
-    """Join the finished classes (in class order) into a `DistillResult`.
+    **info,
+) -> DistilledSet:
+    """Join the finished classes (in class order) into a `ddoq.export.DistilledSet`.
 
-    Weights: `image_weights` of the parts' masses. `images`, when given, replaces
-    the parts' own images (a lazy sequence over class files, see `ddoq.distillation.folder`).
+    Weights: `ddoq.export.image_weights` of the parts' masses. `images`, when given,
+    replaces the parts' own images (a lazy sequence over class files, see
+    `ddoq.distillation.folder`). `info` goes into the manifest as it is.
     """
     parts = sorted(parts, key=lambda p: p.label)
     if [p.label for p in parts] != list(range(train.num_classes)):
@@ -335,15 +299,38 @@ def assemble(
         return None if any(r is None for r in rows) else rows
 
     latents, logits, sources = cat("latents"), cat("logits"), cat("source")
-    return DistillResult(
-        config=config,
-        images=torch.cat([p.images for p in parts]).float().clamp(0, 1)
-        if images is None
-        else images,
+    names = [str(n) for n in train.classes]
+    stats = [
+        ClassStats(p.label, names[p.label], p.n_points, p.w2_weighted, p.w2_uniform) for p in parts
+    ]
+    manifest = distill_manifest(
+        config,
+        names,
+        stats,
+        timings,
+        len(labels),
+        images="decoded centroids" if generated else "real training images",
+        prior=prior_info,
+        teacher=teacher_info,
+        dataset={
+            "name": config.dataset,
+            "split": "train",
+            "fingerprint": train.fingerprint,
+            "image_size": train.image_size,
+            "channels": train.channels,
+            "class_counts": counts.tolist(),
+        },
+        **info,
+    )
+    if images is None:
+        images = torch.cat([p.images for p in parts]).float().clamp(0, 1)
+    return DistilledSet(
+        images=images,
         labels=labels,
-        class_names=[str(n) for n in train.classes],
+        class_names=names,
         weights=w,
         masses=torch.cat([torch.as_tensor(p.masses, dtype=torch.float64) for p in parts]).float(),
+        manifest=manifest,
         index_in_class=torch.cat([torch.arange(len(p.masses)) for p in parts]),
         seeds=(
             torch.tensor([s for p in parts for s in p.seeds], dtype=torch.long)
@@ -352,27 +339,8 @@ def assemble(
         ),
         latents=torch.cat(latents).float() if latents else None,
         teacher_logits=torch.cat(logits) if logits else None,
+        temperature=config.temperature,
         source_indices=torch.cat([torch.as_tensor(s) for s in sources]) if sources else None,
-        per_class=[
-            ClassStats(
-                p.label, str(train.classes[p.label]), p.n_points, p.w2_weighted, p.w2_uniform
-            )
-            for p in parts
-        ],
-        timings=dict(timings),
-        info={
-            "images": "decoded centroids" if generated else "real training images",
-            "prior": prior_info,
-            "teacher": teacher_info,
-            "dataset": {
-                "name": config.dataset,
-                "split": "train",
-                "fingerprint": train.fingerprint,
-                "image_size": train.image_size,
-                "channels": train.channels,
-                "class_counts": counts.tolist(),
-            },
-        },
     )
 
 

@@ -126,8 +126,6 @@ class TrainConfig:
     augment
         ``"auto"`` (``"digits"`` up to 32 px, else ``"large"``), ``"digits"``,
         ``"large"`` or ``"none"``.
-    use_weights
-        apply the set's per-image weights (False: as ``weighting="none"``).
     weighting
         how the weights act: ``"loss"`` (weighted loss), ``"sample"`` (each epoch draws
         n images with replacement with probability w_k / sum w, unweighted loss) or
@@ -158,7 +156,6 @@ class TrainConfig:
     temperature: float = 20.0
     protocol: str = "precomputed"
     augment: str = "auto"
-    use_weights: bool = True
     weighting: str = "loss"
     cutmix: float = 0.0
     seed: int = 0
@@ -460,7 +457,7 @@ def fit(
             f"need a non-empty set with one label per image, got {n} and {len(labels)}"
         )
     labels = torch.as_tensor(labels, dtype=torch.long)
-    weighting = config.weighting if config.use_weights else "none"
+    weighting = config.weighting
     w = normalise_weights(weights if weighting != "none" else None, n)
     draw = w if weighting == "sample" else None  # the sampler's probabilities
     if weighting == "sample":

@@ -291,9 +291,8 @@ def _read_runs(paths: Runs, group: str) -> list[dict]:
 
 def _check_group(groups: dict[str, list[dict]], name: str, like: str | None, **fixed) -> None:
     """Each run of `name` has the settings `fixed` and otherwise the protocol of `like`."""
-    ref = groups[like][0]["config"] if like else {}
     for m in groups.get(name, []):
-        config = m["config"]
+        config, ref = m["config"], groups[like][0]["config"] if like else {}
         for key, value in fixed.items():
             if config.get(key) != value:
                 raise ValueError(
