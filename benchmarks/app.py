@@ -42,12 +42,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PAGES = {
-    "Explore a class": "app_pages/explore.py",
-    "Decoded images": "app_pages/decoded.py",
-    "Wasserstein": "app_pages/wasserstein.py",
-    "Train a student": "app_pages/train.py",
-    "Distill and export": "app_pages/distill.py",
-    "Teach": "app_pages/teach.py",
+    "Explore a class": "ddoq/ui/app_pages/explore.py",
+    "Decoded images": "ddoq/ui/app_pages/decoded.py",
+    "Wasserstein": "ddoq/ui/app_pages/wasserstein.py",
+    "Train a student": "ddoq/ui/app_pages/train.py",
+    "Distill and export": "ddoq/ui/app_pages/distill.py",
+    "Teach": "ddoq/ui/app_pages/teach.py",
 }
 
 
@@ -64,7 +64,11 @@ def _page_times(repeats: int) -> tuple[list[list[object]], str]:
     rows = [["first open (Explore; prior already loaded)", f"{cold:.2f}", "-"]]
     for name, path in PAGES.items():
         at.switch_page(path).run()  # warm this page's caches
-        other = "app_pages/teach.py" if path != "app_pages/teach.py" else "app_pages/explore.py"
+        other = (
+            "ddoq/ui/app_pages/teach.py"
+            if path != "ddoq/ui/app_pages/teach.py"
+            else "ddoq/ui/app_pages/explore.py"
+        )
 
         times: list[float] = []
         for _ in range(repeats):
@@ -75,7 +79,7 @@ def _page_times(repeats: int) -> tuple[list[list[object]], str]:
         times.sort()
         rows.append([f"open {name}", f"{times[len(times) // 2]:.3f}", f"{max(times):.3f}"])
     # A Step press reruns the whole Explore page once (the tick inside included).
-    at.switch_page("app_pages/explore.py").run()
+    at.switch_page("ddoq/ui/app_pages/explore.py").run()
     steps: list[float] = []
     for _ in range(repeats):
         start = time.perf_counter()

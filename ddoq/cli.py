@@ -539,13 +539,7 @@ def _train(args: argparse.Namespace) -> str | None:
     teacher = None
     soft = config.labels == "soft"
     if soft and config.protocol != "live" and ds.teacher_logits is not None:
-        if ds.teacher_logits.shape[1] != ds.num_classes:
-            raise ValueError(
-                f"the soft labels of {ds.root} have {ds.teacher_logits.shape[1]} columns but "
-                f"the set has {ds.num_classes} classes {ds.class_names} (made by a teacher for "
-                f"other classes); relabel it with `ddoq export {ds.root} --out NEW --teacher "
-                "TEACHER`, or train with --labels hard"
-            )
+        ds.check_soft_labels()
     elif soft:
         teacher = _set_teacher(args, ds.manifest, ds.class_names, config.device)
         if main:

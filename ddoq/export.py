@@ -143,6 +143,18 @@ class DistilledSet(Dataset):
         """Seconds per stage of the run that made it (from the manifest)."""
         return self.manifest.get("timings", {})
 
+    def check_soft_labels(self) -> None:
+        """Raise ValueError when the stored teacher logits do not have one column per class
+        (a set relabelled by a teacher for other classes)."""
+        logits = self.teacher_logits
+        if logits is not None and logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"the soft labels of {self.root} have {logits.shape[1]} columns but the set "
+                f"has {self.num_classes} classes {self.class_names} (made by a teacher for "
+                f"other classes); relabel it with `ddoq export {self.root} --out NEW --teacher "
+                "TEACHER`, or train with --labels hard"
+            )
+
     def metrics(self) -> dict:
         """The W2 figures of the manifest: per class and the mean reduction."""
         return self.manifest.get("metrics", {})

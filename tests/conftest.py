@@ -4,11 +4,16 @@ Tests run torch on one thread: on 2 shared cores, two threads per process under 
 were slower than one in our measurements, and results must not depend on it anyway.
 """
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(1)
+# the app's pages import `app_pages._common`, as Streamlit runs them (ddoq/ui on the path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ddoq" / "ui"))
 
 
 @pytest.fixture

@@ -118,12 +118,12 @@ def test_settings_persist_across_pages():
     at = _open()
     at.slider(key="w_s_k").set_value(7).run()
     at.selectbox(key="w_s_class").set_value(3).run()
-    at.switch_page("app_pages/teach.py").run()
-    at.switch_page("app_pages/wasserstein.py").run()
+    at.switch_page("ddoq/ui/app_pages/teach.py").run()
+    at.switch_page("ddoq/ui/app_pages/wasserstein.py").run()
     assert at.slider(key="w2_k").value == 7
     assert at.selectbox(key="w_s_class").value == 3
     at.slider(key="w2_k").set_value(8).run()
-    at.switch_page("app_pages/explore.py").run()
+    at.switch_page("ddoq/ui/app_pages/explore.py").run()
     assert at.slider(key="w_s_k").value == 8
 
 
@@ -184,7 +184,7 @@ def test_bad_folder_shows_a_readable_error():
 
 
 def test_teach_page_runs_clvq_and_compares_w2():
-    at = _open("app_pages/teach.py")
+    at = _open("ddoq/ui/app_pages/teach.py")
     assert at.title[0].value.startswith("Teach")
     assert [s.label for s in at.main.selectbox] == ["Distribution μ", "Step rule"]
     assert len(_charts(at)) == 2  # empty playground map + distortion against K
@@ -201,7 +201,7 @@ def test_teach_page_runs_clvq_and_compares_w2():
 
 
 def test_wasserstein_page_table_curve_and_pushforward_note():
-    at = _open("app_pages/wasserstein.py", s_k=5)
+    at = _open("ddoq/ui/app_pages/wasserstein.py", s_k=5)
     assert at.slider(key="w2_k").value == 5
     assert any("Compute W2" in i.value for i in at.info)
     at.button(key="w2_compute").click().run()
@@ -228,7 +228,7 @@ def test_wasserstein_page_table_curve_and_pushforward_note():
 
 
 def test_decoded_page_shows_centroids_sorted_by_weight():
-    at = _open("app_pages/decoded.py", s_k=4)
+    at = _open("ddoq/ui/app_pages/decoded.py", s_k=4)
     assert at.title[0].value == "Decoded images"
     assert at.button(key="dec_go").label == "Decode"
     assert any("Press **Decode**" in i.value for i in at.info)
@@ -253,7 +253,7 @@ def test_decoded_page_uses_the_explore_run():
     at = _open(s_k=3)
     at.button(key="btn_run").click().run()
     steps = at.session_state["explore_live"].snapshot.step
-    at.switch_page("app_pages/decoded.py").run()
+    at.switch_page("ddoq/ui/app_pages/decoded.py").run()
     at.toggle(key="dec_use_live").set_value(True).run()
     assert any(f"({steps} CLVQ steps)" in c.value for c in at.caption)
     at.button(key="dec_go").click().run()
@@ -268,7 +268,7 @@ def test_decoded_page_shows_what_distill_exports():
 
     at = _open(s_k=3, s_class=2)
     at.button(key="btn_run").click().run()  # an Explore run exists, but is not the default
-    at.switch_page("app_pages/decoded.py").run()
+    at.switch_page("ddoq/ui/app_pages/decoded.py").run()
     assert any("Distill and export** writes" in c.value for c in at.caption)
     at.button(key="dec_go").click().run()
     assert not at.exception and not at.error
@@ -287,7 +287,7 @@ def test_distill_page_exports_a_zip_per_session(tmp_path, monkeypatch):
     from ddoq.export import load
 
     monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
-    at = _open("app_pages/distill.py", s_dist_ipc=2)
+    at = _open("ddoq/ui/app_pages/distill.py", s_dist_ipc=2)
     assert at.title[0].value == "Distill and export"
     assert not at.warning, [w.value for w in at.warning]  # the shipped prior always loads
     assert [s.label for s in at.main.selectbox] == ["Method"]
@@ -304,14 +304,14 @@ def test_distill_page_exports_a_zip_per_session(tmp_path, monkeypatch):
     assert _metric(at, "Images") == "20"
     assert at.get("download_button")
     # a second session writes elsewhere
-    other = _open("app_pages/distill.py", s_dist_ipc=2)
+    other = _open("ddoq/ui/app_pages/distill.py", s_dist_ipc=2)
     assert other.session_state["session_id"] != at.session_state["session_id"]
 
 
 def test_train_page_runs_a_tiny_job_in_the_background(tmp_path, monkeypatch):
     monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
     at = _open(
-        "app_pages/train.py",
+        "ddoq/ui/app_pages/train.py",
         s_train_ipc=1,
         s_train_epochs=2,
         s_train_methods=["ddoq", "random"],
@@ -325,10 +325,10 @@ def test_train_page_runs_a_tiny_job_in_the_background(tmp_path, monkeypatch):
     job = at.session_state["train_job"]
     assert at.button(key="train_go").disabled  # drawn as not clickable while it runs
     assert at.get("progress")
-    at.switch_page("app_pages/teach.py").run()  # the job survives page switches
+    at.switch_page("ddoq/ui/app_pages/teach.py").run()  # the job survives page switches
     job.join(180)
     assert job.status == "done", job.error
-    at.switch_page("app_pages/train.py").run()
+    at.switch_page("ddoq/ui/app_pages/train.py").run()
     assert not at.exception and not at.error
     runs = at.dataframe[0].value
     assert sorted(runs["method"]) == ["ddoq", "random"]
@@ -338,7 +338,7 @@ def test_train_page_runs_a_tiny_job_in_the_background(tmp_path, monkeypatch):
 
 
 def test_teach_page_your_own_points():
-    at = _open("app_pages/teach.py", s_teach_k=8)
+    at = _open("ddoq/ui/app_pages/teach.py", s_teach_k=8)
     at.selectbox(key="w_s_teach_dist").set_value("your own points").run()
     assert not at.exception and not at.error
     assert len(_charts(at)) == 1  # the canvas only
@@ -421,19 +421,19 @@ def _captions(at: AppTest) -> str:
 
 def test_distill_uses_this_sessions_dataset_and_not_another_sessions(folder3):
     a = _choose_folder(_open(), folder3)
-    a.switch_page("app_pages/distill.py").run()
+    a.switch_page("ddoq/ui/app_pages/distill.py").run()
     assert f"Dataset **{folder3}**" in _captions(a)
-    b = _open("app_pages/distill.py")  # a new browser session starts from the defaults
+    b = _open("ddoq/ui/app_pages/distill.py")  # a new browser session starts from the defaults
     assert "Dataset **mnist**" in _captions(b)
-    b.switch_page("app_pages/explore.py").run()
+    b.switch_page("ddoq/ui/app_pages/explore.py").run()
     b.selectbox(key="w_s_source").set_value("digits").run()
-    b.switch_page("app_pages/train.py").run()
+    b.switch_page("ddoq/ui/app_pages/train.py").run()
     assert "Dataset **digits**" in _captions(b)
     a.run()
     assert f"Dataset **{folder3}**" in _captions(a)
     # the picker is in the sidebar, which AppTest shows on a session's first run only
     b.session_state["s_prior"] = "none (raw pixels)"
-    b.switch_page("app_pages/distill.py").run()
+    b.switch_page("ddoq/ui/app_pages/distill.py").run()
     assert b.warning and "needs a prior" in b.warning[0].value
 
 
@@ -452,7 +452,11 @@ def test_own_folder_keeps_class_and_k_and_every_control_works(folder3):
     at.toggle(key="w_s_overlay").set_value(True).run()
     at.selectbox(key="w_s_class").set_value(0).run()
     assert not at.exception and not at.error
-    for page in ("app_pages/decoded.py", "app_pages/wasserstein.py", "app_pages/explore.py"):
+    for page in (
+        "ddoq/ui/app_pages/decoded.py",
+        "ddoq/ui/app_pages/wasserstein.py",
+        "ddoq/ui/app_pages/explore.py",
+    ):
         at.switch_page(page).run()
         assert not at.exception and not at.error, page
         assert at.selectbox(key="w_s_class").value == 0
@@ -478,7 +482,7 @@ def test_a_corrected_folder_path_is_kept(folder3):
 def test_k_100_on_explore_then_decoded():
     at = _open(s_k=100)
     assert at.slider(key="w_s_k").value == 100
-    at.switch_page("app_pages/decoded.py").run()
+    at.switch_page("ddoq/ui/app_pages/decoded.py").run()
     assert not at.exception
     assert at.slider(key="dec_k").value == 100
 
@@ -490,10 +494,10 @@ def test_a_class_with_one_image_gets_a_message(folder_tiny):
     assert not at.exception
     assert "single training image" in _captions(at)
     assert any("too few for a map" in i.value for i in at.info)
-    for page in ("app_pages/decoded.py", "app_pages/wasserstein.py"):
+    for page in ("ddoq/ui/app_pages/decoded.py", "ddoq/ui/app_pages/wasserstein.py"):
         at.switch_page(page).run()
         assert not at.exception, page
-    at.switch_page("app_pages/distill.py").run()
+    at.switch_page("ddoq/ui/app_pages/distill.py").run()
     assert not at.exception
     assert at.number_input(key="w_s_dist_ipc").value == 1
     assert any("lowered from 10 to 1" in i.value for i in at.info), [i.value for i in at.info]
@@ -537,7 +541,7 @@ def test_own_folder_distils_with_hard_labels_and_says_why_not_soft(folder3, tmp_
 
     monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
     at = _choose_folder(_open(s_dist_ipc=2), folder3)
-    at.switch_page("app_pages/distill.py").run()
+    at.switch_page("ddoq/ui/app_pages/distill.py").run()
     assert not at.exception
     assert any("No teacher for this dataset's classes" in w.value for w in at.warning)
     assert at.button(key="dist_go").disabled
@@ -553,12 +557,12 @@ def test_own_folder_distils_with_hard_labels_and_says_why_not_soft(folder3, tmp_
 
 def test_wasserstein_and_distill_report_the_same_w2(tmp_path, monkeypatch):
     monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
-    at = _open("app_pages/wasserstein.py", s_k=3, s_dist_ipc=3)
+    at = _open("ddoq/ui/app_pages/wasserstein.py", s_k=3, s_dist_ipc=3)
     at.button(key="w2_compute").click().run()
     w2 = at.dataframe[0].value.iloc[0]["W2 DDOQ (weighted)"]
     at.button(key="w2_curve_btn").click().run()
     assert "class '0'" in _charts(at)[1].proto.spec
-    at.switch_page("app_pages/distill.py").run()
+    at.switch_page("ddoq/ui/app_pages/distill.py").run()
     at.radio(key="w_s_dist_labels").set_value("hard").run()
     _distil(at)
     per_class = at.session_state["dist_result"]["metrics"]["w2_per_class"]
@@ -566,13 +570,13 @@ def test_wasserstein_and_distill_report_the_same_w2(tmp_path, monkeypatch):
 
 
 def test_wasserstein_links_to_the_study_page_which_shows_its_tables_and_plots():
-    at = _open("app_pages/wasserstein.py")
+    at = _open("ddoq/ui/app_pages/wasserstein.py")
     links = [node for node in _walk(at) if getattr(node, "type", None) == "page_link"]
     assert len(links) == 1
     assert links[0].proto.page == "findings"
     assert links[0].proto.label == "See the study"
     assert any("weights helped" in c.value for c in at.caption)
-    at.switch_page("app_pages/findings.py").run()
+    at.switch_page("ddoq/ui/app_pages/findings.py").run()
     assert not at.exception
     text = "\n".join(m.value for m in at.markdown)
     # what BENCHMARKS.md's regimes section says, table rows and all
@@ -604,7 +608,7 @@ def test_distill_page_shares_a_budget_and_charts_it_before_running(tmp_path, mon
 
     monkeypatch.setenv("DDOQ_APP_RUNS", str(tmp_path / "runs"))
     settings = dict(s_dist_count="total budget", s_dist_budget=25, s_dist_allocate="uniform")
-    at = _open("app_pages/distill.py", **settings)
+    at = _open("ddoq/ui/app_pages/distill.py", **settings)
     assert "dist_result" not in at.session_state
     charts = [c for c in _charts(at) if c.type == "plotly_chart"]
     bars = json.loads(charts[0].proto.spec)["data"][0]

@@ -141,17 +141,17 @@ def test_rgb_folder_follows_the_sd_prior(rgb, sd):
     np.testing.assert_allclose(pts.points, z.flatten(1).numpy(), atol=1e-4)
 
     # the choice persists across pages, with the same caption line
-    at.switch_page("app_pages/wasserstein.py").run()
+    at.switch_page("ddoq/ui/app_pages/wasserstein.py").run()
     assert at.session_state["s_prior_folder"] == str(sd)
     assert "64 px RGB images, latent 4×8×8" in _captions(at)
-    at.switch_page("app_pages/distill.py").run()
+    at.switch_page("ddoq/ui/app_pages/distill.py").run()
     assert not at.exception
     assert "64 px RGB images, latent 4×8×8" in _captions(at)
     assert at.radio(key="w_s_dist_decode").options == ["vae", "img2img"]
 
 
 def test_decoded_images_are_rgb_at_the_priors_size(rgb, sd):
-    at = _setup(rgb, sd, "app_pages/decoded.py")
+    at = _setup(rgb, sd, "ddoq/ui/app_pages/decoded.py")
     assert at.radio(key="w_s_dec_mode").options == ["vae", "img2img"]
     at.slider(key="dec_k").set_value(3).run()
     at.button(key="dec_go").click().run()
@@ -184,7 +184,7 @@ def test_grey_prior_notes_colour_and_rgb_prior_repeats_grey(rgb, grey, sd):
 
 
 def test_raw_pixels_say_why_nothing_is_decoded(rgb):
-    at = _setup(rgb, PIXELS, "app_pages/decoded.py")
+    at = _setup(rgb, PIXELS, "ddoq/ui/app_pages/decoded.py")
     assert not at.exception
     assert "Computing on **raw pixels**" in _captions(at)
     assert "nothing to decode" in _captions(at)

@@ -241,7 +241,11 @@ def test_app_runs_on_cuda_by_default(tmp_path, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     live = at.session_state["explore_live"]
     assert str(live.device).startswith("cuda")
-    for page in ("app_pages/decoded.py", "app_pages/wasserstein.py", "app_pages/distill.py"):
+    for page in (
+        "ddoq/ui/app_pages/decoded.py",
+        "ddoq/ui/app_pages/wasserstein.py",
+        "ddoq/ui/app_pages/distill.py",
+    ):
         at.switch_page(page).run()
         assert not at.exception, (page, [e.value for e in at.exception])
     at.button(key="dist_go").click().run()

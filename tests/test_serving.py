@@ -35,7 +35,9 @@ def test_a_page_opened_by_its_url_first_renders(page, monkeypatch):
     """
     monkeypatch.setattr(PagesManager, "uses_pages_directory", None)
     at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page(f"app_pages/{page}.py")  # before any run: identified by its URL, as a link
+    at.switch_page(
+        f"ddoq/ui/app_pages/{page}.py"
+    )  # before any run: identified by its URL, as a link
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["session_id"]  # app.py ran first: the session's settings exist

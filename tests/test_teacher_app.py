@@ -58,14 +58,14 @@ def _page(page: str, dataset: str) -> AppTest:
 
 
 def test_mnist_names_the_embedded_teacher():
-    at = _page("app_pages/distill.py", "mnist")
+    at = _page("ddoq/ui/app_pages/distill.py", "mnist")
     assert any("Soft labels from the embedded teacher" in c.value for c in at.caption)
     assert not at.warning and not at.error
     assert not [b for b in at.button if b.key == "dist_teacher_train"]
 
 
 def test_train_a_teacher_for_a_folder_from_the_page(folder):
-    at = _page("app_pages/distill.py", str(folder))
+    at = _page("ddoq/ui/app_pages/distill.py", str(folder))
     warning = " ".join(w.value for w in at.warning)
     assert "[one, seven, zero]" in warning and "[0, 1, 2, 3" in warning
     at.number_input(key="dist_teacher_epochs").set_value(3).run()
@@ -84,5 +84,5 @@ def test_train_a_teacher_for_a_folder_from_the_page(folder):
     assert f"Soft labels from {teacher_dir_for(folder)}" in caption
     assert "trained for this dataset" in caption
     # the Train page of the same session sees it too
-    at.switch_page("app_pages/train.py").run()
+    at.switch_page("ddoq/ui/app_pages/train.py").run()
     assert any("trained for this dataset" in c.value for c in at.caption)

@@ -53,6 +53,7 @@ from ddoq.data.split import DEFAULT_SEED, DEFAULT_TEST_FRACTION, _check_split
 __all__ = [
     "EMBEDDED_DATASETS",
     "OPTIONAL_DATASETS",
+    "dataset_key",
     "load_dataset",
     "native_format",
 ]
@@ -211,3 +212,20 @@ def native_format(name_or_path: str | os.PathLike[str], sample: int = 24) -> tup
                 rgb = np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.int16)
                 colour = bool(np.abs(rgb - rgb[..., :1]).max() > 2)
     return (3 if colour else 1), int(np.median(sides))
+
+
+def dataset_key(dataset: str | os.PathLike[str]) -> str:
+    """``<name>-<fingerprint>`` of a dataset's train split at its default options: the
+    folder name under which what was trained for the dataset is kept (a teacher, a prior),
+    so a changed folder gets a new one.
+
+    Raises
+    ------
+    ValueError
+        the dataset does not load.
+    """
+    import re
+
+    train = load_dataset(dataset if isinstance(dataset, str) else Path(dataset), "train")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(train.name)).strip("._") or "dataset"
+    return f"{slug}-{str(train.fingerprint)[:16]}"

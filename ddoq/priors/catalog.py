@@ -4,7 +4,7 @@
 - `inspect_prior(name_or_path)` describes a prior from its configs alone (no weights read);
 - `find_priors()` lists every prior `ddoq.priors.load_prior` accepts in the local Hugging Face
   cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``) and in
-  the folder of priors trained for datasets (`ddoq.priors.training.priors_root`);
+  the folder of priors trained for datasets (`priors_root`);
 - `resolve_prior("auto", dataset)` picks the prior for a dataset: the one trained for it,
   else the embedded (digit) prior for digits-like data, else a `ValueError` saying what to
   train or give.
@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ddoq._io import cache_dir
+from ddoq.data import dataset_key
 from ddoq.priors.autoencoder import autoencoder_image_size
 from ddoq.priors.base import AUTOENCODERS, PRIOR_JSON, PriorInfo, autoencoder_geometry
 from ddoq.priors.embedded import EMBEDDED_PRIOR_DIR
@@ -29,6 +31,8 @@ __all__ = [
     "detect_kind",
     "find_priors",
     "hub_cache_dir",
+    "prior_dir_for",
+    "priors_root",
     "inspect_prior",
     "resolve_prior",
     "resolve_path",
@@ -55,6 +59,23 @@ _SUPPORTED = (
     f"{', '.join(AUTOENCODERS)} folders (config.json + weights) and folders written by "
     "`ddoq train-prior`"
 )
+
+
+def priors_root() -> Path:
+    """Where priors trained for datasets are kept: ``<cache dir>/priors``."""
+    return cache_dir() / "priors"
+
+
+def prior_dir_for(dataset: str | os.PathLike) -> Path:
+    """Default folder of the prior trained for a dataset (``ddoq train-prior --dataset``):
+    ``<cache dir>/priors/<name>-<fingerprint>`` (`ddoq.data.dataset_key`).
+
+    Raises
+    ------
+    ValueError
+        the dataset does not load.
+    """
+    return priors_root() / dataset_key(dataset)
 
 
 def hub_cache_dir() -> Path:
@@ -268,8 +289,6 @@ def find_priors() -> list[PriorInfo]:
     Stable Diffusion v1.x or DiT pipelines or diffusers autoencoders (the ``vae/`` of other
     pipelines included), each with weights present.
     """
-    from ddoq.priors.training import priors_root
-
     candidates: list[tuple[str, Path]] = [("embedded", EMBEDDED_PRIOR_DIR)]
     root = priors_root()
     if root.is_dir():
@@ -343,8 +362,6 @@ def resolve_prior(spec: str | os.PathLike | None, dataset: str | os.PathLike) ->
     """
     if spec is not None and str(spec) != "auto":
         return PriorChoice(str(spec), "given")
-    from ddoq.priors.training import prior_dir_for
-
     own = prior_dir_for(dataset)
     if (own / PRIOR_JSON).is_file():
         return PriorChoice(str(own), "auto: the prior trained for this dataset")

@@ -28,7 +28,6 @@ import copy
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -39,9 +38,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ddoq._io import cache_dir, replace_dir
+from ddoq._io import replace_dir
 from ddoq.data import EMBEDDED_DATASETS, load_dataset, native_format
 from ddoq.priors.base import PRIOR_JSON
+from ddoq.priors.catalog import prior_dir_for, priors_root
 
 __all__ = [
     "Progress",
@@ -58,27 +58,6 @@ Progress = Callable[[int, int, str], None]
 
 LATENT_SIDE = 8  # latent grid side of a prior sized to a dataset (16 DiT tokens)
 SAMPLES_PER_CLASS = 32  # class-conditional samples shown to the teacher after training
-
-
-def priors_root() -> Path:
-    """Where priors trained for datasets are kept: ``<cache dir>/priors``."""
-    return cache_dir() / "priors"
-
-
-def prior_dir_for(dataset: str | os.PathLike) -> Path:
-    """Default folder of the prior trained for a dataset (``ddoq train-prior --dataset``).
-
-    ``<cache dir>/priors/<name>-<fingerprint>``, keyed by the fingerprint of the dataset's
-    train split at its default options, so a changed folder gets a new prior.
-
-    Raises
-    ------
-    ValueError
-        the dataset does not load.
-    """
-    train = load_dataset(dataset if isinstance(dataset, str) else Path(dataset), "train")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(train.name)).strip("._") or "dataset"
-    return priors_root() / f"{slug}-{str(train.fingerprint)[:16]}"
 
 
 @dataclass

@@ -18,14 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ddoq._io import cache_dir
-from ddoq.data import load_dataset
+from ddoq.data import dataset_key
 from ddoq.teachers.model import AUTO, EMBEDDED_TEACHER_DIR, Selection, Teacher, load_teacher
 
 __all__ = [
@@ -152,26 +151,16 @@ def teachers_root() -> Path:
     return cache_dir() / "teachers"
 
 
-def _dataset_key(dataset: str | os.PathLike) -> tuple[str, str]:
-    """``(name, fingerprint)`` of a dataset's train split at its default options."""
-    train = load_dataset(dataset if isinstance(dataset, str) else Path(dataset), "train")
-    return str(train.name), str(train.fingerprint)
-
-
 def teacher_dir_for(dataset_name: str | os.PathLike) -> Path:
-    """Default folder of the teacher trained for a dataset (``ddoq train-teacher --dataset``).
-
-    ``<cache dir>/teachers/<name>-<fingerprint>``, keyed by the fingerprint of the dataset's
-    train split at its default options, so a changed folder gets a new teacher.
+    """Default folder of the teacher trained for a dataset (``ddoq train-teacher --dataset``):
+    ``<cache dir>/teachers/<name>-<fingerprint>`` (`ddoq.data.dataset_key`).
 
     Raises
     ------
     ValueError
         the dataset does not load.
     """
-    name, fingerprint = _dataset_key(dataset_name)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "dataset"
-    return teachers_root() / f"{slug}-{fingerprint[:16]}"
+    return teachers_root() / dataset_key(dataset_name)
 
 
 def cached_teachers() -> list[tuple[Path, dict]]:

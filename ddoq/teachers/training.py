@@ -37,7 +37,7 @@ from ddoq.teachers.model import (
     _read_state,
     _torchvision_names,
 )
-from ddoq.teachers.selection import _dataset_key, teacher_dir_for
+from ddoq.teachers.selection import teacher_dir_for
 from ddoq.train.loop import AUGMENTATIONS, TrainConfig, augment, evaluate, fit
 
 __all__ = [
@@ -194,7 +194,8 @@ def train_teacher(
     seconds = time.perf_counter() - start
     if callback is not None:
         callback(config.epochs, config.epochs, {"test_accuracy": accuracy, "seconds": seconds})
-    name, key = _dataset_key(config.dataset)
+    # the fingerprint at the dataset's default options, as `teacher_dir_for` keys it
+    key = str(load_dataset(config.dataset, "train").fingerprint)
     out = teacher_dir_for(config.dataset) if out is None else Path(out).expanduser()
     meta = {
         "arch": config.arch,

@@ -1,8 +1,8 @@
 """The Streamlit app as shipped in the package (top layer, like `ddoq.cli`).
 
-``ddoq/ui/app.py`` is the app's entry script and ``ddoq/ui/pages/`` its pages; the
-top-level ``app.py`` and ``pages/`` of a checkout are thin files that run them, so
-``streamlit run app.py`` works from a checkout and ``ddoq app`` from an installed wheel.
+``ddoq/ui/app.py`` is the app's entry script and ``ddoq/ui/app_pages/`` its pages; the
+top-level ``app.py`` of a checkout is a thin file that runs it, so ``streamlit run app.py``
+works from a checkout and ``ddoq app`` from an installed wheel.
 Streamlit is imported by those scripts only, never by this module: `run_app` starts
 ``streamlit run`` in a new process.
 """

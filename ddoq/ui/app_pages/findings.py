@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]  # a checkout (ddoq/ui/app_pages/findings.py)
 SECTIONS = ("regimes", "regimes-cross-arch")
 HEADING_NOTE = re.compile(r"\s*\(regime study, issue \d+\)")
 IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<path>[^)]+)\)\s*$")

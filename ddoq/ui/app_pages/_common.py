@@ -209,7 +209,7 @@ def prior_info(name: str) -> PriorInfo:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _prior_dir(dataset_name: str) -> str | None:
-    from ddoq.priors.training import prior_dir_for
+    from ddoq.priors.catalog import prior_dir_for
 
     try:
         return str(prior_dir_for(dataset_name))
