@@ -29,13 +29,17 @@ chromium:
 run: $(STAMP)
 	$(BIN)/streamlit run app.py
 
+# `make test` is what CI runs: lint, format check, type check (mypy), then the tests on two
+# pytest-xdist workers (a test module stays on one worker: its servers and clusters start once).
 test: $(STAMP) chromium
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info

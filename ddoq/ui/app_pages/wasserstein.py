@@ -6,6 +6,8 @@ is loaded, the pushforward check (the paper's Theorem 1): the same comparison in
 space after decoding the centroids. All computation is in `ddoq.app.compare`.
 """
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -38,7 +40,9 @@ st.caption(
     "A lower W2 does not always train a better student: in our study the weights helped on "
     "contaminated or skewed classes with hard labels, not on balanced MNIST or in pixel space."
 )
-st.page_link("app_pages/findings.py", label="See the study", icon=":material/insights:")
+st.page_link(
+    str(Path(__file__).with_name("findings.py")), label="See the study", icon=":material/insights:"
+)
 
 data = data_controls()
 dataset_name, prior_name, class_index = data.dataset, data.prior_name, data.class_index
