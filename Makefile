@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install chromium clean
+.PHONY: run test test-all lint install chromium clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not extended"
+
+# everything, the extended tests too (more Ray runs, a second cold numba compile): ~25 min
+test-all: $(STAMP) chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)

@@ -57,6 +57,7 @@ def assert_same_set(a: export.DistilledSet, b: export.DistilledSet) -> None:
     assert a.manifest["config"] | {"cache_dir": None} == b.manifest["config"] | {"cache_dir": None}
 
 
+@pytest.mark.extended  # make test runs the budgeted Ray-against-local run below
 def test_cli_ray_engine_equals_local_engine(ray_address, local_set, tmp_path, capsys):
     out = tmp_path / "ray"
     cache = str(tmp_path / "cache")
@@ -72,6 +73,7 @@ def test_cli_ray_engine_equals_local_engine(ray_address, local_set, tmp_path, ca
     assert not (tmp_path / ".ray.distill-run").exists()  # the run folder is cleaned up
 
 
+@pytest.mark.extended
 def test_killed_workers_are_retried_and_give_the_same_set(
     ray_address, local_set, tmp_path, monkeypatch
 ):
@@ -89,7 +91,7 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("engine", ["local", "ray"])
+@pytest.mark.parametrize("engine", ["local", pytest.param("ray", marks=pytest.mark.extended)])
 def test_interrupted_run_resumes_without_redoing_finished_classes(
     engine, ray_address, local_set, tmp_path
 ):

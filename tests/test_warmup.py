@@ -100,7 +100,7 @@ print(json.dumps({name: [sum(s.cache_hits.values()), sum(s.cache_misses.values()
 """
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # make test: the app's warm-up process fills the cache, another loads it
 def test_quantizer_warm_up_compiles_once_then_loads_from_the_disk_cache(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
 
