@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ddoq.quantize import ArrayLike as Points
 from ddoq.quantize import quantize_classes
 
 __all__ = ["allocate_budget", "distortion_curves"]
@@ -103,7 +105,7 @@ def allocate_budget(
         raise ValueError(f"method must be 'greedy' or 'exact', got {method!r}")
     # best[b] = least cost of the classes so far using b images; choice[c][b] = K_c there
     best = np.zeros(1)
-    choices = []
+    choices: list[np.ndarray] = []
     for c, curve in enumerate(cs):
         ks = np.arange(min_per_class, len(curve) + 1)
         new = np.full(len(best) + len(curve), np.inf)
@@ -124,11 +126,11 @@ def allocate_budget(
 
 
 def distortion_curves(
-    groups: Sequence[ArrayLike],
+    groups: Sequence[Points],
     k_max: int | Sequence[int],
     *,
     random_state: int | Sequence[int] = 0,
-    **params: object,
+    **params: Any,
 ) -> list[np.ndarray]:
     """Each class's distortion with K = 1..k_max centroids (empirical, per point).
 
@@ -162,7 +164,7 @@ def distortion_curves(
         raise ValueError(f"k_max {per_class[c]} exceeds class {c} ({sizes[c]} points)")
     seeds = np.broadcast_to(np.asarray(random_state), (len(groups),))
     if np.ndim(random_state) == 0:
-        seeds = int(random_state) + np.arange(len(groups))
+        seeds = int(cast(int, random_state)) + np.arange(len(groups))
     curves = [np.zeros(k) for k in per_class]
     for k in range(1, int(per_class.max()) + 1):
         live = [c for c in range(len(groups)) if per_class[c] >= k]

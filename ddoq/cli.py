@@ -545,7 +545,7 @@ def _train(args: argparse.Namespace) -> str | None:
         if main:
             print(f"teacher: {teacher.describe()}", flush=True)
     test = held_out_split(ds.manifest, args.dataset) if main else None
-    test_xy = (test.images(), torch.as_tensor(test.targets)) if main else None
+    test_xy = (test.images(), torch.as_tensor(test.targets)) if test is not None else None
     val = validation_split(ds.manifest, args.dataset) if config.patience and main else None
     run = Path(args.out)
     if main:
@@ -624,17 +624,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if len(args.run) > 1:
         raise ValueError("give one run to evaluate (several only with DD-Ranking options)")
     args.run = args.run[0] if args.run else None
+    model: torch.nn.Module
     if args.teacher is not None:
         name, size, channels = args.dataset or "mnist", args.image_size, None
-        model = resolve_teacher(
+        teacher = resolve_teacher(
             args.teacher,
             _class_names(name),
             args.device,
             weights=args.teacher_weights,
             dataset=name,
         )
-        what = f"teacher {model.describe()}"
-        size = size or model.image_size
+        what = f"teacher {teacher.describe()}"
+        size = size or teacher.image_size
+        model = teacher
     else:
         run = Path(args.run)
         manifest = read_run(run)

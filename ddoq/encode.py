@@ -212,7 +212,9 @@ def encode_class(
     indices = _class_indices(dataset, class_index)
     use_cache = cache_dir is not False
     if use_cache:
-        entry = cache_entry(dataset, prior, class_index, None if cache_dir is True else cache_dir)
+        # cache_dir is True or a folder here (a bool: True, the default root)
+        root = None if isinstance(cache_dir, bool) else cache_dir
+        entry = cache_entry(dataset, prior, class_index, root)
         cached = entry.read()
         if cached is not None:
             if progress is not None:

@@ -165,10 +165,19 @@ class DistilledSet(Dataset):
             return None
         return F.softmax(self.teacher_logits / (temperature or self.temperature), dim=1)
 
+    def _pixels(self) -> torch.Tensor | Sequence[torch.Tensor]:
+        """`images`; a ValueError when they were streamed to `root` (None)."""
+        if self.images is None:
+            raise ValueError(
+                f"the images of this set were streamed to {self.root}; read them back with "
+                "ddoq.export.load(root)"
+            )
+        return self.images
+
     def __getitem__(self, i: int):
         probs = self.soft_labels()
         soft = probs[i] if probs is not None else F.one_hot(self.labels[i], self.num_classes)
-        return self.images[i], int(self.labels[i]), float(self.weights[i]), soft.float()
+        return self._pixels()[i], int(self.labels[i]), float(self.weights[i]), soft.float()
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the set to the folder `path` atomically; set `root`, `rows` and `manifest`.
@@ -180,7 +189,7 @@ class DistilledSet(Dataset):
             disagree in length.
         """
         out = Path(path).expanduser()
-        n = len(self.images)
+        n = len(self._pixels())
         for name in ("labels", "weights", "masses"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} rows for {n} images")
@@ -194,7 +203,7 @@ class DistilledSet(Dataset):
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
         try:
-            rows, manifest = self._write(tmp)
+            rows, manifest = self._write(tmp, self.index_in_class)
             replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -202,16 +211,17 @@ class DistilledSet(Dataset):
         self.root, self.rows, self.manifest = out, rows, manifest
         return out
 
-    def _write(self, tmp: Path) -> tuple[list[dict], dict]:
+    def _write(self, tmp: Path, index_in_class: torch.Tensor) -> tuple[list[dict], dict]:
         """Write the folder's files into `tmp`; return its metadata rows and manifest."""
-        n, dirs = len(self.images), _class_dirs(self.class_names)
-        digits = max(4, len(str(int(self.index_in_class.max()) if n else 0)))
+        images = self._pixels()
+        n, dirs = len(images), _class_dirs(self.class_names)
+        digits = max(4, len(str(int(index_in_class.max()) if n else 0)))
         rows = []
         for i in range(n):
-            c, k = int(self.labels[i]), int(self.index_in_class[i])
+            c, k = int(self.labels[i]), int(index_in_class[i])
             rel = f"images/{dirs[c]}/{k:0{digits}d}.png"
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            _png(self.images[i], tmp / rel)
+            _png(images[i], tmp / rel)
             row = {"file_name": rel, "label": c, "class_name": str(self.class_names[c])}
             row |= {"weight": float(self.weights[i]), "mass": float(self.masses[i]), "k": k}
             if self.seeds is not None:
@@ -220,7 +230,7 @@ class DistilledSet(Dataset):
         (tmp / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         files = ["images/", "metadata.jsonl", "manifest.json"]
         soft = self.teacher_logits is not None
-        if soft:
+        if self.teacher_logits is not None:  # (soft)
             logits = self.teacher_logits.float().contiguous()
             probs = F.softmax(logits / self.temperature, dim=1).contiguous()
             meta = {"temperature": repr(float(self.temperature))}
@@ -402,6 +412,8 @@ def derive(
         teacher fits the set's classes.
     """
     source = src if isinstance(src, DistilledSet) else load(src)
+    if source.images is None and source.root is not None:
+        source = load(source.root)  # streamed to its folder (`ddoq.distill`'s result)
     out = Path(out).expanduser()
     if source.root is not None and out.resolve() == source.root.resolve():
         raise ValueError("the new folder (--out) must differ from the source folder")
@@ -421,7 +433,10 @@ def derive(
             teacher = teacher_for_set(
                 manifest, source.class_names, device, spec=teacher, weights=teacher_weights
             )
-        new.teacher_logits = teacher_logits(teacher, source.images)
+        images = source._pixels()
+        if not isinstance(images, torch.Tensor):  # a lazy sequence (a set not saved yet)
+            images = torch.stack(list(images))
+        new.teacher_logits = teacher_logits(teacher, images)
         manifest["teacher"] = teacher.info()
         config["teacher"], config["teacher_weights"] = teacher.spec, teacher.weights
     if temperature is not None:

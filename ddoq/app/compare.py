@@ -120,7 +120,7 @@ def w2_against_k(
     ks: Sequence[int],
     *,
     seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> list[W2Comparison]:
     """`compare_w2` for each K in `ks` (those <= N); `progress(i, total)` after each."""
     valid = [int(k) for k in ks if 1 <= int(k) <= len(points)]

@@ -10,6 +10,7 @@ happen in `ddoq.app.live`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -17,6 +18,9 @@ from plotly.colors import qualitative
 
 from ddoq.app.compare import W2Comparison
 from ddoq.app.playground import DistortionCurve
+
+if TYPE_CHECKING:  # the records of `train_curves` (jobs runs the training: not imported here)
+    from ddoq.app.jobs import MethodRecord
 
 __all__ = [
     "PALETTE",
@@ -41,7 +45,7 @@ _TRAIN_DASH = {"ddoq": "solid", "d4m": "dash", "random": "dot", "full": "dashdot
 _TRAIN_SYMBOL = {"ddoq": "circle", "d4m": "diamond-open", "random": "square", "full": "x"}
 
 
-def _log_axis(ticks: Sequence[float] | None = None) -> dict[str, object]:
+def _log_axis(ticks: Sequence[float] | np.ndarray | None = None) -> dict[str, object]:
     """A log axis labelled at `ticks` (or at 1, 2, 5 x 10^n), without minor labels."""
     if ticks is not None:
         return {"type": "log", "tickvals": list(ticks), "ticktext": [f"{t:g}" for t in ticks]}
@@ -54,7 +58,7 @@ def _figure(traces: list, **layout: object) -> go.Figure:
     Building the layout in the constructor is several times faster than `update_layout`,
     which matters at a few figures per live tick.
     """
-    spec: dict[str, object] = dict(_LAYOUT)
+    spec: dict[str, Any] = dict(_LAYOUT)
     for key, value in layout.items():
         if key in ("xaxis_title", "yaxis_title"):
             axis = key.split("_")[0]
@@ -225,7 +229,7 @@ def image_row(images: np.ndarray, pad: int = 2) -> np.ndarray:
 _TRAIN_COLORS = {"ddoq": "#2b6cb0", "d4m": "#e53e3e", "random": "#718096", "full": "#38a169"}
 
 
-def train_curves(records: Sequence[object], metric: str = "accuracy") -> go.Figure:
+def train_curves(records: Sequence[MethodRecord], metric: str = "accuracy") -> go.Figure:
     """Per-epoch `metric` ("accuracy" or "loss") of each method's student (`ddoq.app.jobs`)."""
     traces = [
         go.Scatter(

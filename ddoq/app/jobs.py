@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Self
 
 import torch
 
@@ -45,9 +46,12 @@ from ddoq.distillation.config import DistillConfig
 from ddoq.distillation.local import distill
 from ddoq.priors import load_prior
 from ddoq.teachers import match_teacher, resolve_teacher
-from ddoq.teachers.training import train_teacher
+from ddoq.teachers.training import TeacherReport, train_teacher
 from ddoq.train.loop import TrainConfig, fit_distilled
 from ddoq.train.runs import held_out_split, read_run, write_run
+
+if TYPE_CHECKING:  # (imported when a prior job runs)
+    from ddoq.priors.training import PriorTrainingReport
 
 __all__ = [
     "Cancelled",
@@ -99,7 +103,9 @@ class Job:
         self.status = "queued"
         self.progress = 0.0
         self.error: str | None = None
-        self.submitted = self.started = self.ended = None
+        self.submitted: float | None = None
+        self.started: float | None = None
+        self.ended: float | None = None
         self._cancel = threading.Event()
         self._finished = threading.Event()
         self._queue: JobQueue | None = None
@@ -125,7 +131,7 @@ class Job:
         """Whether a cancel was asked."""
         return self._cancel.is_set()
 
-    def start(self, queue: JobQueue | None = None, session: str = "") -> Job:
+    def start(self, queue: JobQueue | None = None, session: str = "") -> Self:
         """Submit the job to `queue` (default: the process's `default_queue`)."""
         (queue or default_queue()).submit(self, session)
         return self
@@ -464,7 +470,7 @@ class TeacherJob(Job):
         self.config = config.check()
         self.out = out
         self.info: dict = {}
-        self.report = None
+        self.report: TeacherReport | None = None
 
     def _epoch(self, epoch: int, epochs: int, info: dict) -> None:
         self.info = dict(info)
@@ -493,7 +499,7 @@ class DistillJob(Job):
         self.config = config.check()
         self.out = Path(out)
         self.prior = prior
-        self.result = None
+        self.result: export.DistilledSet | None = None
         self.seconds = 0.0
 
     @property
@@ -542,7 +548,7 @@ class PriorJob(Job):
     def __init__(self, config) -> None:
         super().__init__("train a prior")
         self.config = config
-        self.report = None
+        self.report: PriorTrainingReport | None = None
 
     def _progress(self, done: int, total: int, message: str) -> None:
         self.tick(min(1.0, done / max(1, total)), message)

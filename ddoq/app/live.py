@@ -160,15 +160,17 @@ class LiveCLVQ:
             size = max(3 * self.n_clusters, self.batch_size) if first else self.batch_size
             est.partial_fit(self._draw(min(size, self.points.shape[0]) if first else size))
         est.assign(self.points)
+        companion, running = est.companion_weights_, est.running_distortion_
+        assert companion is not None and running is not None  # (partial_fit's estimates)
         snap = LiveSnapshot(
             step=int(est.n_steps_),
             n_samples=int(est.n_samples_seen_),
             centers=est.cluster_centers_.copy(),
             labels=est.labels_.copy(),
             masses=est.weights_.copy(),
-            companion_weights=est.companion_weights_.copy(),
+            companion_weights=companion.copy(),
             distortion=float(est.distortion_),
-            running_distortion=float(est.running_distortion_),
+            running_distortion=float(running),
         )
         h = self.history
         h.step.append(snap.step)

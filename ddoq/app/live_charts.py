@@ -578,6 +578,7 @@ def teach_frame(
             points, None, None, None, k=k, bounds=bounds, uniform_overlay=uniform_overlay
         )
         return TeachFrame(fig, weights_spec(None, None, k), curve, None, None)
+    assert tick.grid is not None  # (set with the snapshot)
     cells = voronoi_cells(tick.grid)
     fig = voronoi_map_spec(
         points, cells, snap.centers, snap.masses, k=k, bounds=bounds,

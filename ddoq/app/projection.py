@@ -137,7 +137,11 @@ def _read(path: Path, fingerprint: str, params: dict[str, Any], n: int) -> dict 
 
 def _write(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Store a projection cache file: `arrays` and the JSON `meta` in one ``.npz``."""
-    atomic_write(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays))
+    atomic_write(
+        path,
+        # numpy's stub lets **arrays fill savez's allow_pickle (no array is named that)
+        lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays),  # type: ignore[arg-type]
+    )
 
 
 def _pca_from_arrays(mean: np.ndarray, components: np.ndarray, ratio: np.ndarray) -> Any:
@@ -200,7 +204,10 @@ def project(
     use_cache = cache_dir is not False
     path = None
     if use_cache:
-        root = default_cache_dir() if cache_dir in (None, True) else cache_dir
+        # (cache_dir is not False here: a bool is True, the default root)
+        root = (
+            default_cache_dir() if cache_dir is None or isinstance(cache_dir, bool) else cache_dir
+        )
         path = cache_path(fp, params, root)
         hit = _read(path, fp, params, x.shape[0])
         if hit is not None:

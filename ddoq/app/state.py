@@ -150,7 +150,7 @@ def data_info(dataset) -> DataInfo:
 def _as_int(value: object, default: int) -> int:
     """`value` as an int (widgets may hand back numbers as strings or floats)."""
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         try:
             return int(str(value).split(":", 1)[0])
@@ -298,10 +298,10 @@ class Choices:
             self.set("s_k", 1)
         name, size = info.smallest
         for key in ("s_dist_ipc", "s_train_ipc") if ipc else ():
-            ipc = _as_int(self.store.get(key, 1), 1)
-            if ipc > info.ipc_max:
+            chosen = _as_int(self.store.get(key, 1), 1)
+            if chosen > info.ipc_max:
                 notes.append(
-                    f"Images per class lowered from {ipc} to {info.ipc_max}: the smallest "
+                    f"Images per class lowered from {chosen} to {info.ipc_max}: the smallest "
                     f"class, {name!r}, has {size} training image{'s' if size != 1 else ''}."
                 )
                 self.set(key, info.ipc_max)

@@ -47,7 +47,8 @@ def enable_numba_cache(cache_dir: str | os.PathLike | None = None) -> int:
 
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        numba.config.CACHE_DIR = str(cache_dir)  # numba reads $NUMBA_CACHE_DIR at import only
+        # numba reads $NUMBA_CACHE_DIR at import only (config's settings are set at run time)
+        numba.config.CACHE_DIR = str(cache_dir)  # type: ignore[attr-defined]
     import pynndescent  # noqa: F401
     import umap  # noqa: F401
 
@@ -59,7 +60,7 @@ def enable_numba_cache(cache_dir: str | os.PathLike | None = None) -> int:
             if (
                 isinstance(obj, Dispatcher)
                 and not obj.signatures
-                and isinstance(obj._cache, NullCache)
+                and isinstance(obj._cache, NullCache)  # type: ignore[attr-defined] # set in __init__
             ):
                 obj.enable_caching()
                 count += 1

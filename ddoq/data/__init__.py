@@ -61,7 +61,7 @@ __all__ = [
 #: Named sets whose images come from an optional package (see `ddoq.data.elpv`).
 OPTIONAL_DATASETS = ("elpv",)
 
-_NATIVE = {"mnist": (1, 28), "digits": (1, 8)}
+_NATIVE = {"mnist": (1, 28), "digits": (1, 8), "elpv": (1, 300)}  # elpv: 300 x 300 grey
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
@@ -135,7 +135,7 @@ def load_dataset(
         any valid image, or an option out of range.
     """
     split = _check_split(split)
-    named = isinstance(name_or_path, str) and name_or_path.strip().lower()
+    named = name_or_path.strip().lower() if isinstance(name_or_path, str) else None
     if named in EMBEDDED_DATASETS or named in OPTIONAL_DATASETS:
         folder_only = {"class_names": class_names is not None, "verify": verify is not True}
         given = [name for name, used in folder_only.items() if used]
@@ -156,7 +156,7 @@ def load_dataset(
                 limit_per_class=limit_per_class,
             )
         return _load_embedded(
-            name_or_path.strip().lower(),
+            named,
             split,
             image_size=image_size,
             channels=channels,
@@ -200,9 +200,10 @@ def native_format(name_or_path: str | os.PathLike[str], sample: int = 24) -> tup
     import numpy as np
     from PIL import Image
 
-    if isinstance(name_or_path, str) and name_or_path.strip().lower() in EMBEDDED_DATASETS:
+    if isinstance(name_or_path, str) and name_or_path.strip().lower() in _NATIVE:
         return _NATIVE[name_or_path.strip().lower()]
     train = load_dataset(name_or_path, "train", image_size=8, verify=False)
+    assert isinstance(train, FolderDataset)  # (the named datasets are in _NATIVE)
     picks = np.linspace(0, len(train) - 1, num=min(sample, len(train))).round().astype(int)
     colour, sides = False, []
     for index in sorted(set(picks.tolist())):

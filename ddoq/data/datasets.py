@@ -80,6 +80,7 @@ class ImageDataset(Dataset):
     channels: int
     fingerprint: str
     options: dict[str, Any]
+    _by_class: list[np.ndarray] | None  # `class_indices` by label, built on first use
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -150,11 +151,13 @@ class ImageDataset(Dataset):
     def class_indices(self, c: int | str) -> np.ndarray:
         """Sorted int64 dataset indices of the images of class `c` (label, id or name)."""
         label = self.class_index(c)
-        if getattr(self, "_by_class", None) is None:
+        by_class = getattr(self, "_by_class", None)
+        if by_class is None:
             order = np.argsort(self.targets, kind="stable")
             bounds = np.searchsorted(self.targets[order], np.arange(self.num_classes + 1))
-            self._by_class = [order[bounds[k] : bounds[k + 1]] for k in range(self.num_classes)]
-        return self._by_class[label].astype(np.int64, copy=True)
+            by_class = [order[bounds[k] : bounds[k + 1]] for k in range(self.num_classes)]
+            self._by_class = by_class
+        return by_class[label].astype(np.int64, copy=True)
 
     def class_counts(self) -> np.ndarray:
         """Number of images of every class, shape ``[num_classes]``."""

@@ -31,8 +31,8 @@ def _read_image(path: str, channels: int, size: int) -> torch.Tensor:
             if im.format == "JPEG" and min(im.size) >= 2 * size:
                 im.draft("L" if channels == 1 else "RGB", (size, size))
             im.load()
-            im = _center_square(_to_mode(im, channels), size)
-            array = np.asarray(im, dtype=np.uint8)
+            square = _center_square(_to_mode(im, channels), size)
+            array = np.asarray(square, dtype=np.uint8)
     except Exception as err:  # report any decoder failure with the file
         raise ImageLoadError(
             f"could not load image {path}: {type(err).__name__}: {err}. The file passed the "

@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image
 
@@ -115,7 +115,7 @@ class UploadLimits:
         MB) and ``DDOQ_APP_UPLOAD_MAX_PIXELS`` (pixels per image); `max_zip_mb` is given
         by the caller (the app: ``server.maxUploadSize``).
         """
-        values: dict[str, float | int | None] = {"max_zip_mb": max_zip_mb}
+        values: dict[str, Any] = {"max_zip_mb": max_zip_mb}
         for name, var in LIMIT_SETTINGS.items():
             text = environ.get(var, "").strip().replace("_", "")
             if not text:
@@ -168,7 +168,7 @@ def extract_imagefolder_zip(
     *,
     limits: UploadLimits | None = None,
     name: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> ExtractedZip:
     """Extract a zip of an image folder under ``dest/<digest>/``, within `limits`.
 
@@ -233,7 +233,10 @@ class _opened:
         self.own = isinstance(zip_file, (str, os.PathLike))
 
     def __enter__(self) -> BinaryIO:
-        self.file = open(self.given, "rb") if self.own else self.given  # noqa: SIM115
+        if isinstance(self.given, (str, os.PathLike)):  # (self.own)
+            self.file: BinaryIO = open(self.given, "rb")  # noqa: SIM115
+        else:
+            self.file = self.given
         self.file.seek(0)
         return self.file
 
@@ -329,7 +332,7 @@ def _extract(
     archive: zipfile.ZipFile,
     data: Path,
     limits: UploadLimits,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[int, int], object] | None,
 ) -> tuple[int, list[SkippedFile]]:
     """Write the zip's image entries under `data`; return (images written, skipped entries)."""
     todo, skipped = _plan(archive, limits)

@@ -276,4 +276,6 @@ def preview_allocation(config, prior=None) -> dict:
         raise ValueError("preview_allocation needs a config with a budget")
     prior = load_prior(config.prior, config.device) if prior is None else prior
     train = load_train(config, prior)
-    return plan_allocation(config, train, prior).manifest([str(c) for c in train.classes])
+    plan = plan_allocation(config, train, prior)
+    assert plan is not None  # (a budget; `check` refuses one for ``full``)
+    return plan.manifest([str(c) for c in train.classes])

@@ -150,7 +150,7 @@ class ClassStats:
     @property
     def w2_reduction(self) -> float | None:
         """1 - W2_weighted / W2_uniform (how much the weights shorten the distance)."""
-        if not self.w2_uniform:
+        if not self.w2_uniform or self.w2_weighted is None:
             return None
         return 1.0 - self.w2_weighted / self.w2_uniform
 

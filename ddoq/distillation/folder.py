@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ddoq.distillation.allocation import plan_allocation
 from ddoq.distillation.config import DistillConfig
@@ -120,7 +121,8 @@ def distill_to_folder(
         if on_class is not None:
             on_class("class", len(store.done), train.num_classes)
 
-    engines = {"local": run_local, "ray": run_ray}
+    engines: dict[str, Callable[..., None]] = {"local": run_local, "ray": run_ray}
+    options: dict[str, Any]
     if engine == "ray":
         options = {"address": ray_address, "workers": workers}
     else:

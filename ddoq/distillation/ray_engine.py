@@ -338,7 +338,7 @@ def run_ray(
             entries = {c: cache_entry(train, prior, c, config.cache_dir) for c in classes}
         shards = store.scratch("shards")
         batch = encode_batch(prior)  # the local engine's chunks: the same numbers
-        rows = [
+        rows: list[dict[str, int | str]] = [  # (the render rows below hold file names)
             {"label": c, "start": s, "stop": min(s + batch, entry.shape[0])}
             for c, entry in entries.items()
             if not entry.valid()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -197,13 +198,18 @@ def select_points(
     same order. Each class gets its own seed (`quantize_seed`) and classes with the same K
     are quantized in one call, so the result does not depend on the grouping.
     """
-    ks = [config.ipc] * len(labels) if ks is None else [int(k) for k in ks]
+    if ks is None:
+        assert config.ipc is not None  # (a budget's run passes ks)
+        ks = [config.ipc] * len(labels)
+    else:
+        ks = [int(k) for k in ks]
     out: dict[int, Selection] = {}
+    given = cast("list[torch.Tensor]", latents)  # (None only for ``full``)
     if config.method in ("ddoq", "d4m"):
         for k in sorted(set(ks)):
             rows = [i for i in range(len(labels)) if ks[i] == k]
             estimators = quantize_classes(
-                [latents[i].flatten(1).numpy() for i in rows],
+                [given[i].flatten(1).numpy() for i in rows],
                 n_clusters=k,
                 random_state=[quantize_seed(config, labels[i]) for i in rows],
                 solver=config.solver,
@@ -212,12 +218,12 @@ def select_points(
                 device=config.device,
             )
             for i, est in zip(rows, estimators):
-                x = latents[i]
+                x = given[i]
                 points = torch.as_tensor(est.cluster_centers_).reshape(-1, *x.shape[1:])
                 masses = np.asarray(est.weights_, dtype=np.float64)
                 out[i] = Selection(labels[i], masses, points, None, distortion=est.distortion_)
     elif config.method == "random":
-        for i, (c, x, idx) in enumerate(zip(labels, latents, class_indices)):
+        for i, (c, x, idx) in enumerate(zip(labels, given, class_indices)):
             rng = np.random.default_rng([config.seed, c])
             pick = np.sort(rng.choice(len(idx), size=ks[i], replace=False))
             masses = voronoi_masses(x.flatten(1).numpy(), x[pick].flatten(1).numpy())
@@ -251,6 +257,7 @@ def render_class(
     c = selection.label
     seeds = [image_seed(config.seed, c, k) for k in range(len(selection.masses))]
     if config.method in ("ddoq", "d4m"):
+        assert selection.points is not None  # (the quantizer's)
         images = decode_latents(prior, selection.points, c, seeds, config)
     else:
         images = train.images(selection.source)
@@ -323,7 +330,8 @@ def assemble(
         **info,
     )
     if images is None:
-        images = torch.cat([p.images for p in parts]).float().clamp(0, 1)
+        pixels = cast("list[torch.Tensor]", [p.images for p in parts])  # (parts with images)
+        images = torch.cat(pixels).float().clamp(0, 1)
     return DistilledSet(
         images=images,
         labels=labels,

@@ -49,6 +49,7 @@ def _int64(values) -> torch.Tensor | None:
 
 def write_part(path: str | os.PathLike, part: ClassPart) -> None:
     """Store one finished class as a safetensors file (atomically)."""
+    assert part.images is not None  # (a rendered class)
     tensors = {
         "images": part.images.float(),
         "masses": torch.as_tensor(part.masses, dtype=torch.float64),

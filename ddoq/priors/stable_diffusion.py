@@ -65,7 +65,8 @@ class StableDiffusionPrior(GenerativePrior):
         """The text-conditional `UNet2DConditionModel`."""
         return self.denoiser
 
-    @GenerativePrior.class_names.setter
+    # mypy does not follow a setter added to an inherited property
+    @GenerativePrior.class_names.setter  # type: ignore[attr-defined]
     def class_names(self, names: Sequence[str]) -> None:
         names = tuple(str(n) for n in names)
         if not names:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from numbers import Integral, Real
+from typing import cast
 
 import numpy as np
 import torch
@@ -367,7 +368,7 @@ class CLVQ(ClusterMixin, BaseEstimator):
         messages). Values that passed once (with their types) are not checked again: the
         check costs about 0.1 ms, a quarter of a small fit."""
         params = {name: getattr(self, name) for name in self._parameter_constraints}
-        key = tuple((type(v), v) for v in params.values())
+        key: tuple | None = tuple((type(v), v) for v in params.values())
         try:
             if key in _VALID_PARAMS:
                 return
@@ -441,7 +442,9 @@ class CLVQ(ClusterMixin, BaseEstimator):
             self._validate_params()
             _check_n_clusters(self.n_clusters, X.shape[0])
             self.feature_shape_ = tuple(X.shape[1:])
-            self._generator = _torch._make_generator(_seed(self.random_state), dev)
+            self._generator: torch.Generator | None = _torch._make_generator(
+                _seed(self.random_state), dev
+            )
             x = _torch._to_tensor(X, dev)[None]
             self._state = _State.start(self._seed_centers(x, [x.shape[1]], [self._generator]))
             self.history_ = History()
@@ -459,6 +462,7 @@ class CLVQ(ClusterMixin, BaseEstimator):
             _torch._reseed_dead(self._state, x, mask, sq, [self._generator])
             self._window_samples = 0
         self._publish_state(self._state)
+        assert self.running_distortion_ is not None  # (the state's, just published)
         h = self.history_
         h.step.append(self.n_steps_)
         h.n_samples.append(self.n_samples_seen_)
@@ -550,8 +554,10 @@ class CLVQ(ClusterMixin, BaseEstimator):
         """Copy the solver state (C = 1) into the public attributes."""
         self.cluster_centers_ = state.centers[0].cpu().numpy().astype(np.float32)
         self.counts_ = state.counts[0].cpu().numpy().astype(np.int64)
-        self.companion_weights_ = state.companion[0].cpu().numpy().astype(np.float64)
-        self.running_distortion_ = float(state.running[0])
+        self.companion_weights_: np.ndarray | None = (
+            state.companion[0].cpu().numpy().astype(np.float64)
+        )
+        self.running_distortion_: float | None = float(state.running[0])
         self.n_samples_seen_ = int(state.n_seen[0])
         self.n_steps_ = int(state.n_steps[0])
         self.n_features_in_ = int(state.centers.shape[-1])
@@ -640,7 +646,7 @@ def quantize_classes(
     the same arithmetic on a padded (C, N_max, d) stack, so one call keeps a GPU busy.
     """
     if y is not None:
-        data = _as_points(X, finite=False)
+        data = _as_points(cast(ArrayLike, X), finite=False)  # one array, with its labels y
         labels = (
             np.asarray(torch.as_tensor(y).cpu()) if isinstance(y, torch.Tensor) else np.asarray(y)
         )

@@ -160,7 +160,7 @@ def kmeans_plusplus(
     pots = np.empty(width, np.float64)
     for step in range(1, k):
         for r in range(draws):
-            acc = 0.0
+            acc: float | np.float32 = 0.0  # float32 in the potentials' loop below
             for i in range(n):
                 acc += closest[r, i]
                 cum[i] = acc
@@ -231,7 +231,7 @@ def _decide(
     x_sq: float,
     tie_rtol: float,
     c_max: float,
-) -> tuple[int, float, float]:
+) -> tuple[int, np.float32, np.float32]:
     """Row i's nearest centroid from its partial distances |c|^2 - 2 x.c (K,).
 
     The rule of `_torch._assign_batched`: lowest index on ties, and when the two

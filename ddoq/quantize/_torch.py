@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,7 +157,11 @@ def seed_centers(
             raise ValueError(f"init has shape {tuple(given.shape)}, expected ({k}, {d})")
         return given.expand(n_classes, k, d).clone()
     sizes = [est._init_size(n) for n in lengths]
-    seeding = {"n_components": est.init_dim, "draws": est._draws(d), "swaps": est._swaps(d)}
+    seeding: dict[str, Any] = {
+        "n_components": est.init_dim,
+        "draws": est._draws(d),
+        "swaps": est._swaps(d),
+    }
     if est.init == "k-means++" and sizes == list(lengths):
         # k-means++ on every point: no subset to draw or copy
         return _kmeans_plusplus_batched(x, lengths, k, generators, **seeding)
@@ -212,6 +217,7 @@ def _kmeans_plusplus_batched(
     u = streams[:, :n_u].reshape(n_classes * draws, per_draw)
     z = x
     if sketch:
+        assert n_components is not None  # (sketch says so)
         signs = torch.where(streams[:, n_u:] < 0.5, -1.0, 1.0).to(x.dtype)
         z = _count_sketch(x, signs, n_components)
     measured = z  # one row per class (the draws repeat it below)
@@ -720,10 +726,12 @@ def _lloyd_polish(
         prev, sums = start[0].masked_fill(~valid, 0), start[1]
     bounded = n_classes == 1  # distance bounds for one class (its rows gathered directly)
     bounds = None  # (upper, lower) distances of one class's points, valid for `centers`
+    sq: torch.Tensor | None
     for it in range(max_iter + 1):
         if bounds is None:
             labels, sq, bounds = _assign_with_bounds(x, centers, x_sq, bounded)
         else:
+            assert prev is not None  # bounds come from the last iteration, which set prev
             labels, sq, bounds = _reassign_within_bounds(x, centers, x_sq, prev, *bounds)
         counts = _cell_counts(labels, valid, k)
         if bool((counts == 0).any()):
@@ -810,9 +818,9 @@ def _reassign_within_bounds(
     labels = labels.clone()
     upper, lower = upper.clone(), lower.clone()
     if len(need):
-        sub_labels, _, (sub_upper, sub_lower) = _assign_with_bounds(
-            x[:, need], centers, x_sq[:, need], True
-        )
+        sub_labels, _, sub_bounds = _assign_with_bounds(x[:, need], centers, x_sq[:, need], True)
+        assert sub_bounds is not None  # bounded, with K > 1 (else no bounds to overlap)
+        sub_upper, sub_lower = sub_bounds
         labels[0, need], upper[0, need], lower[0, need] = sub_labels[0], sub_upper[0], sub_lower[0]
     return labels, None, (upper, lower)
 
@@ -915,17 +923,17 @@ def fit(
         labels, sq = _final_pass(state.centers, x, lengths)  # may re-seed empty cells in place
     # One device-to-host copy of everything, then per-class views (no per-class syncs).
     host = {f: getattr(state, f).cpu().numpy() for f in state.__dataclass_fields__}
-    labels, sq = labels.cpu().numpy(), sq.cpu().numpy()
+    host_labels, host_sq = labels.cpu().numpy(), sq.cpu().numpy()
     results = []
     for c, n in enumerate(lengths):
         one = {f: a[c, ...] for f, a in host.items()}  # (a[c] of a 1-D array: a scalar)
         lloyd = n_iter is not None  # Lloyd has no online estimates
-        n_steps = int(n_iter[c]) if lloyd else int(one["n_steps"])
+        n_steps = int(n_iter[c]) if n_iter is not None else int(one["n_steps"])
         results.append(
             FitResult(
                 centers=one["centers"],
-                labels=labels[c, :n],
-                sq_dist=sq[c, :n],
+                labels=host_labels[c, :n],
+                sq_dist=host_sq[c, :n],
                 counts=one["counts"],
                 companion=None if lloyd else one["companion"],
                 running=None if lloyd else float(one["running"]),

@@ -228,6 +228,7 @@ class Teacher(nn.Module):
             size = (self.image_size, self.image_size)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         if self.mean is not None:
+            assert self.std is not None, "a teacher's mean comes with its std"
             x = (x - self.mean.to(device)) / self.std.to(device)
         logits = self.net(x)
         if self.output_index is not None:
@@ -319,6 +320,7 @@ def load_teacher(
         cfg = json.loads(cfg_file.read_text())
         names = cfg["class_names"]
         arch = cfg.get("arch", "convnet")
+        net: nn.Module
         if arch == "convnet":
             net = ConvNet(
                 len(names),

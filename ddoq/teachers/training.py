@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +179,7 @@ def train_teacher(
     if config.lr is None:
         config = replace(config, lr=3e-3 if config.arch == "convnet" else 1e-4)
     channels = 3 if config.arch != "convnet" else config.channels
-    kwargs = {"image_size": config.image_size, "channels": channels}
+    kwargs: dict[str, Any] = {"image_size": config.image_size, "channels": channels}
     train = load_dataset(config.dataset, "train", limit_per_class=config.limit_per_class, **kwargs)
     test = load_dataset(config.dataset, "test", **kwargs)
     if len(test) == 0:
@@ -197,7 +198,7 @@ def train_teacher(
     # the fingerprint at the dataset's default options, as `teacher_dir_for` keys it
     key = str(load_dataset(config.dataset, "train").fingerprint)
     out = teacher_dir_for(config.dataset) if out is None else Path(out).expanduser()
-    meta = {
+    meta: dict[str, Any] = {
         "arch": config.arch,
         "width": config.width,
         "depth": config.depth,
@@ -266,6 +267,7 @@ def _train_convnet(
     bar: bool,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """The ConvNet teacher via one `ddoq.train.loop.fit` call (progress through `on_epoch`)."""
+    assert config.lr is not None  # (train_teacher sets the arch's default)
     run = TrainConfig(
         student="convnet",
         width=config.width,
@@ -298,6 +300,7 @@ def _train_convnet(
         on_epoch=on_epoch,
     )
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    assert result.test_accuracy is not None  # (measured on `test`)
     return state, float(result.test_accuracy)
 
 
@@ -310,6 +313,7 @@ def _finetune(
     bar: bool,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """A torchvision classifier from `config.weights`, new head, fine-tuned with AdamW."""
+    assert config.lr is not None  # (train_teacher sets the arch's default)
     x_train, y_train = data
     torch.manual_seed(config.seed)
     if config.weights is not None:

@@ -23,7 +23,7 @@ import socket
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -193,7 +193,8 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any) -> list[Any]:
     finished = False
     try:
         while conns and failure is None:
-            for conn in mpc.wait(list(conns)):
+            for ready in mpc.wait(list(conns)):
+                conn = cast(mpc.Connection, ready)  # wait returns the objects it was given
                 r = conns.pop(conn)
                 try:
                     message = pickle.loads(conn.recv_bytes())

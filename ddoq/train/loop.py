@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -471,8 +472,10 @@ def fit(
         teacher_probs = _teacher_probs(teacher, images, config.temperature, device)
     if config.patience is not None and val is None and main:
         raise ValueError("patience (the converged protocol) needs held-out data: pass val")
+    targets = teacher_probs if soft else labels
+    assert targets is not None  # soft: the teacher's probabilities, given or computed above
     if num_classes is None:
-        num_classes = teacher_probs.shape[1] if soft else int(labels.max()) + 1
+        num_classes = targets.shape[1] if soft else int(labels.max()) + 1
     mode = config.augment
     if mode == "auto":
         mode = "digits" if images.shape[-1] <= 32 else "large"
@@ -535,7 +538,8 @@ def fit(
         total = 0.0
         for batch in epoch_order(n, draw, gen).split(config.batch_size):
             boxes = _crop_boxes(len(batch), mode, gen)  # drawn for the whole global batch
-            mix = _cutmix_draw(len(batch), config.cutmix, *images.shape[-2:], gen)
+            height, width = images.shape[-2], images.shape[-1]
+            mix = _cutmix_draw(len(batch), config.cutmix, height, width, gen)
             idx = batch.tensor_split(world)[rank]  # this process's share
             share = None if boxes is None else boxes.tensor_split(world)[rank]
             x = images[idx].to(device)
@@ -552,22 +556,26 @@ def fit(
                 parts = [(idx, lam), (other, 1.0 - lam)]
             out = net(x)
             if soft and config.protocol == "live":  # the teacher labels the mixed view
+                assert teacher is not None  # (checked above)
                 target = _teacher_probs(teacher, x, config.temperature, device)
-                mixed_w = sum(f * w[i] for i, f in parts).to(device)
+                mixed_w = cast(torch.Tensor, sum(f * w[i] for i, f in parts)).to(device)
                 loss = weighted_loss(
                     out, target, mixed_w, config.temperature, batch_size=len(batch)
                 )
             else:
-                loss = sum(
-                    f
-                    * weighted_loss(
-                        out,
-                        (teacher_probs[i] if soft else labels[i]).to(device),
-                        w[i].to(device),
-                        config.temperature,
-                        batch_size=len(batch),
-                    )
-                    for i, f in parts
+                loss = cast(
+                    torch.Tensor,
+                    sum(
+                        f
+                        * weighted_loss(
+                            out,
+                            targets[i].to(device),
+                            w[i].to(device),
+                            config.temperature,
+                            batch_size=len(batch),
+                        )
+                        for i, f in parts
+                    ),
                 )
             if world > 1:
                 loss = loss * world  # DDP averages the W processes' gradients
@@ -586,6 +594,7 @@ def fit(
         stop = converged = False
         metrics = {"loss": losses[-1]}
         if stopper is not None and main:
+            assert val is not None  # (checked above: patience needs held-out data)
             metrics["val_loss"] = held_out_loss(
                 model, val[0], val[1], batch_size=config.eval_batch_size, device=device
             )
@@ -659,9 +668,11 @@ def fit_distilled(
     The other arguments are `fit`'s.
     """
     probs = distilled.soft_labels(config.temperature) if config.labels == "soft" else None
+    images = distilled.images
+    assert isinstance(images, torch.Tensor), "fit_distilled takes a set read by ddoq.export.load"
     return fit(
         config,
-        distilled.images,
+        images,
         distilled.labels,
         weights=distilled.weights,
         teacher_probs=probs,

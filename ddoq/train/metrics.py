@@ -219,7 +219,7 @@ def ranking_scores(
         out.hlr = hard_label_recovery(full_hard, distilled_hard)
     if out.ior is not None and out.hlr is not None:
         out.lrs = label_robust_score(out.ior, out.hlr, lrs_weight)
-    if None not in (random, distilled_no_aug, random_no_aug):
+    if random is not None and distilled_no_aug is not None and random_no_aug is not None:
         out.ars = augmentation_robust_score(
             distilled, random, distilled_no_aug, random_no_aug, ars_weight
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from ddoq.data import load_dataset
 from ddoq.data.datasets import ImageDataset
 from ddoq.distillation.config import package_versions
 from ddoq.export import DistilledSet
+from ddoq.teachers import Teacher
 from ddoq.train import distributed
 from ddoq.train.loop import TrainResult
 from ddoq.train.students import build_student
@@ -108,9 +110,9 @@ def write_run(
     distilled: DistilledSet,
     *,
     test: ImageDataset | None,
-    teacher: nn.Module | None = None,
+    teacher: Teacher | None = None,
     status: str = "done",
-    history: dict[str, list[float]] | None = None,
+    history: dict[str, Sequence[float]] | None = None,
     started: float | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -142,6 +144,8 @@ def write_run(
     dict
         The manifest written to ``run/manifest.json``.
     """
+    images, root = distilled.images, distilled.root
+    assert isinstance(images, torch.Tensor) and root is not None  # (a set read by load)
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
@@ -155,7 +159,7 @@ def write_run(
         "status": status,
         "config": asdict(result.config),
         "distilled": {
-            "path": str(Path(distilled.root).resolve()),
+            "path": str(Path(root).resolve()),
             "method": set_config.get("method"),
             "num_images": len(distilled),
             "config": set_config,
@@ -164,8 +168,8 @@ def write_run(
         "student": {
             "name": result.config.student,
             "num_classes": distilled.num_classes,
-            "in_channels": int(distilled.images.shape[1]),
-            "image_size": int(distilled.images.shape[-1]),
+            "in_channels": int(images.shape[1]),
+            "image_size": int(images.shape[-1]),
         },
         "test_split": None
         if test is None

@@ -15,6 +15,8 @@ data -> encode -> quantize -> decode -> label -> **train** -> export
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,7 +105,7 @@ class _Resize(nn.Module):
 
 def _replace_conv(conv: nn.Conv2d, in_channels: int, **overrides) -> nn.Conv2d:
     """A fresh conv like `conv` with another input channel count (and optional overrides)."""
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         kernel_size=conv.kernel_size,
         stride=conv.stride,
         padding=conv.padding,

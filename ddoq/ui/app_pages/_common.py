@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import streamlit as st
 import torch
@@ -46,11 +47,12 @@ from ddoq.app.state import (
 )
 from ddoq.app.warmup import start_warm_up
 from ddoq.data import EMBEDDED_DATASETS, load_dataset
+from ddoq.data.datasets import ImageDataset
 from ddoq.data.images import CorruptImageWarning
 from ddoq.data.uploads import UploadLimits, extract_imagefolder_zip
 from ddoq.distillation.allocation import preview_allocation
 from ddoq.distillation.config import DistillConfig
-from ddoq.priors import PRIOR_JSON, PriorInfo, find_priors, inspect_prior
+from ddoq.priors import PRIOR_JSON, GenerativePrior, PriorInfo, find_priors, inspect_prior
 
 # The app's work is many small tensor operations (a live tick is a few ms of maths); on
 # shared 2-core machines a second torch thread made them several times slower under load
@@ -126,7 +128,10 @@ def session_id() -> str:
     return str(st.session_state.setdefault("session_id", uuid.uuid4().hex[:12]))
 
 
-def submit(job: Job) -> Job:
+_J = TypeVar("_J", bound=Job)
+
+
+def submit(job: _J) -> _J:
     """Queue `job` for this session on the process's one job queue (`ddoq.app.jobs`)."""
     return job.start(default_queue(), session=session_id())
 
@@ -179,7 +184,7 @@ def get_prior(name: str, device: str = "cpu"):
     return load_prior(name, device)
 
 
-def prior_or_none(name: str, device: str = "cpu") -> tuple[object | None, str | None]:
+def prior_or_none(name: str, device: str = "cpu") -> tuple[GenerativePrior | None, str | None]:
     """(prior, None) when `name` loads, else (None, a note saying why pixels are used)."""
     if name == PIXELS:
         return None, None
@@ -241,7 +246,7 @@ def get_dataset(name: str, image_size: int | None, channels: int | None, split: 
         return load_dataset(name, split=split, image_size=image_size, channels=channels)
 
 
-def dataset_for(name: str, prior, split: str = "train") -> object:
+def dataset_for(name: str, prior, split: str = "train") -> ImageDataset:
     """The dataset `name` at the prior's image size and channels (native without a prior)."""
     if prior is None:
         return get_dataset(name, None, None, split)
@@ -326,7 +331,7 @@ class Data:
 
     dataset: str
     prior_name: str
-    prior: object | None
+    prior: GenerativePrior | None
     prior_note: str | None
     class_index: int
     info: DataInfo
@@ -609,6 +614,7 @@ def k_slider(container, label: str, key: str) -> int:
     A class with a single image has no slider: K is 1 and a caption says why.
     """
     ch = choices()
+    assert ch.dataset is not None  # (`data_controls` stops the page without one)
     info = info_for(ch.dataset, ch.prior, device())
     kmax = info.k_max(ch.class_index)
     if kmax <= 1:

@@ -10,6 +10,7 @@ ends asks the sidebar to switch to the new prior (`app_pages._common.USE_PRIOR`)
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import streamlit as st
 
@@ -27,7 +28,11 @@ def _config(dataset_name: str, image_size: int, vae_epochs: int, dit_steps: int)
     (`config_for_dataset` where the library has it, else the recipe at this image size)."""
     from ddoq.priors import training
 
-    given = {"vae_epochs": int(vae_epochs), "dit_steps": int(dit_steps), "device": device()}
+    given: dict[str, Any] = {
+        "vae_epochs": int(vae_epochs),
+        "dit_steps": int(dit_steps),
+        "device": device(),
+    }
     sized = getattr(training, "config_for_dataset", None)
     if sized is not None:
         return sized(dataset_name, int(image_size), **given)

@@ -5,6 +5,8 @@ K, else from a CLVQ fit. Each is decoded (VAE, or D4M's img2img with a strength 
 and shown with its weight and the real images nearest to it (the paper's Figure 1).
 """
 
+from typing import Any
+
 import numpy as np
 import streamlit as st
 import torch
@@ -39,6 +41,7 @@ def fitted_grid(
     pts = class_points(dataset_name, prior_name, class_index, device).points
     config = DistillConfig(dataset=dataset_name, prior=prior_name, ipc=k, seed=seed, device=device)
     (chosen,) = select_points(config, [class_index], [torch.as_tensor(pts)], [np.arange(len(pts))])
+    assert chosen.points is not None  # (the quantizer's, for ddoq)
     return chosen.points.flatten(1).numpy(), chosen.masses
 
 
@@ -83,7 +86,7 @@ steps = setting(
 )
 
 state = st.session_state
-live = state.get("explore_live")
+live: Any = state.get("explore_live")  # the Explore page's LiveCLVQ, or None
 cfg = state.get("explore_config")
 live_matches = (
     live is not None

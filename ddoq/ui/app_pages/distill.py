@@ -177,6 +177,7 @@ def _start() -> None:
 def _result(job: DistillJob) -> dict:
     """What the page shows of a finished distillation (kept after the job is gone)."""
     result = job.result
+    assert result is not None  # (a finished job's)
     return {
         "job": job.id,
         "folder": str(job.folder),

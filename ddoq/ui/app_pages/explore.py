@@ -80,9 +80,10 @@ if state.get("explore_config") != config:
         )
         state["explore_config"] = config
         state["explore_running"] = False
-live: LiveCLVQ | None = state.get("explore_live")
-if live is None:
+live_or_none: LiveCLVQ | None = state.get("explore_live")
+if live_or_none is None:
     st.stop()
+live: LiveCLVQ = live_or_none  # (the callbacks and the fragment below use it)
 
 
 # The controls live in the live fragment: a press reruns the fragment only, and the
@@ -172,6 +173,7 @@ def live_view() -> None:
     The charts are Vega-Lite with a spec fixed for the run, so the browser swaps their
     data in place (`ddoq.app.live_charts`): no chart is re-created, none blanks out.
     """
+    assert points is not None  # (the page stopped without them)
     running = bool(state["explore_running"])
     step_now = bool(state.pop("explore_step", False))
     _buttons(running)

@@ -7,6 +7,8 @@ converging; the weighted grid's W2 beside the uniform one's; the distortion agai
 beside Zador's K^(-2/d) rate. All computation is in `ddoq.app.playground` and `ddoq.app.live`.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 import streamlit as st
 
@@ -120,7 +122,12 @@ batch = setting(c4.select_slider, "Batch size", [1, 4, 16, 64], name="s_teach_ba
 overlay = setting(c4.toggle, "Show uniform barycenter", name="s_teach_overlay")
 
 rule = STEP_RULES[rule_label]
-step = {"count": "count", "constant": float(gamma), "schedule": _schedule}[rule]
+rules: dict[str, str | float | Callable[[int], float]] = {
+    "count": "count",
+    "constant": float(gamma),
+    "schedule": _schedule,
+}
+step = rules[rule]
 state = st.session_state
 own: tuple = ()
 if dist_name == OWN_POINTS:
