@@ -206,6 +206,11 @@ def test_pages_in_a_real_browser(page, app_url, tmp_path):
     page.get_by_role("heading", name="Where do the weights help?").wait_for()
     _wait_idle(page)
     plots = page.locator('[data-testid="stImage"] img')
+    plots.nth(1).wait_for()  # at least two plots (they load one after another)
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+            .every(i => i.complete)"""
+    )
     assert plots.count() >= 2
     assert all(plots.nth(i).evaluate("i => i.naturalWidth") > 100 for i in range(plots.count()))
     assert page.locator("table").count() >= 2

@@ -78,17 +78,45 @@ def venv(tmp_path):
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_pip_install_gives_a_working_distill(tmp_path, venv):
+def _build_wheel(tmp_path: Path) -> Path:
+    """The wheel of a copy of the package (no app.py: the wheel ships its own app)."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)  # no app.py nor pages/: the wheel ships its own
+        shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "ddoq", src / "ddoq", ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
           "--quiet", "-w", dist, src])  # fmt: skip
     (wheel,) = dist.glob("ddoq-*.whl")
+    return wheel
+
+
+def test_the_wheel_ships_the_app_and_it_renders_outside_the_checkout(tmp_path):
+    """The wheel holds the app (entry script, every page, settings) and the `ddoq` command;
+    unpacked away from the checkout, its entry script renders the first page (AppTest)."""
+    wheel = _build_wheel(tmp_path)
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(site)
+    pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ddoq/ui/app_pages").glob("*.py")}
+    assert {"ddoq/ui/app.py", "ddoq/ui/config.toml", *pages} <= names
+    entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "ddoq = ddoq.cli:main" in (site / entry).read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site), DDOQ_CACHE_DIR=str(tmp_path / "cache"))
+    env |= {"DDOQ_APP_UMAP": "0", "OMP_NUM_THREADS": "1"}
+    where = _run([sys.executable, "-c", "import ddoq.ui as u; print(u.APP_SCRIPT)"],
+                 cwd=elsewhere, env=env).stdout.strip()  # fmt: skip
+    assert Path(where).is_relative_to(site), where  # the unpacked wheel's app, not the checkout's
+    _page_renders_in_apptest(Path(sys.executable), elsewhere, env)
+
+
+@pytest.mark.extended  # make test: the wheel's app renders (above); this installs it for real
+def test_pip_install_gives_a_working_distill(tmp_path, venv):
+    wheel = _build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as zf:
         meta = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA")))
     requires = email.message_from_bytes(meta).get_all("Requires-Dist")

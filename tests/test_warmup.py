@@ -59,7 +59,7 @@ def _run_script(script: str, *args: str, env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # make test: the quantizer's cache, filled by the app's warm-up process
 def test_second_process_loads_umap_code_from_the_disk_cache(tmp_path):
     cache = tmp_path / "numba"
     first = _run(cache)
