@@ -354,3 +354,25 @@ def test_a_cancelled_distillation_leaves_no_export(tmp_path):
     assert job.join(60) and job.state == "cancelled", job.error
     assert not out.exists() and not job.archive.exists()
     assert not out.parent.exists() or not list(out.parent.iterdir())  # no staged leftovers
+
+
+# -- many sessions' threads parse scripts at once ---------------------------------------
+
+
+def test_the_app_lets_one_thread_at_a_time_parse(monkeypatch):
+    """The app serialises `ast.parse` (CPython's gh-106905: parsing in two threads at once
+    can raise "AST constructor recursion depth mismatch", as a served app's sessions and
+    jobs do); then many threads parsing deep code at once all get the right tree."""
+    import ast
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(ast, "parse", ast.parse)  # restored after the test
+    AppTest.from_file(APP, default_timeout=120).run()
+    assert getattr(ast.parse, "_ddoq_serialised", False)
+    source = (
+        "x = " + "(" * 60 + "1" + ")" * 60 + "\n" + "def f(a):\n    return [a for a in a]\n" * 50
+    )
+    expected = ast.dump(ast.parse(source))
+    with ThreadPoolExecutor(8) as pool:
+        trees = list(pool.map(lambda _: ast.dump(ast.parse(source)), range(200)))
+    assert trees == [expected] * 200

@@ -9,13 +9,16 @@ Streamlit is imported by those scripts only, never by this module: `run_app` sta
 
 from __future__ import annotations
 
+import ast
+import functools
 import subprocess
 import sys
+import threading
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["APP_SCRIPT", "CONFIG", "app_command", "run_app"]
+__all__ = ["APP_SCRIPT", "CONFIG", "app_command", "run_app", "serialise_ast_parse"]
 
 UI_DIR = Path(__file__).resolve().parent
 APP_SCRIPT = UI_DIR / "app.py"
@@ -68,3 +71,26 @@ def run_app(options: Sequence[str] = ()) -> int:
         return subprocess.run(command).returncode
     except KeyboardInterrupt:
         return 130
+
+
+def serialise_ast_parse() -> None:
+    """Let one thread at a time run `ast.parse` in this process (idempotent).
+
+    CPython keeps the AST constructor's recursion counter per interpreter, not per thread
+    (gh-106905), so two threads parsing at once can fail with "SystemError: AST constructor
+    recursion depth mismatch". A served app parses in many threads: every session's script
+    runner (Streamlit rewrites each page for its "magic"), and the background jobs. Seen
+    in this project's suite with two sessions and a distillation job.
+    """
+    if getattr(ast.parse, "_ddoq_serialised", False):
+        return
+    original = ast.parse
+    lock = threading.Lock()
+
+    @functools.wraps(original)
+    def parse(*args, **kwargs):
+        with lock:
+            return original(*args, **kwargs)
+
+    parse._ddoq_serialised = True  # type: ignore[attr-defined]  # a marker on the function
+    ast.parse = parse  # the same signature, wrapped

@@ -28,6 +28,7 @@ from app_pages._common import (  # noqa: E402 (after the path)
     start_store_sweeps,
     start_warm_ups,
 )
+from ddoq.ui import serialise_ast_parse  # noqa: E402
 
 
 def _favicon() -> Image.Image:
@@ -44,6 +45,7 @@ def _favicon() -> Image.Image:
     return Image.fromarray(rgba, "RGBA")
 
 
+serialise_ast_parse()  # before the first page script is parsed in this process
 st.set_page_config(page_title="ddoq", page_icon=_favicon(), layout="wide")
 keep_settings()
 store_problem = start_store_sweeps()  # expired session folders: removed now, then hourly
