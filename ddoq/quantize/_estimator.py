@@ -224,6 +224,14 @@ def choose_backend(est: CLVQ, sizes: Sequence[int], device: torch.device) -> Bac
 # --------------------------------------------------------------------------------------
 
 
+def _seed_key(value):
+    """What decides an integer seed's validity (its range), so that every seed of a run of
+    fits shares one memoised check; any other value is its own key."""
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        return 0 <= int(value) <= 2**32 - 1
+    return value
+
+
 class CLVQ(ClusterMixin, BaseEstimator):
     """Optimal quantization by CLVQ (online k-means) with Voronoi-mass weights.
 
@@ -368,7 +376,8 @@ class CLVQ(ClusterMixin, BaseEstimator):
         messages). Values that passed once (with their types) are not checked again: the
         check costs about 0.1 ms, a quarter of a small fit."""
         params = {name: getattr(self, name) for name in self._parameter_constraints}
-        key: tuple | None = tuple((type(v), v) for v in params.values())
+        key: tuple | None = tuple((type(v), _seed_key(v) if n == "random_state" else v)
+                                  for n, v in params.items())  # fmt: skip
         try:
             if key in _VALID_PARAMS:
                 return
