@@ -225,10 +225,10 @@ def choose_backend(est: CLVQ, sizes: Sequence[int], device: torch.device) -> Bac
 
 
 def _seed_key(value):
-    """What decides an integer seed's validity (its range), so that every seed of a run of
-    fits shares one memoised check; any other value is its own key."""
+    """The memo key of a seed: every integer seed is valid (`_parameter_constraints`), so
+    all of them share one check across a run of fits; any other value is its own key."""
     if isinstance(value, Integral) and not isinstance(value, bool):
-        return 0 <= int(value) <= 2**32 - 1
+        return Integral
     return value
 
 
