@@ -101,7 +101,9 @@ def _rendered_without_exception(page, slug: str) -> None:
     assert dialogs.count() == 0, f"/{slug}: {dialogs.first.inner_text()}"
 
 
-@pytest.mark.parametrize("first", ["distill", "teach"])
+# make test: Distill first (Teach first too in make test-all; every page as a fresh server's
+# first request is also checked at once below, and each one alone with AppTest)
+@pytest.mark.parametrize("first", ["distill", pytest.param("teach", marks=pytest.mark.extended)])
 def test_a_shared_link_is_the_first_request_then_every_page_by_its_url(
     chromium,  # noqa: F811
     fresh_server,
