@@ -10,13 +10,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.test_browser import LAUNCH_ARGS, ROOT, _free_port, _wait_idle, chromium  # noqa: F401
+from tests.test_browser import (
+    LAUNCH_ARGS,
+    ROOT,
+    _free_port,
+    _wait_idle,
+    chromium,  # noqa: F401 - the browser fixture
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -54,18 +59,12 @@ def start_server(tmp: Path, **env: str) -> tuple[subprocess.Popen, str]:
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            stop_server(proc)
-            pytest.fail(f"streamlit did not start:\n{(tmp / 'streamlit.log').read_text()}")
-        time.sleep(0.5)
+    try:
+        wait_healthy(url, proc, tmp / "streamlit.log")
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc, url
 
 
 def stop_server(proc: subprocess.Popen) -> None:

@@ -23,11 +23,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import pytest
 from packaging.requirements import Requirement
 
 import ddoq
-from tests.test_browser import LAUNCH_ARGS, NO_CHROMIUM, chromium_path
+from tests.test_browser import LAUNCH_ARGS, NO_CHROMIUM, _free_port, chromium_path, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,12 +154,6 @@ def test_pip_install_gives_a_working_distill(tmp_path, venv):
     _check_the_installed_app(venv, elsewhere, env | {"DDOQ_APP_UMAP": "0"})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _check_the_installed_app(venv: Path, cwd: Path, env: dict) -> None:
     """`ddoq app` serves the packaged app from `cwd`, outside the checkout; a page renders."""
     port, log_path = _free_port(), cwd / "streamlit.log"
@@ -178,7 +170,7 @@ def _check_the_installed_app(venv: Path, cwd: Path, env: dict) -> None:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_healthy(url, proc, log_path)
+            wait_healthy(url, proc, log_path, timeout=120)
             if chromium_path() is not None and _has_playwright():
                 _page_renders_in_chromium(url)
             else:  # no browser: run the installed entry script with AppTest in the venv
@@ -191,20 +183,6 @@ def _check_the_installed_app(venv: Path, cwd: Path, env: dict) -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(15)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200 and r.read().strip() == b"ok":
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            pytest.fail(f"`ddoq app` did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 def _has_playwright() -> bool:
