@@ -9,8 +9,9 @@ steps" to 5000 and presses Run. Then:
 2. *jobs*: the first person opens a second tab on "Train a student", the second person
    (the first, with one session) a tab on "Distill and export" (opened and set up
    between the phases); then one starts a training (IPC and epochs given) and the other
-   distils every class, one click after the other; the phase lasts until both jobs have
-   finished (at least `seconds`, at most `job_timeout`).
+   distils every class, one click after the other (the second once the first job shows
+   in its tab, queued or running, so the queue order is the click order); the phase lasts
+   until both jobs have finished (at least `seconds`, at most `job_timeout`).
 
 Each Explore tab records, in the page, the wall-clock time of every change of its CLVQ
 step counter (sampled every 50 ms); per session and phase this gives the updates a
@@ -65,6 +66,8 @@ WATCH = """([done, busy]) => {
     if (done && w.done === null && document.querySelector(done)) w.done = now;
   }, 50);
 }"""
+# A tab whose job has been accepted by the server's queue: its place or its progress bar.
+ACCEPTED = '[data-testid="stProgress"], [data-testid="stAlert"]:has-text("in the queue")'
 READ = "() => { const w = window.__load; return {...w, timer: null}; }"
 STOP = "() => clearInterval(window.__load.timer)"
 
@@ -239,6 +242,9 @@ def run(
             for job, tab in zip(jobs, tabs, strict=True):
                 tab.get_by_role("button", name=JOB_PAGES[job.kind][1]).click()
                 job.submitted = time.time()
+                # the next click waits until this job is in the queue (its tab shows it
+                # queued or running), so the submission order is the click order
+                tab.wait_for_selector(ACCEPTED, timeout=60_000)
             deadline = time.time() + job_timeout
             while time.time() < deadline:
                 explore[0].wait_for_timeout(1000)

@@ -298,6 +298,24 @@ def test_two_sessions_two_jobs_each_run_one_at_a_time_in_submission_order(monkey
     assert queue.busy_sessions() == set() and queue.jobs("a") == []
 
 
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="no thread priorities here")
+def test_a_job_runs_at_a_lower_priority_than_the_server_and_leaves_it_alone():
+    import sys
+    import threading
+
+    from ddoq.app.jobs import JOB_NICENESS, FunctionJob, JobQueue
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    server = nice()
+    job = FunctionJob(lambda _job: nice()).start(JobQueue(1))
+    assert job.join(60) and job.state == "done", job.error
+    if sys.platform.startswith("linux"):  # a thread's own niceness
+        assert job.result == min(19, server + JOB_NICENESS)
+    assert nice() == server  # the calling thread (the server's) keeps its priority
+
+
 def test_cancel_a_waiting_job_and_a_running_training(tmp_path):
     import time
 

@@ -12,6 +12,11 @@ callback (`Job.tick`, called by the library functions after every class, epoch o
 batch) raises `Cancelled`, and the job removes the output folder it was writing
 (`Job.discard`), so no half-written output is left.
 
+Sharing the cores: a job runs on one torch thread, at a lower scheduling priority than
+the server's other threads (`JOB_NICENESS`, Linux), so the live views and the pages of
+everyone else stay responsive while it trains (measured: `benchmarks/app.py --sessions`,
+BENCHMARKS.md, app-load).
+
 The "Train a student" page starts a `TrainJob`:
 
 For each method (``ddoq``, ``d4m``, ``random``, ``full``) the job distils the set
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -68,6 +74,24 @@ __all__ = [
     "default_queue",
     "list_runs",
 ]
+
+
+#: How much lower a job thread's scheduling priority is than the server's (``nice``,
+#: 0-19; Linux gives each thread its own, elsewhere jobs keep the process's priority).
+JOB_NICENESS = 10
+
+
+def _lower_priority(niceness: int = JOB_NICENESS) -> None:
+    """Make the calling thread `niceness` steps nicer (Linux; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux") or niceness <= 0:
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+        )
+    except OSError:  # not permitted here: run at the server's priority
+        pass
 
 
 class Cancelled(Exception):
@@ -168,6 +192,7 @@ class Job:
     def run(self) -> None:
         """Run the job here (the queue's worker thread calls this)."""
         torch.set_num_threads(1)
+        _lower_priority()
         self.started = time.time()
         self.state = "running"
         try:
