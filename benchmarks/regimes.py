@@ -33,6 +33,22 @@ it is below -2, else "tie".
 ``--section cross-arch``: teachers x students among the ConvNet, a ResNet-18 (CIFAR stem)
 and MobileNet-V2 on the balanced digits at IPC 10, in the spirit of the paper's Table 2.
 
+``--section elpv`` (issue 21): the study on real classes of unequal size, the ELPV solar
+cells (4 grey classes of 1,206 / 236 / 85 / 572 train and 302 / 59 / 21 / 143 test images,
+`ddoq.data.load_dataset("elpv")`), at the size of the prior trained for ELPV
+(`ddoq.priors.catalog.prior_dir_for("elpv")`, ``ddoq train-prior --dataset elpv``), soft
+labels from the teacher trained for it (`ddoq.teachers.teacher_dir_for("elpv")`, ``ddoq
+train-teacher --dataset elpv``, matched to the classes by name); the script stops with the
+command to run when either is missing. Always the converged protocol (5 seeds; a validation
+split of `ELPV_VAL_PER_CLASS` train images per class). Cells: average IPC 10 and 50 (40 and
+200 images), each ``uniform`` (K_c = IPC, as ``ddoq distill --ipc``) and ``allocated``
+(the same total shared as ``ddoq distill --budget N --allocate distortion`` shares it:
+`ddoq.distillation.allocation.plan_allocation`); random, d4m, ddoq-0.5 and ddoq-1 in each
+(random draws K_c real images per class). Each record adds the balanced accuracy (mean
+per-class recall on the test split), the per-class recalls, the epochs run and, per class,
+the latent W2 of the centroids with and without the masses (lists of 4). ``--report``
+rewrites the BENCHMARKS.md section ``elpv`` and ``docs/benchmarks/elpv.png``.
+
 Run: ``python benchmarks/regimes.py`` (resumable: one JSON record per run in
 ``benchmarks/results/regimes.jsonl``; runs already there are skipped), then
 ``--report`` rewrites the BENCHMARKS.md section and the plots in ``docs/benchmarks/``.
@@ -40,7 +56,8 @@ Run: ``python benchmarks/regimes.py`` (resumable: one JSON record per run in
 first three seeds at width 32 on one quiet core, up to 70 with the extra seeds; ``--shard
 0/2`` and ``--shard 1/2`` run two processes, one per core, on the same records file);
 ``--quick`` is a one-to-two-minute smoke run of every piece that writes into a temporary
-folder (or ``--out``), never into the repo.
+folder (or ``--out``), never into the repo (``--section elpv --quick``: the IPC 10
+allocated cell on 60 train images per class, 2 seeds, a tenth of the epochs).
 """
 
 from __future__ import annotations
@@ -54,6 +71,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -61,11 +79,17 @@ from _report import machine_line, markdown_table, write_section
 
 from ddoq.budget import allocate_budget, distortion_curves
 from ddoq.data import load_dataset
+from ddoq.data.elpv import ELPV_CLASSES, ELPV_IMAGE_SIZE
+from ddoq.distillation.allocation import plan_allocation
+from ddoq.distillation.config import DistillConfig
+from ddoq.encode import encode_dataset
 from ddoq.export import image_weights
-from ddoq.labels import soft_labels
+from ddoq.labels import hard_labels, soft_labels
 from ddoq.priors import load_prior
+from ddoq.priors.base import PRIOR_JSON
+from ddoq.priors.catalog import prior_dir_for
 from ddoq.quantize import quantize_classes
-from ddoq.teachers import load_teacher
+from ddoq.teachers import load_teacher, match_teacher, teacher_dir_for
 from ddoq.train.loop import PRESETS, TrainConfig, auto_epochs, fit
 from ddoq.transport import wasserstein2
 
@@ -98,6 +122,16 @@ VARIANTS = {
 #: --preset converged: the headline cells, re-run under the converged protocol
 CONVERGED_METHODS = ("random", "d4m", "ddoq-0.5", "ddoq-1")
 VAL_PER_CLASS = 50
+#: ELPV's validation images per class. The digits' 50 are 12% of a digit's 400 train
+#: images; ELPV's smallest class ("2/3") has 85, of which 50 would be most of the class. 10
+#: keeps the digits' share of the smallest class (12%) and a class-balanced held-out loss
+#: (40 images), which the balanced accuracy this section reports also asks for.
+ELPV_VAL_PER_CLASS = 10
+#: ELPV cells: average images per class (4 classes: 40 and 200 images in total).
+ELPV_IPCS = (10, 50)
+#: --quick --section elpv: train images per class (the smallest class has 85)
+ELPV_QUICK_PER_CLASS = 60
+ELPV_TEST = 525  # test images (302 / 59 / 21 / 143), for the time projection
 TEMPERATURE = 20.0
 DATA_SEED = 0
 RESULTS = Path("benchmarks/results/regimes.jsonl")
@@ -172,6 +206,40 @@ def verdict(mean: float, se: float) -> str:
     return "wins" if mean > 2 * se else "loses" if mean < -2 * se else "tie"
 
 
+def class_recalls(labels, predictions, num_classes: int) -> np.ndarray:
+    """Per-class recall (scikit-learn's): the share of class c's images predicted c (NaN
+    for an absent class).
+
+    Parameters
+    ----------
+    labels, predictions : array-like of int, shape (n,)
+        true and predicted classes in ``0..num_classes-1``.
+    num_classes : int
+        number of classes.
+
+    Returns
+    -------
+    numpy.ndarray, shape (num_classes,)
+        recall of each class; NaN where `labels` has no image of the class.
+    """
+    from sklearn.metrics import recall_score
+
+    return recall_score(
+        np.asarray(labels),
+        np.asarray(predictions),
+        labels=list(range(num_classes)),
+        average=None,
+        zero_division=np.nan,
+    )
+
+
+def balanced_accuracy(recalls) -> float:
+    """Mean per-class recall over the classes present (NaN recalls left out), as
+    `sklearn.metrics.balanced_accuracy_score`."""
+    r = np.asarray(recalls, dtype=np.float64)
+    return float(np.nanmean(r)) if np.any(~np.isnan(r)) else math.nan
+
+
 # ---------------------------------------------------------------- the plan
 
 
@@ -226,6 +294,59 @@ def plan_converged(quick: bool) -> list[Cell]:
     return cells
 
 
+def plan_elpv(quick: bool) -> list[Cell]:
+    """The ELPV cells (issue 21): soft and hard labels, average IPC 10 and 50, K_c uniform
+    or allocated.
+
+    A cell's `ipc` is its total, as in every budget cell: 4 x the average IPC. Hard labels
+    (the annotations) as well as the teacher's soft ones: the teacher trained for ELPV
+    never predicts the two small middle classes (its per-class recall is in the records),
+    so soft labels alone would not say what the data can teach. In run order (per labels:
+    IPC 10 uniform, allocated, IPC 50 allocated, uniform) ``--shard 0/2`` and ``1/2`` each
+    get one cell of each labels, size and split.
+    """
+    classes = len(ELPV_CLASSES)
+    if quick:
+        return [Cell("elpv", "soft", "converged", 10 * classes, "allocated", "elpv")]
+    return [
+        Cell("elpv", labels, "converged", ipc * classes, budget, "elpv")
+        for labels in ("soft", "hard")
+        for i, ipc in enumerate(ELPV_IPCS)
+        for budget in (BUDGETS if i % 2 == 0 else BUDGETS[::-1])
+    ]
+
+
+def planned_runs(cells: list[Cell], seeds: list[int]) -> list[tuple]:
+    """The `record_key` of every (method, seed) run of `cells`."""
+    return [cell.key() + (m, seed) for cell in cells for m in methods_of(cell) for seed in seeds]
+
+
+def elpv_folders() -> tuple[Path, Path]:
+    """The prior and the teacher trained for ELPV; SystemExit naming what to run if missing.
+
+    Returns
+    -------
+    (Path, Path)
+        `prior_dir_for("elpv")` (a ``ddoq train-prior`` folder) and
+        `teacher_dir_for("elpv")` (a ``ddoq train-teacher`` folder).
+    """
+    try:
+        prior, teacher = prior_dir_for("elpv"), teacher_dir_for("elpv")
+    except ValueError as err:  # e.g. the elpv-dataset wheel is missing
+        raise SystemExit(f"--section elpv: {err}") from None
+    missing = []
+    if not (prior / PRIOR_JSON).is_file():
+        missing.append(f"`ddoq train-prior --dataset elpv` (writes {prior})")
+    if not all((teacher / f).is_file() for f in ("config.json", "model.safetensors")):
+        missing.append(f"`ddoq train-teacher --dataset elpv` (writes {teacher})")
+    if missing:
+        raise SystemExit(
+            "--section elpv needs the prior and the teacher trained for ELPV: run "
+            + " and ".join(missing)
+        )
+    return prior, teacher
+
+
 def methods_of(cell: Cell) -> tuple[str, ...]:
     """Budget cells compare d4m and ddoq only (a random subset has no distortion curve)."""
     if cell.variant == "converged":
@@ -239,21 +360,63 @@ def methods_of(cell: Cell) -> tuple[str, ...]:
 class Study:
     """Data, prior, teachers and caches shared by the runs of one process."""
 
-    def __init__(self, quick: bool, width: int, test_limit: int | None) -> None:
-        self.quick, self.width = quick, width
-        self.prior = load_prior("embedded")
-        size = self.prior.image_size
-        train = load_dataset("mnist", "train", image_size=size)
-        test = load_dataset("mnist", "test", image_size=size)
+    def __init__(
+        self, quick: bool, width: int, test_limit: int | None, dataset: str = "mnist"
+    ) -> None:
+        """Load the data, the prior and the teacher of `dataset`.
+
+        Parameters
+        ----------
+        quick : bool
+            smoke run: fewer train images (100 per digit; `ELPV_QUICK_PER_CLASS` for ELPV),
+            a fifth of the image passes, a tenth of the converged protocol's epochs.
+        width : int
+            ConvNet student width.
+        test_limit : int | None
+            score on this many random test images (None: all).
+        dataset : {"mnist", "elpv"}
+            the embedded MNIST with the embedded prior and teacher, or ELPV with the prior
+            and teacher trained for it (`elpv_folders`; SystemExit when missing).
+        """
+        self.quick, self.width, self.dataset = quick, width, dataset
+        self.cache_dir: str | None = None  # the latent cache of `ddoq distill`
+        if dataset == "elpv":
+            prior_dir, teacher_dir = elpv_folders()
+            self.prior = load_prior(prior_dir)
+            size, channels = self.prior.image_size, self.prior.channels
+            limit = ELPV_QUICK_PER_CLASS if quick else None
+            train = load_dataset(
+                "elpv", "train", image_size=size, channels=channels, limit_per_class=limit
+            )
+            test = load_dataset("elpv", "test", image_size=size, channels=channels)
+            self.teacher = match_teacher(load_teacher(teacher_dir), train.classes, dataset="elpv")
+            self.val_per_class = ELPV_VAL_PER_CLASS
+        else:
+            self.prior = load_prior("embedded")
+            size = self.prior.image_size
+            train = load_dataset("mnist", "train", image_size=size)
+            test = load_dataset("mnist", "test", image_size=size)
+            self.teacher = load_teacher("embedded")
+            self.val_per_class = VAL_PER_CLASS
+        self.train_set = train  # what `plan_allocation` reads (class sizes, latent cache)
+        self.num_classes = len(train.classes)
         self.x, self.y = train.images(), np.asarray(train.targets)
         self.tx, self.ty = test.images(), np.asarray(test.targets)
-        self.teacher = load_teacher("embedded")
         self.test_limit = test_limit
         self._data: dict[str, tuple] = {}
         self._latents: dict[str, list[torch.Tensor]] = {}
         self._weak: torch.nn.Module | None = None
         self.weak_accuracy: float | None = None
         self.prior_fingerprint = self.prior.fingerprint[:16]
+        self._teacher_recall: list[float] | None = None
+
+    def teacher_recall(self) -> list[float]:
+        """The teacher's per-class recall on the test split (`class_recalls`), computed once."""
+        if self._teacher_recall is None:
+            predicted = hard_labels(self.teacher, self.tx).numpy()
+            recall = class_recalls(self.ty, predicted, self.num_classes)
+            self._teacher_recall = [round(float(r), 4) for r in recall]
+        return self._teacher_recall
 
     # -- data of a regime: (train images, labels, test images, labels, num classes)
     def data(self, regime: str):
@@ -261,8 +424,8 @@ class Study:
         if regime in self._data:
             return self._data[regime]
         rng = np.random.default_rng(DATA_SEED)
-        x, y, tx, ty, k = self.x, self.y, self.tx, self.ty, 10
-        if self.quick:  # 100 train images per digit keep the smoke run short
+        x, y, tx, ty, k = self.x, self.y, self.tx, self.ty, self.num_classes
+        if self.quick and self.dataset == "mnist":  # 100 per digit keep the smoke run short
             i = np.concatenate([np.flatnonzero(y == c)[:100] for c in range(10)])
             x, y = x[i], y[i]
         if regime.startswith("mix"):
@@ -286,6 +449,10 @@ class Study:
             x, y, *_, k = self.data(regime)
             if regime == "pixel":
                 z = x.flatten(1)
+            elif regime == "elpv":  # through the latent cache, as `ddoq distill` encodes
+                by_class = encode_dataset(self.train_set, self.prior, cache_dir=self.cache_dir)
+                self._latents[regime] = [by_class[c] for c in range(k)]
+                return self._latents[regime]
             else:
                 z = self.prior.encode(x).cpu()
             self._latents[regime] = [z[y == c] for c in range(k)]
@@ -330,9 +497,15 @@ class Study:
         return p
 
     def distill(self, regime: str, ks: list[int], seed: int) -> dict:
-        """CLVQ per class at K_c centroids: images, labels, masses, W2 weighted/uniform."""
+        """CLVQ per class at K_c centroids: images, labels, masses, W2 weighted/uniform.
+
+        ``w2_weighted`` / ``w2_uniform`` are the means over the classes,
+        ``w2_weighted_classes`` / ``w2_uniform_classes`` the per-class values (class order).
+        """
         groups = self.points(regime)
-        images, masses, w2w, w2u = [], [None] * len(groups), [], []
+        images: list[tuple[int, torch.Tensor]] = []
+        masses: list = [None] * len(groups)
+        w2w, w2u = [math.nan] * len(groups), [math.nan] * len(groups)
         for k in sorted(set(ks)):
             cls = [c for c in range(len(groups)) if ks[c] == k]
             fitted = quantize_classes(
@@ -343,8 +516,8 @@ class Study:
             for c, est in zip(cls, fitted):
                 masses[c] = np.asarray(est.weights_, dtype=np.float64)
                 centers = np.asarray(est.cluster_centers_, dtype=np.float32)
-                w2w.append(math.sqrt(max(est.distortion_, 0.0)))
-                w2u.append(wasserstein2(groups[c].flatten(1).numpy(), centers, None))
+                w2w[c] = math.sqrt(max(est.distortion_, 0.0))
+                w2u[c] = wasserstein2(groups[c].flatten(1).numpy(), centers, None)
                 images.append((c, torch.as_tensor(centers)))
         out_images, out_labels = [], []
         for c, centers in sorted(images, key=lambda t: t[0]):
@@ -360,6 +533,8 @@ class Study:
             "masses": masses,
             "w2_weighted": statistics.fmean(w2w),
             "w2_uniform": statistics.fmean(w2u),
+            "w2_weighted_classes": w2w,
+            "w2_uniform_classes": w2u,
         }
 
     def random_set(self, regime: str, ks: list[int], seed: int) -> dict:
@@ -373,7 +548,8 @@ class Study:
         )
         return {"images": x[pick], "labels": y[pick], "masses": None}
 
-    def train(self, cell: Cell, regime_set: dict, weights: torch.Tensor | None, seed: int):
+    def train(self, cell: Cell, regime_set: dict, weights: torch.Tensor | None, seed: int) -> Fit:
+        """Train the cell's student on a set; its scores on the test split (`Fit`)."""
         x, y, tx, ty, k = self.data(cell.regime)
         variant = dict(VARIANTS[cell.variant])
         passes = variant.pop("passes", PASSES)
@@ -397,20 +573,35 @@ class Study:
         probs = (
             self.soft_targets(cell.regime, regime_set["images"]) if cell.labels == "soft" else None
         )
-        accuracy, seconds, done = timed_fit(cfg, regime_set, weights, probs, k, (tx, ty), val)
-        return accuracy, seconds, done * n
+        return timed_fit(cfg, regime_set, weights, probs, k, (tx, ty), val)
 
     def validation(self, regime: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The converged protocol's held-out images: VAL_PER_CLASS train images per class."""
+        """The converged protocol's held-out images: `val_per_class` train images per class
+        (`VAL_PER_CLASS`, `ELPV_VAL_PER_CLASS` for ELPV)."""
         x, y, *_ = self.data(regime)
         rng = np.random.default_rng([DATA_SEED, 11])
         i = np.concatenate(
             [
-                rng.choice(np.flatnonzero(y.numpy() == c), VAL_PER_CLASS, replace=False)
+                rng.choice(np.flatnonzero(y.numpy() == c), self.val_per_class, replace=False)
                 for c in range(int(y.max()) + 1)
             ]
         )
         return x[i], y[i]
+
+
+class Fit(NamedTuple):
+    """What one student run measured (`timed_fit`)."""
+
+    accuracy: float  # on the test split
+    recall: list[float | None]  # per class on the test split (None: no test image)
+    seconds: float  # training and scoring
+    epochs: int  # epochs run
+    passes: int  # image passes: epochs x set size
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean per-class recall (`balanced_accuracy`)."""
+        return balanced_accuracy([math.nan if r is None else r for r in self.recall])
 
 
 def timed_fit(
@@ -421,8 +612,12 @@ def timed_fit(
     num_classes: int,
     test: tuple,
     val: tuple | None = None,
-) -> tuple[float, float, int]:
-    """Train a student on a set's "images" and "labels"; (test accuracy, seconds, epochs)."""
+) -> Fit:
+    """Train a student on a set's "images" and "labels" and score it on `test`.
+
+    The accuracy and the per-class recalls both come from the trained model's predictions
+    on the test images (`ddoq.labels.hard_labels`), so they always agree.
+    """
     start = time.perf_counter()
     res = fit(
         cfg,
@@ -431,11 +626,20 @@ def timed_fit(
         weights=weights,
         teacher_probs=probs,
         num_classes=num_classes,
-        test=test,
         progress=False,
         val=val,
     )
-    return res.test_accuracy, time.perf_counter() - start, res.epochs_done
+    images, labels = test
+    pred = hard_labels(res.model.eval(), images, cfg.eval_batch_size).numpy()
+    y = np.asarray(labels)
+    recall = class_recalls(y, pred, num_classes)
+    return Fit(
+        accuracy=float(np.mean(pred == y)),
+        recall=[None if math.isnan(r) else float(r) for r in recall],
+        seconds=time.perf_counter() - start,
+        epochs=res.epochs_done,
+        passes=res.epochs_done * len(images_labels["labels"]),
+    )
 
 
 def epochs_for(n: int, passes: int, quick: bool) -> int:
@@ -443,8 +647,47 @@ def epochs_for(n: int, passes: int, quick: bool) -> int:
     return max(2, auto_epochs(n, passes) // 5) if quick else auto_epochs(n, passes)
 
 
+def budget_counts(train, prior, total: int, cache_dir: str | None = None) -> list[int]:
+    """K_c per class of `total` images as ``ddoq distill --budget total --allocate distortion``
+    shares them: `ddoq.distillation.allocation.plan_allocation` itself.
+
+    Parameters
+    ----------
+    train : ddoq.data.ImageDataset
+        the training split (at the prior's size), as `ddoq.data.load_dataset` gives it.
+    prior : ddoq.priors.GenerativePrior
+        encodes the classes (through the latent cache at `cache_dir`).
+    total : int
+        images in all.
+    cache_dir : str | None
+        latent cache root (None: `ddoq.encode.default_cache_dir`).
+
+    Returns
+    -------
+    list of int
+        K_c in class order, summing to `total`. The CLI's defaults (CLVQ, one pass, at
+        least 1 per class) at seed `DATA_SEED`: every seed of a cell shares them.
+    """
+    config = DistillConfig(
+        dataset=str(train.name),
+        ipc=None,
+        budget=int(total),
+        allocate="distortion",
+        seed=DATA_SEED,
+        cache_dir=cache_dir,
+    )
+    plan = plan_allocation(config, train, prior)
+    assert plan is not None  # (a budget, not ``full``)
+    return list(plan.counts)
+
+
 def allocation(study: Study, cell: Cell) -> list[int]:
-    """IPC per class of a cell: its IPC, or its total split uniformly or by the curves."""
+    """IPC per class of a cell: its IPC, or its total split uniformly or by the curves.
+
+    ELPV's allocated cells share their total as ``ddoq distill --budget`` does
+    (`budget_counts`); the regimes' budget cells keep the study's own curves (k_max three
+    times the mean share, seed 0), which their records were measured with.
+    """
     groups = study.points(cell.regime)
     c = len(groups)
     if cell.budget == "none":
@@ -453,6 +696,8 @@ def allocation(study: Study, cell: Cell) -> list[int]:
         if cell.ipc % c:
             raise ValueError(f"total {cell.ipc} does not split evenly over {c} classes")
         return [cell.ipc // c] * c
+    if cell.section == "elpv":
+        return budget_counts(study.train_set, study.prior, cell.ipc, study.cache_dir)
     k_max = min(min(len(g) for g in groups), 3 * cell.ipc // c)
     curves = distortion_curves([g.flatten(1).numpy() for g in groups], k_max, random_state=0)
     return allocate_budget(curves, cell.ipc, 1)
@@ -488,8 +733,8 @@ def run_cell(study: Study, cell: Cell, seeds: list[int], done: set, sink) -> Non
         todo = [m for m in methods if cell.key() + (m, seed) not in done]
         if not todo:
             continue
+        t0 = time.perf_counter()  # the first seed's distill_s includes the allocation
         ks = ks or allocation(study, cell)
-        t0 = time.perf_counter()
         sets = {}
         if any(m != "random" for m in todo):
             sets["grid"] = study.distill(cell.regime, ks, seed)
@@ -500,22 +745,33 @@ def run_cell(study: Study, cell: Cell, seeds: list[int], done: set, sink) -> Non
         for m in todo:
             s = sets["random" if m == "random" else "grid"]
             w = None if m == "random" else class_weights(s["masses"], ALPHAS[m], counts)
-            acc, secs, passes = study.train(cell, s, w, seed)
+            res = study.train(cell, s, w, seed)
+            acc, secs = res.accuracy, res.seconds
+            per_class = cell.section == "elpv"  # W2 as lists, one value per class
             rec = {
                 **asdict(cell),
                 "method": m,
                 "seed": seed,
                 "acc": acc,
+                "balanced_acc": res.balanced_accuracy,
+                "recall": res.recall,
                 "train_s": secs,
-                "passes": passes,
+                "passes": res.passes,
+                "epochs": res.epochs,
                 "distill_s": distill_s,
                 "ks": ks,
-                "w2_weighted": s.get("w2_weighted"),
-                "w2_uniform": s.get("w2_uniform"),
+                "w2_weighted": s.get("w2_weighted_classes" if per_class else "w2_weighted"),
+                "w2_uniform": s.get("w2_uniform_classes" if per_class else "w2_uniform"),
                 "width": study.width,
                 "prior": study.prior_fingerprint,
                 "weak_teacher_acc": study.weak_accuracy if cell.regime == "weak" else None,
             }
+            if per_class:
+                rec["teacher"] = str(study.teacher.fingerprint)[:16]
+                rec["teacher_acc"] = study.teacher.test_accuracy
+                rec["teacher_recall"] = study.teacher_recall()
+                rec["image_size"] = study.prior.image_size
+                rec["class_sizes"] = counts.tolist()  # train images per class
             sink(rec)
             done.add(record_key(rec))
             print(
@@ -555,11 +811,23 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.1f} +- {std:.1f} ({len(values)})"
 
 
-def _cells(records: list[dict]) -> dict[tuple, dict[str, dict[int, dict]]]:
-    """cell key -> method -> seed -> record."""
+def fmt_se(values: list[float]) -> str:
+    """Mean +- standard error of fractions, in percent ("-" for none, no s.e. for one)."""
+    if not values:
+        return "-"
+    mean = 100 * statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} +- {100 * statistics.stdev(values) / math.sqrt(len(values)):.1f}"
+
+
+def _cells(
+    records: list[dict], section: str = "regimes"
+) -> dict[tuple, dict[str, dict[int, dict]]]:
+    """cell key (regime, labels, variant, ipc, budget) -> method -> seed -> record."""
     out: dict = defaultdict(lambda: defaultdict(dict))
     for r in records:
-        if r["section"] == "regimes":
+        if r["section"] == section:
             out[(r["regime"], r["labels"], r["variant"], r["ipc"], r["budget"])][r["method"]][
                 r["seed"]
             ] = r
@@ -824,20 +1092,23 @@ Training cost: {times}
 """
 
 
+def _link(written: list[Path], name: str, bench_md: Path) -> str:
+    """Path of the plot `name` among `written`, relative to BENCHMARKS.md when it can be."""
+    hits = [Path(p).resolve() for p in written if Path(p).name == name]
+    if not hits:
+        return "(no plot)"
+    try:
+        return str(hits[0].relative_to(bench_md.resolve().parent))
+    except ValueError:
+        return str(hits[0])
+
+
 def write_report(records: list[dict], bench_md: Path, figures: Path, results: Path) -> str:
     parts = report(records)
     written = plots(records, figures)
-    rel = {p.name: Path(p).resolve() for p in written}
-    base = bench_md.resolve().parent
 
     def link(name: str) -> str:
-        p = rel.get(name)
-        if p is None:
-            return "(no plot)"
-        try:
-            return str(p.relative_to(base))
-        except ValueError:
-            return str(p)
+        return _link(written, name, bench_md)
 
     weak = [r["weak_teacher_acc"] for r in records if r.get("weak_teacher_acc") is not None]
     body = BODY.format(
@@ -939,7 +1210,8 @@ def cross_arch(study: Study, seeds: list[int], done: set, sink, quick: bool) -> 
                     lr=CROSS_LR.get(s_arch, 2e-3),
                     batch_size=64 if s_arch == "convnet" else CROSS_BATCH,
                 )
-                accuracy, seconds, _ = timed_fit(cfg, s, w, probs, k, (tx, ty))
+                scored = timed_fit(cfg, s, w, probs, k, (tx, ty))
+                accuracy, seconds = scored.accuracy, scored.seconds
                 rec = {
                     "section": "cross-arch",
                     "teacher": t_arch,
@@ -1005,18 +1277,303 @@ def cross_arch_key(r: dict) -> tuple:
     return ("cross-arch", r["teacher"], r["student"], r["method"], r["seed"])
 
 
+# ---------------------------------------------------------------- ELPV (issue 21)
+
+
+def _elpv_order(key: tuple) -> tuple:
+    """Cells by labels (hard first), size, uniform before allocated."""
+    budget = BUDGETS.index(key[4]) if key[4] in BUDGETS else len(BUDGETS)
+    return (key[1] != "hard", key[3], budget)
+
+
+def _elpv_title(key: tuple) -> str:
+    labels, ipc, budget = key[1], key[3], key[4]
+    classes = len(ELPV_CLASSES)
+    how = "K_c = IPC" if budget == "uniform" else "K_c allocated on the distortion curves"
+    size = f"average IPC {ipc // classes} ({ipc} images)"
+    return f"{labels.capitalize()} labels, {size}, {budget}: {how}"
+
+
+def _per_class_mean(lists: list) -> str:
+    """Per-class values averaged over seeds, "a / b / c / d" ("-" when none is a list)."""
+    rows = [x for x in lists if isinstance(x, list) and x]
+    if not rows:
+        return "-"
+    mean = np.nanmean(np.array(rows, dtype=np.float64), axis=0)  # None -> NaN
+    return " / ".join("-" if math.isnan(v) else f"{v:.3g}" for v in mean)
+
+
+def _diff(mean: float, se: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{100 * mean:+.2f}" + ("" if math.isnan(se) else f" +- {100 * se:.2f}")
+
+
+def compute_seconds(records: list[dict]) -> float:
+    """Sum of ``train_s`` over records, plus each (cell, seed)'s ``distill_s`` once.
+
+    One distillation (encoding on first use, allocation, CLVQ, W2, decoding, random picks)
+    serves every method of a seed in `run_cell`, so its records repeat the same distill_s.
+    """
+    distills = {record_key(r)[:6] + (r["seed"], r.get("distill_s") or 0.0) for r in records}
+    return sum(r.get("train_s") or 0.0 for r in records) + sum(d[-1] for d in distills)
+
+
+def _by_seed(runs: dict[int, dict], field: str) -> dict[int, float]:
+    """seed -> the runs' `field` (runs without it left out)."""
+    return {s: r[field] for s, r in runs.items() if r.get(field) is not None}
+
+
+def _paired_row(a: dict[int, dict], b: dict[int, dict]) -> list:
+    """a - b paired by seed (`paired`, `verdict`): accuracy, verdict, balanced, verdict, seeds."""
+    row: list = []
+    for field in ("acc", "balanced_acc"):
+        mean, se, n = paired(_by_seed(a, field), _by_seed(b, field))
+        row += [_diff(mean, se), verdict(mean, se) if n else "n/a"]
+    return row + [len(set(_by_seed(a, "acc")) & set(_by_seed(b, "acc")))]
+
+
+def elpv_tables(records: list[dict], planned: list[tuple]) -> list[tuple[str, str]]:
+    """Per ELPV cell (planned or recorded): its title and markdown (methods, paired diffs).
+
+    A method without records shows "-"; so does a difference without seeds in common.
+    """
+    cells = _cells(records, "elpv")
+    keys = sorted(set(cells) | {k[1:6] for k in planned}, key=_elpv_order)
+    out = []
+    for key in keys:
+        by_method = cells.get(key, {})
+        methods = list(CONVERGED_METHODS) + sorted(set(by_method) - set(CONVERGED_METHODS))
+        rows = []
+        for m in methods:
+            runs = by_method.get(m, {})
+            rs = list(runs.values())
+            epochs = list(_by_seed(runs, "epochs").values())
+            rows.append(
+                [
+                    m,
+                    fmt_se(list(_by_seed(runs, "acc").values())),
+                    fmt_se(list(_by_seed(runs, "balanced_acc").values())),
+                    len(rs),
+                    f"{statistics.fmean(epochs):.0f}" if epochs else "-",
+                    _per_class_mean([r.get("w2_weighted") for r in rs]),
+                    _per_class_mean([r.get("w2_uniform") for r in rs]),
+                    " ".join(map(str, rs[0]["ks"])) if rs else "-",
+                ]
+            )
+        table = markdown_table(
+            [
+                "method",
+                "accuracy %",
+                "balanced accuracy %",
+                "seeds",
+                "epochs (mean)",
+                "W2 weighted, per class",
+                "W2 uniform, per class",
+                "K_c per class",
+            ],
+            rows,
+        )
+        drows = [
+            [f"{m} - d4m", *_paired_row(by_method.get(m, {}), by_method.get("d4m", {}))]
+            for m in methods
+            if m.startswith("ddoq")
+        ]
+        diffs = markdown_table(
+            [
+                "paired by seed",
+                "accuracy (points)",
+                "verdict",
+                "balanced accuracy (points)",
+                "verdict",
+                "seeds",
+            ],
+            drows,
+        )
+        out.append((_elpv_title(key), f"{table}\n\n{diffs}"))
+    return out
+
+
+def elpv_budget_table(records: list[dict]) -> str:
+    """Allocated - uniform per method and size, paired by seed (accuracy, balanced)."""
+    cells = _cells(records, "elpv")
+    rows = []
+    for labels, ipc in sorted({(k[1], k[3]) for k in cells}, key=lambda t: (t[0] != "hard", t[1])):
+        pair = [k for k in cells if (k[1], k[3]) == (labels, ipc)]
+        uni = next((cells[k] for k in pair if k[4] == "uniform"), {})
+        alloc = next((cells[k] for k in pair if k[4] == "allocated"), {})
+        for m in CONVERGED_METHODS:
+            row = _paired_row(alloc.get(m, {}), uni.get(m, {}))
+            if row[-1]:
+                rows.append([labels, ipc // len(ELPV_CLASSES), m, *row])
+    if not rows:
+        return "- no size has both splits with seeds in common yet"
+    return markdown_table(
+        [
+            "labels",
+            "average IPC",
+            "method",
+            "accuracy (points)",
+            "verdict",
+            "balanced accuracy (points)",
+            "verdict",
+            "seeds",
+        ],
+        rows,
+    )
+
+
+def elpv_plot(records: list[dict], folder: Path, planned: list[tuple]) -> Path | None:
+    """Accuracy and balanced accuracy per cell and method (+- 1 s.e.): ``folder/elpv.png``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is pinned in requirements.txt
+        print("matplotlib is not installed: no plots")
+        return None
+    cells = _cells(records, "elpv")
+    keys = sorted(set(cells) | {k[1:6] for k in planned}, key=_elpv_order)
+    if not cells:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=False)
+    width = 0.8 / len(CONVERGED_METHODS)
+    for ax, field, name in zip(axes, ("acc", "balanced_acc"), ("accuracy", "balanced accuracy")):
+        for j, m in enumerate(CONVERGED_METHODS):
+            xs, ys, es = [], [], []
+            for i, key in enumerate(keys):
+                vals = list(_by_seed(cells.get(key, {}).get(m, {}), field).values())
+                if vals:
+                    xs.append(i + j * width)
+                    ys.append(100 * statistics.fmean(vals))
+                    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                    es.append(100 * sd / math.sqrt(len(vals)))
+            if xs:
+                ax.bar(xs, ys, width, yerr=es, capsize=2, label=m)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))])
+        ax.set_xticklabels(
+            [f"{k[1]}\nIPC {k[3] // len(ELPV_CLASSES)}\n{k[4]}" for k in keys], fontsize=7
+        )
+        if field == "balanced_acc":
+            ax.axhline(100 / len(ELPV_CLASSES), color="k", lw=0.6, ls="--", label="chance")
+        ax.set_ylabel(f"test {name} % (+- 1 s.e.)")
+        ax.set_title(f"ELPV, {name}", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = folder / "elpv.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+ELPV_BODY = """## ELPV solar cells: DDOQ against D4M on unequal classes (regime study, issue 21)
+
+{machine}
+
+**{done} of {total} runs of the plan done**{missing}. Compute so far: {compute} (training, plus
+each cell and seed's distillation once: encoding on first use, allocation, CLVQ, W2,
+decoding).
+
+Re-run: `python benchmarks/regimes.py --section elpv --shard 0/2 & python
+benchmarks/regimes.py --section elpv --shard 1/2` (two processes, one per core, appending to
+`{results}`, section "elpv"; runs already there are skipped, so either command resumes),
+then `python benchmarks/regimes.py --section elpv --report` rewrites this section and
+`docs/benchmarks/elpv.png`; `--plan` prints the runs and a time projection. It needs the
+prior and the teacher trained for ELPV (`ddoq train-prior --dataset elpv`, `ddoq
+train-teacher --dataset elpv`).
+
+ELPV train split: 4 classes of defect probability 0 / 1/3 / 2/3 / 1 with {sizes} images
+(test: 302 / 59 / 21 / 143, 58% class "0"), grey, at {size} px. Prior `{prior}`
+and teacher `{teacher}` trained for ELPV (teacher held-out accuracy {teacher_acc}, per-class
+recall {teacher_recall}{teacher_blind}; the cells run with its soft labels at T = 20 and
+with the annotations as hard labels). Students:
+ConvNet-{width}, AdamW + cosine, the converged protocol (at most
+{epochs} epochs, stop after {patience} without a better held-out loss on {val} train images
+per class). D4M and DDOQ (weights mass^alpha) share the CLVQ centroids and decoded images of
+each seed; both carry the class priors N_c / N in their weights (`ddoq.export.image_weights`),
+the random set (K_c real images per class) is unweighted. **uniform**: K_c = IPC in every
+class (`ddoq distill --ipc`); **allocated**: the same total shared as `ddoq distill --budget
+N --allocate distortion` shares it (seed 0, the same K_c for every seed). Accuracy and
+balanced accuracy (mean per-class recall on the test split): mean +- standard error over
+seeds. W2: latent W2 of each class's training latents to its centroids with the cell masses
+and with uniform weights, mean over seeds, classes in the order 0 / 1/3 / 2/3 / 1 (none for
+random). Differences: paired by seed, in points +- s.e.; "wins" / "loses" beyond 2 s.e.
+
+![ELPV accuracy and balanced accuracy per cell]({figure})
+
+{cells}
+
+### Allocated minus uniform K_c (paired by seed)
+
+{budget}
+"""
+
+
+def elpv_report(records: list[dict], planned: list[tuple], figure: str, results: Path) -> str:
+    """The BENCHMARKS.md section ``elpv`` from (possibly partial) records of the section."""
+    mine = [r for r in records if r["section"] == "elpv"]
+    done = len({record_key(r) for r in mine} & set(planned))
+    first = mine[0] if mine else {}
+    teacher_acc = first.get("teacher_acc")
+    secs = compute_seconds(mine)
+    recall = next((r["teacher_recall"] for r in mine if r.get("teacher_recall")), [])
+    blind = [c for c, r in zip(ELPV_CLASSES, recall, strict=False) if r < 0.1]
+    cells = "\n\n".join(f"### {title}\n\n{body}" for title, body in elpv_tables(mine, planned))
+    return ELPV_BODY.format(
+        machine=machine_line(),
+        done=done,
+        total=len(planned),
+        missing=f" ({len(planned) - done} to go)" if done < len(planned) else "",
+        compute=f"{secs / 3600:.1f} h ({secs:,.0f} s)",
+        results=results,
+        size=first.get("image_size", "-"),
+        sizes=" / ".join(f"{n:,}" for n in first.get("class_sizes", (1206, 236, 85, 572))),
+        prior=first.get("prior", "-"),
+        teacher=first.get("teacher", "-"),
+        teacher_acc=f"{100 * teacher_acc:.1f}%" if teacher_acc is not None else "-",
+        teacher_recall=" / ".join(f"{100 * v:.0f}%" for v in recall) or "-",
+        teacher_blind=(
+            ": it hardly ever predicts class " + " or ".join(f'"{c}"' for c in blind)
+            if blind
+            else ""
+        ),
+        width=first.get("width", "-"),
+        epochs=PRESETS["converged"]["epochs"],
+        patience=PRESETS["converged"]["patience"],
+        val=ELPV_VAL_PER_CLASS,
+        figure=figure,
+        cells=cells,
+        budget=elpv_budget_table(mine),
+    )
+
+
+def write_elpv_report(
+    records: list[dict], bench_md: Path, figures: Path, results: Path, planned: list[tuple]
+) -> str:
+    """Plot, render and write the section ``elpv`` of `bench_md`; return its text."""
+    path = elpv_plot(records, figures, planned)
+    body = elpv_report(
+        records, planned, _link([path] if path else [], "elpv.png", bench_md), results
+    )
+    write_section("elpv", body, path=bench_md)
+    return body
+
+
 # ---------------------------------------------------------------- main
 
 
 def projection(
-    cells: list[Cell], seeds: list[int], width: int, quick: bool
+    cells: list[Cell], seeds: list[int], width: int, quick: bool, image_size: int = 32
 ) -> tuple[int, float, float]:
     """(runs, image passes, seconds) of a plan, timing 2,000 image passes at `width` here.
 
     Counts the first seeds only (the extra seeds of ambiguous cells come on top) and leaves
-    out encoding, CLVQ and W2 (a few seconds per cell and seed).
+    out encoding, CLVQ and W2 (a few seconds per cell and seed). Converged runs count the
+    preset's maximum of epochs (the patience usually stops them sooner).
     """
-    x = torch.rand(100, 1, 32, 32)
+    x = torch.rand(100, 1, image_size, image_size)
     y = torch.arange(100) % 10
     fit(TrainConfig(width=width, epochs=2, labels="hard"), x, y, progress=False)  # warm-up
     t0 = time.perf_counter()
@@ -1026,13 +1583,15 @@ def projection(
     for cell in cells:
         n_methods = len(methods_of(cell))
         extra = dict(VARIANTS[cell.variant]).get("passes", PASSES)
-        size = cell.ipc * (10 if not cell.regime.startswith("mix") else 5)
-        size = cell.ipc if cell.budget != "none" else size
-        test = 300 if quick else 1000
+        elpv = cell.section == "elpv"
+        classes = len(ELPV_CLASSES) if elpv else 5 if cell.regime.startswith("mix") else 10
+        size = cell.ipc if cell.budget != "none" else cell.ipc * classes
+        test = 300 if quick else ELPV_TEST if elpv else 1000
         one = epochs_for(size, extra, quick) * size + test / 3  # + evaluation, forward only
         if cell.variant == "converged":  # at most the preset's epochs, val loss every epoch
             epochs = PRESETS["converged"]["epochs"] // (10 if quick else 1)
-            one = epochs * (size + VAL_PER_CLASS * 10 / 3) + test / 3
+            val = (ELPV_VAL_PER_CLASS if elpv else VAL_PER_CLASS) * classes
+            one = epochs * (size + val / 3) + test / 3
         runs += n_methods * len(seeds)
         passes += n_methods * len(seeds) * one
     return runs, passes, passes * per_pass
@@ -1040,7 +1599,12 @@ def projection(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", default="regimes", choices=("regimes", "cross-arch"))
+    parser.add_argument(
+        "--section",
+        default="regimes",
+        choices=("regimes", "cross-arch", "elpv"),
+        help="elpv: the ELPV solar cells under the converged protocol (issue 21)",
+    )
     parser.add_argument(
         "--preset",
         default="base",
@@ -1057,7 +1621,12 @@ def main() -> None:
         help="run for cells where ddoq and d4m are within 2 s.e.",
     )
     parser.add_argument("--regimes", nargs="+", choices=list(REGIMES), help="only these")
-    parser.add_argument("--ipc", type=int, nargs="+", help="only cells of these sizes")
+    parser.add_argument(
+        "--ipc",
+        type=int,
+        nargs="+",
+        help="only cells of these sizes (a budget cell's total: 40 200 for --section elpv)",
+    )
     parser.add_argument("--labels", choices=("soft", "hard"), help="only cells of these labels")
     parser.add_argument("--width", type=int, default=32, help="ConvNet student width")
     parser.add_argument("--threads", type=int, default=1)
@@ -1074,7 +1643,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="--quick: folder for records, section, plots")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    converged = args.preset == "converged"
+    elpv = args.section == "elpv"
+    converged = args.preset == "converged" or elpv  # ELPV runs the converged protocol only
     if args.seeds is None:
         args.seeds = [0, 1, 2, 3, 4] if converged else [0, 1, 2]
     if converged:
@@ -1085,7 +1655,11 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         args.results, bench_md, figures = out / "regimes.jsonl", out / "BENCHMARKS.md", out
         args.seeds, args.extra_seeds, args.width = args.seeds[:2], [], 16
-    cells = plan_converged(args.quick) if converged else plan(args.quick)
+    if elpv:
+        cells = plan_elpv(args.quick)
+    else:
+        cells = plan_converged(args.quick) if converged else plan(args.quick)
+    planned = planned_runs(cells, args.seeds)  # the whole plan, before --shard
     cells = [c for c in cells if not args.regimes or c.regime in args.regimes]
     cells = [c for c in cells if not args.ipc or c.ipc in args.ipc]
     cells = [c for c in cells if not args.labels or c.labels == args.labels]
@@ -1094,24 +1668,35 @@ def main() -> None:
         parser.error(f"--shard I/N needs 0 <= I < N, got {args.shard}")
     cells = cells[shard::shards]
     if args.plan:
-        runs, passes, secs = projection(cells, args.seeds, args.width, args.quick)
+        size = ELPV_IMAGE_SIZE if elpv else 32  # the ELPV prior's size is expected 64 px
+        runs, passes, secs = projection(cells, args.seeds, args.width, args.quick, size)
+        if converged:
+            more = "; at most: the patience stops most runs before the preset's last epoch"
+        else:
+            more = f"; + up to {len(args.extra_seeds)} extra seeds for ambiguous cells"
         print(
             f"shard {args.shard}: {len(cells)} cells, {runs} runs at {len(args.seeds)} seeds, "
             f"{passes / 1e6:.2f}M image passes: about {secs / 60:.0f} min of training here at "
-            f"width {args.width} (+ up to {len(args.extra_seeds)} extra seeds for ambiguous "
-            "cells)"
+            f"width {args.width} and {size} px{more}"
         )
         return
     records = load_records(args.results)
     if args.report:
         if args.section == "cross-arch":
             write_section("regimes-cross-arch", cross_arch_report(records), path=bench_md)
+        elif elpv:
+            print(write_elpv_report(records, bench_md, figures, args.results, planned))
         else:
             print(write_report(records, bench_md, figures, args.results))
         return
     args.results.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    study = Study(args.quick, args.width, test_limit=300 if args.quick else None)
+    study = Study(
+        args.quick,
+        args.width,
+        test_limit=300 if args.quick else None,
+        dataset="elpv" if elpv else "mnist",
+    )
     with open(args.results, "a") as fh:
 
         def sink(rec: dict) -> None:
@@ -1123,15 +1708,18 @@ def main() -> None:
             done = {cross_arch_key(r) for r in records if r["section"] == "cross-arch"}
             cross_arch(study, args.seeds[:1] if args.quick else args.seeds, done, sink, args.quick)
         else:
-            done = {record_key(r) for r in records if r["section"] == "regimes"}
+            done = {record_key(r) for r in records if r["section"] == args.section}
             for cell in cells:
                 run_cell(study, cell, args.seeds, done, sink)
             for cell in cells:
                 if args.extra_seeds and ambiguous(records, cell):
                     run_cell(study, cell, args.seeds + args.extra_seeds, done, sink)
+    records = load_records(args.results)  # with what other shards wrote meanwhile
     if args.section == "cross-arch":
         write_section("regimes-cross-arch", cross_arch_report(records), path=bench_md)
         print(cross_arch_report(records))
+    elif elpv:
+        print(write_elpv_report(records, bench_md, figures, args.results, planned))
     else:
         print(write_report(records, bench_md, figures, args.results))
     print(f"total {time.perf_counter() - started:.0f} s; records in {args.results}")

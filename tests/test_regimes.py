@@ -111,3 +111,184 @@ def test_the_converged_plan_is_the_headline_cells(regimes):
     }
     assert {c.variant for c in cells} == {"converged"} and len(cells) == 10
     assert set(regimes.methods_of(cells[0])) == {"random", "d4m", "ddoq-0.5", "ddoq-1"}
+
+
+# ---------------------------------------------------------------- ELPV (issue 21)
+
+
+def test_the_elpv_plan_is_two_labels_by_two_sizes_by_two_splits_by_four_methods(regimes):
+    cells = regimes.plan_elpv(quick=False)
+    assert {(c.labels, c.ipc, c.budget) for c in cells} == {
+        (labels, ipc * 4, budget)
+        for labels in ("soft", "hard")
+        for ipc in (10, 50)
+        for budget in ("uniform", "allocated")
+    }
+    assert len(cells) == 8 and {(c.section, c.regime, c.variant) for c in cells} == {
+        ("elpv", "elpv", "converged")
+    }
+    for cell in cells:
+        assert regimes.methods_of(cell) == ("random", "d4m", "ddoq-0.5", "ddoq-1")
+    runs = regimes.planned_runs(cells, [0, 1, 2, 3, 4])
+    assert len(runs) == len(set(runs)) == 160
+    # two shards, one per core: each gets one cell of each labels, size and split
+    for shard in (cells[0::2], cells[1::2]):
+        for labels in ("soft", "hard"):
+            mine = [c for c in shard if c.labels == labels]
+            assert sorted(c.ipc for c in mine) == [40, 200]
+            assert sorted(c.budget for c in mine) == ["allocated", "uniform"]
+    (quick,) = regimes.plan_elpv(quick=True)
+    assert (quick.ipc, quick.budget, quick.section) == (40, "allocated", "elpv")
+
+
+class _StubPrior:
+    """A stand-in prior: 8 px grey images -> 2 x 2 averages (what `encode_dataset` needs)."""
+
+    image_size, channels, latent_shape, fingerprint = 8, 1, (1, 2, 2), "stub-prior"
+
+    def encode(self, images, batch_size=None):
+        import torch.nn.functional as F
+
+        return F.avg_pool2d(images, 4)
+
+
+def _unequal_classes():
+    """4 classes of 40 / 16 / 6 / 24 images of 8 px: 10 modes in class 0, 1 tight in 1."""
+    import torch
+
+    from ddoq.data.datasets import TensorImageDataset
+
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    spec = [(40, 10, 0.02), (16, 1, 0.01), (6, 2, 0.05), (24, 2, 0.05)]
+    for c, (n, modes, spread) in enumerate(spec):
+        centres = rng.uniform(0.1, 0.9, size=(modes, 1, 2, 2)).repeat(4, 2).repeat(4, 3)
+        x = centres[rng.integers(modes, size=n)] + spread * rng.standard_normal((n, 1, 8, 8))
+        images.append(np.clip(x, 0, 1))
+        labels += [c] * n
+    data = torch.as_tensor(np.concatenate(images), dtype=torch.float32)
+    return TensorImageDataset(data, labels, ["0", "1/3", "2/3", "1"], name="stub")
+
+
+def test_an_allocated_elpv_cell_shares_its_total_as_ddoq_distill_budget_does(regimes, tmp_path):
+    from types import SimpleNamespace
+
+    from ddoq.budget import distortion_curves
+    from ddoq.distillation.allocation import allocate_classes, curve_lengths
+
+    train, prior = _unequal_classes(), _StubPrior()
+    sizes = train.class_counts()
+    latents = [prior.encode(train.images(train.class_indices(c))) for c in range(4)]
+    study = SimpleNamespace(
+        train_set=train, prior=prior, cache_dir=str(tmp_path), points=lambda regime: latents
+    )
+    cell = regimes.Cell("elpv", "soft", "converged", 12, "allocated", "elpv")
+    got = regimes.allocation(study, cell)
+    # `ddoq distill --budget 12 --allocate distortion --seed 0` on the same latents
+    curves = distortion_curves(
+        [z.flatten(1).numpy() for z in latents], curve_lengths(sizes, 12), random_state=[0, 1, 2, 3]
+    )
+    assert got == allocate_classes(sizes, 12, method="distortion", curves=curves).counts
+    assert sum(got) == 12 and got != [3, 3, 3, 3] and got[0] > got[1]
+    # the library's curves run past the smallest class (6), the regimes' own k_max does not
+    assert got[0] > 6
+    uniform = regimes.Cell("elpv", "soft", "converged", 12, "uniform", "elpv")
+    assert regimes.allocation(study, uniform) == [3, 3, 3, 3]  # K_c = IPC, as --ipc 3
+
+
+def test_balanced_accuracy_is_sklearns(regimes):
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = np.array([0] * 6 + [1] * 3 + [2] + [3] * 2)
+    p = np.array([0, 0, 0, 0, 0, 1] + [1, 0, 0] + [2] + [0, 0])
+    recall = regimes.class_recalls(y, p, 4)
+    assert np.allclose(recall, [5 / 6, 1 / 3, 1.0, 0.0])
+    assert regimes.balanced_accuracy(recall) == pytest.approx(balanced_accuracy_score(y, p))
+    assert regimes.balanced_accuracy(recall) == pytest.approx((5 / 6 + 1 / 3 + 1) / 4)
+    assert np.mean(p == y) != pytest.approx(regimes.balanced_accuracy(recall))  # not accuracy
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 4, 500), rng.integers(0, 4, 500)
+    assert regimes.balanced_accuracy(regimes.class_recalls(y, p, 4)) == pytest.approx(
+        balanced_accuracy_score(y, p)
+    )
+    y, p = np.array([0, 0, 1, 1]), np.array([0, 3, 1, 0])  # class 3 predicted, never true
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns, and leaves the class out too
+        expected = balanced_accuracy_score(y, p)
+    assert regimes.balanced_accuracy(regimes.class_recalls(y, p, 4)) == pytest.approx(expected)
+    fit = regimes.Fit(0.5, [0.5, None, 1.0, 0.0], 1.0, 3, 30)
+    assert fit.balanced_accuracy == pytest.approx(0.5)
+
+
+def _elpv_records(regimes, gap):
+    """3 seeds of the IPC 10 uniform cell without ddoq-1, 2 seeds of d4m in the allocated one."""
+    recs = []
+    cells = {
+        c.budget: c for c in regimes.plan_elpv(quick=False) if (c.labels, c.ipc) == ("soft", 40)
+    }
+    for budget, methods, seeds in (
+        ("uniform", ("random", "d4m", "ddoq-0.5"), range(3)),
+        ("allocated", ("d4m",), range(2)),
+    ):
+        for seed in seeds:
+            for m in methods:
+                acc = 0.6 + 0.01 * seed + (gap if m.startswith("ddoq") else 0.0)
+                grid = m != "random"
+                recs.append({**regimes.asdict(cells[budget]), "method": m, "seed": seed,
+                             "acc": acc, "balanced_acc": acc - 0.2, "recall": [0.9, 0.3, 0.1, 0.3],
+                             "train_s": 10.0, "distill_s": 5.0, "epochs": 100, "passes": 4000,
+                             "ks": [10] * 4 if budget == "uniform" else [7, 9, 8, 16],
+                             "w2_weighted": [0.5, 0.6, 0.7, 0.8] if grid else None,
+                             "w2_uniform": [1.0, 1.0, 1.0, 1.0] if grid else None,
+                             "width": 32, "prior": "p", "teacher": "t", "teacher_acc": 0.8,
+                             "teacher_recall": [0.9, 0.05, 0.0, 0.57],
+                             "image_size": 64, "class_sizes": [1206, 236, 85, 572]})  # fmt: skip
+    return recs
+
+
+def test_the_elpv_report_renders_from_partial_records(regimes, tmp_path):
+    recs = _elpv_records(regimes, 0.02)
+    planned = regimes.planned_runs(regimes.plan_elpv(quick=False), [0, 1, 2, 3, 4])
+    body = regimes.write_elpv_report(
+        recs, tmp_path / "B.md", tmp_path, tmp_path / "r.jsonl", planned
+    )
+    assert "**11 of 160 runs of the plan done** (149 to go)" in body
+    assert 'recall 90% / 5% / 0% / 57%: it hardly ever predicts class "1/3" or "2/3"' in body
+    # 11 runs x 10 s of training + 5 distillations (3 + 2 cell-seeds) x 5 s
+    assert f"({11 * 10 + 5 * 5:,} s)" in body
+    section = body.split("### Soft labels, average IPC 10 (40 images), uniform")[1]
+    section = section.split("###")[0]
+    assert "| ddoq-1 | - | - | 0 | - | - | - | - |" in section  # missing method
+    assert (
+        "| d4m | 61.0 +- 0.6 | 41.0 +- 0.6 | 3 | 100 | 0.5 / 0.6 / 0.7 / 0.8 | 1 / 1 / 1 / 1"
+        in (section)
+    )
+    assert "| random | 61.0 +- 0.6 | 41.0 +- 0.6 | 3 | 100 | - | - | 10 10 10 10 |" in section
+    assert "| ddoq-0.5 - d4m | +2.00 +- 0.00 | wins | +2.00 +- 0.00 | wins | 3 |" in section
+    assert "| ddoq-1 - d4m | - | n/a | - | n/a | 0 |" in section
+    assert "7 9 8 16" in body and "### Hard labels, average IPC 50 (200 images), allocated" in body
+    assert "| 10 | d4m | +0.00 +- 0.00 | tie |" in body  # allocated - uniform, 2 seeds
+    text = (tmp_path / "B.md").read_text()
+    assert "<!-- BEGIN elpv -->" in text and "](elpv.png)" in text
+    assert (tmp_path / "elpv.png").stat().st_size > 1000
+    assert "0 of 160 runs" in regimes.elpv_report([], planned, "(no plot)", tmp_path)
+
+
+def test_the_elpv_section_names_what_to_train_when_the_prior_is_missing(
+    regimes, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(regimes, "prior_dir_for", lambda dataset: tmp_path / "prior")
+    monkeypatch.setattr(regimes, "teacher_dir_for", lambda dataset: tmp_path / "teacher")
+    with pytest.raises(SystemExit, match="ddoq train-prior --dataset elpv.*ddoq train-teacher"):
+        regimes.elpv_folders()
+    (tmp_path / "prior").mkdir()
+    (tmp_path / "prior" / "ddoq_prior.json").write_text("{}")
+    with pytest.raises(SystemExit) as err:
+        regimes.elpv_folders()
+    assert "train-prior" not in str(err.value) and "train-teacher" in str(err.value)
+    (tmp_path / "teacher").mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (tmp_path / "teacher" / f).write_text("{}")
+    assert regimes.elpv_folders() == (tmp_path / "prior", tmp_path / "teacher")

@@ -1,8 +1,9 @@
 """Where the weights help: the regime study's findings, as BENCHMARKS.md records them.
 
-Shows the sections written by `benchmarks/regimes.py` (the study, and its cross-
-architecture table) from the repository's BENCHMARKS.md, with their plots. Nothing is
-computed here; rerun the script to refresh them.
+Shows the sections written by `benchmarks/regimes.py` (the study on the digits, its
+cross-architecture table, and the study on a real dataset of unequal classes, ELPV) and by
+`benchmarks/converged.py` (the converged protocol) from the repository's BENCHMARKS.md,
+with their plots. Nothing is computed here; rerun the scripts to refresh them.
 """
 
 import re
@@ -11,15 +12,16 @@ from pathlib import Path
 import streamlit as st
 
 ROOT = Path(__file__).resolve().parents[3]  # a checkout (ddoq/ui/app_pages/findings.py)
-SECTIONS = ("regimes", "regimes-cross-arch")
+SECTIONS = ("regimes", "regimes-cross-arch", "converged", "elpv")
 HEADING_NOTE = re.compile(r"\s*\(regime study, issue \d+\)")
 IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<path>[^)]+)\)\s*$")
 
 st.title("Where do the weights help?")
 st.caption(
     "DDOQ (centroids weighted by their cell masses) against D4M (the same centroids, "
-    "uniform weights) across data, label and training regimes on the embedded digits: "
-    "the study `benchmarks/regimes.py` made, as the repository's BENCHMARKS.md records it."
+    "uniform weights) across data, label and training regimes on the embedded digits, and "
+    "on real solar-cell images of four unequal classes (ELPV), with per-class budgets: the "
+    "study `benchmarks/regimes.py` made, as the repository's BENCHMARKS.md records it."
 )
 source = ROOT / "BENCHMARKS.md"
 text = source.read_text() if source.is_file() else ""
