@@ -215,7 +215,7 @@ def test_wasserstein_page_table_curve_and_pushforward_note():
     assert not at.exception
     assert len(at.session_state["w2_curve"]["curve"]) == 7
     assert len(_charts(at)) == 2
-    if at.session_state["s_prior"] == "embedded" and not any(
+    if at.session_state["s_prior"] in ("auto", "embedded") and not any(
         "could not be loaded" in i.value for i in at.info
     ):
         at.button(key="w2_push").click().run()

@@ -86,8 +86,9 @@ def _captions(at: AppTest) -> str:
 
 
 def test_options_and_decode_modes():
-    assert prior_options(None) == ["embedded", PRIOR_FOLDER, PIXELS]
+    assert prior_options(None) == ["auto", "embedded", PRIOR_FOLDER, PIXELS]
     assert prior_options("/t", ["org/a", "/t", "embedded"]) == [
+        "auto",
         "embedded",
         "/t",
         "org/a",
@@ -104,11 +105,34 @@ def test_options_and_decode_modes():
 def test_picker_is_in_the_sidebar_and_a_bad_folder_is_one_line():
     at = _open()
     picker = at.sidebar.selectbox(key="w_s_prior")
-    assert picker.label == "Prior" and picker.options == ["embedded", PRIOR_FOLDER, PIXELS]
+    assert picker.label == "Prior"
+    assert picker.options == ["auto: embedded", "embedded", PRIOR_FOLDER, PIXELS]
+    assert picker.value == "auto"  # the default, as the CLI's --prior auto
     at = _open(s_prior=PRIOR_FOLDER, s_prior_folder="/no/such/model")
     assert at.sidebar.text_input(key="w_s_prior_folder").value == "/no/such/model"
     errors = [e.value for e in at.sidebar.error]
     assert len(errors) == 1 and "/no/such/model" in errors[0] and "\n" not in errors[0]
+
+
+def test_auto_is_the_default_and_takes_the_prior_trained_for_the_folder(tmp_path):
+    """As ``ddoq distill --prior auto``: the embedded prior until one is trained for the
+    folder, then that one, with nothing to pick."""
+    from ddoq.priors.catalog import prior_dir_for
+    from ddoq.priors.training import config_for_dataset, train_prior
+
+    folder = rgb_folder(tmp_path / "mine", per_class=8, size=32)
+    at = _open(s_source="folder…", s_folder=str(folder))
+    picker = at.sidebar.selectbox(key="w_s_prior")
+    assert picker.value == "auto" and picker.options[0] == "auto: embedded"
+    assert "Computing on prior **embedded**" in _captions(at)
+    config = config_for_dataset(folder, vae_epochs=1, dit_steps=2, limit_per_class=4)
+    trained = train_prior(config).output_dir
+    assert Path(trained) == prior_dir_for(folder)
+    at = _open(s_source="folder…", s_folder=str(folder))  # a new visitor
+    picker = at.sidebar.selectbox(key="w_s_prior")
+    assert picker.value == "auto" and picker.options[0] == "auto: trained for this dataset"
+    assert f"Computing on prior **{trained}**" in _captions(at)
+    assert "32 px RGB" in _captions(at)
 
 
 def test_rgb_folder_follows_the_sd_prior(rgb, sd):

@@ -5,8 +5,8 @@ Diffusion folder typed into the sidebar's prior picker, through Explore (Run), D
 images (the decoded PNG has 3 distinct channels), Wasserstein, Train (a finished run) and
 Distill and export (the zip's images are RGB at the prior's size); then the same folder
 with a prior trained for it from Explore's button, which the picker then uses. Explore
-and Decoded images are screenshotted (kept under $DDOQ_SCREENSHOTS when set: the
-README's colour screenshots come from there).
+and Decoded images are screenshotted (kept under $DDOQ_SCREENSHOTS when set; the
+README's colour screenshots are of a prior trained for its folder, not of this random one).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "AUTO_PRIOR",
     "DEFAULTS",
     "DEVICES",
     "FOLDER",
@@ -42,7 +43,8 @@ __all__ = [
 
 PIXELS = "none (raw pixels)"
 PRIOR_FOLDER = "model folder…"
-PRIORS = ("embedded", PRIOR_FOLDER, PIXELS)  # the options always offered
+AUTO_PRIOR = "auto"  # the prior trained for the dataset, else the embedded one
+PRIORS = (AUTO_PRIOR, "embedded", PRIOR_FOLDER, PIXELS)  # the options always offered
 FOLDER = "folder…"
 UPLOAD = "upload a zip…"
 DEVICES = ("auto", "cpu", "cuda")
@@ -55,7 +57,8 @@ DEFAULTS: dict[str, object] = {
     "s_source": "mnist",  # "mnist", "digits", FOLDER or UPLOAD
     "s_folder": "",  # the folder typed in when s_source is FOLDER
     "s_upload": "",  # the extracted zip's folder when s_source is UPLOAD
-    "s_prior": "embedded",  # "embedded", PIXELS, PRIOR_FOLDER, or a listed prior's source
+    "s_prior": AUTO_PRIOR,  # AUTO_PRIOR, "embedded", PIXELS, PRIOR_FOLDER, or a listed source
+    "s_prior_auto": "embedded",  # what AUTO_PRIOR stands for now (`Choices.resolve_auto`)
     "s_prior_folder": "",  # the model folder typed in when s_prior is PRIOR_FOLDER
     "s_device": "auto",
     "s_class": 0,
@@ -225,9 +228,16 @@ class Choices:
     def prior(self) -> str:
         """The prior's name or folder, or `PIXELS` for none (also while no folder is typed)."""
         choice = str(self.store["s_prior"])
+        if choice == AUTO_PRIOR:
+            return str(self.store.get("s_prior_auto") or "embedded")
         if choice == PRIOR_FOLDER:
             return str(self.store.get("s_prior_folder") or "").strip() or PIXELS
         return choice
+
+    def resolve_auto(self, trained: str | None) -> None:
+        """Let `AUTO_PRIOR` stand for `trained` (the folder of the prior trained for the
+        dataset, as ``ddoq distill --prior auto`` picks it), else for the embedded prior."""
+        self.store["s_prior_auto"] = trained or "embedded"
 
     def choose_prior(self, name: str) -> None:
         """Use the prior `name`: a listed option as is, any other folder as typed in."""
@@ -317,10 +327,10 @@ def describe_skipped(skipped: Sequence[tuple[str, str]], limit: int = 50) -> lis
 
 
 def prior_options(trained: str | None, found: Sequence[str] = ()) -> list[str]:
-    """The prior picker's options: embedded, the prior trained for the dataset (when
-    there is one), the priors found in the caches, a typed folder, raw pixels."""
+    """The prior picker's options: auto (the default), embedded, the prior trained for the
+    dataset (when there is one), the priors found in the caches, a typed folder, raw pixels."""
     listed = [o for o in (trained, *found) if o and o not in PRIORS]
-    return list(dict.fromkeys(["embedded", *listed, PRIOR_FOLDER, PIXELS]))
+    return list(dict.fromkeys([AUTO_PRIOR, "embedded", *listed, PRIOR_FOLDER, PIXELS]))
 
 
 def describe_prior(info) -> str:

@@ -31,6 +31,7 @@ from ddoq.app.compare import ClassPoints, load_class_points
 from ddoq.app.jobs import Job, default_queue
 from ddoq.app.projection import project
 from ddoq.app.state import (
+    AUTO_PRIOR,
     DEVICES,
     FOLDER,
     PIXELS,
@@ -364,6 +365,8 @@ USE_PRIOR = "use_trained_prior"  # a finished prior job's folder, for the picker
 
 
 def _prior_label(option: str, trained: str | None, listed: dict[str, PriorInfo]) -> str:
+    if option == AUTO_PRIOR:
+        return f"auto: {'trained for this dataset' if trained else 'embedded'}"
     if option == trained:
         try:
             return f"trained for this dataset ({describe_prior(prior_info(option))})"
@@ -385,6 +388,7 @@ def prior_sidebar() -> None:
     if st.session_state.get(USE_PRIOR):
         ch.set("s_prior", st.session_state.pop(USE_PRIOR))
     trained = trained_prior(ch.dataset)
+    ch.resolve_auto(trained)
     listed = {i.source: i for i in listed_priors()}
     options = prior_options(trained, list(listed))
     if st.session_state["s_prior"] not in options:  # another dataset's trained prior
@@ -395,7 +399,8 @@ def prior_sidebar() -> None:
         options,
         name="s_prior",
         format_func=lambda o: _prior_label(o, trained, listed),
-        help="The latent space: the embedded MNIST model, a prior trained for this "
+        help="The latent space. auto: the prior trained for this dataset when there is "
+        "one, else the embedded MNIST model. Or: the embedded model, a prior trained for this "
         "dataset, a diffusers model folder (or cached hub id), or raw pixels.",
     )
     if st.session_state["s_prior"] == PRIOR_FOLDER:
