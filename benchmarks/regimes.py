@@ -1394,6 +1394,70 @@ def elpv_tables(records: list[dict], planned: list[tuple]) -> list[tuple[str, st
     return out
 
 
+def elpv_summary(records: list[dict]) -> str:
+    """ "In short": the verdicts of the ELPV cells, counted from the records.
+
+    DDOQ (both alphas) against D4M and allocated against uniform K_c (every method), on
+    accuracy and on balanced accuracy, paired by seed; how often the weighted W2 of a
+    class is below its uniform W2; the best balanced accuracy of any set against the
+    teacher's (trained on the whole train split).
+    """
+    cells = _cells(records, "elpv")
+    if not cells:
+        return "- no runs yet"
+
+    def count(pairs: list[tuple[dict, dict]], field: str) -> str:
+        verdicts = []
+        for a, b in pairs:
+            mean, se, n = paired(_by_seed(a, field), _by_seed(b, field))
+            if n >= 2:
+                verdicts.append(verdict(mean, se))
+        return ", ".join(f"{verdicts.count(v)} {v}" for v in ("wins", "tie", "loses")) + (
+            f" (of {len(verdicts)})"
+        )
+
+    ddoq = [(by[m], by.get("d4m", {})) for by in cells.values() for m in by if "ddoq" in m]
+    budget = []
+    for key, by in cells.items():
+        uniform = cells.get((*key[:4], "uniform"), {}) if key[4] == "allocated" else {}
+        budget += [(by[m], uniform.get(m, {})) for m in by if uniform]
+    w2 = {  # one (weighted, uniform) list pair per cell and seed: its methods share them
+        (key, seed): list(zip(r["w2_weighted"], r["w2_uniform"], strict=True))
+        for key, by in cells.items()
+        for runs in by.values()
+        for seed, r in runs.items()
+        if isinstance(r.get("w2_weighted"), list) and isinstance(r.get("w2_uniform"), list)
+    }
+    below = sum(w < u for pairs in w2.values() for w, u in pairs)
+    total = sum(len(pairs) for pairs in w2.values())
+    best = max(
+        (
+            (statistics.fmean(vals), key, m)
+            for key, by in cells.items()
+            for m, runs in by.items()
+            if (vals := list(_by_seed(runs, "balanced_acc").values()))
+        ),
+        default=None,
+    )
+    recall = next((r["teacher_recall"] for r in records if r.get("teacher_recall")), None)
+    lines = [
+        f"- DDOQ (alpha 0.5 and 1) against D4M, per cell and alpha: accuracy {count(ddoq, 'acc')}; "
+        f"balanced accuracy {count(ddoq, 'balanced_acc')}.",
+        f"- Allocated against uniform K_c (same total), per cell and method: accuracy "
+        f"{count(budget, 'acc')}; balanced accuracy {count(budget, 'balanced_acc')}.",
+        f"- The masses lower a class's latent W2 in {below} of {total} (cell, seed, class) "
+        "triples.",
+    ]
+    if best is not None:
+        score, key, m = best
+        line = f"- Best balanced accuracy of any set: {100 * score:.1f}% ({m}, {_elpv_title(key)})"
+        if recall:
+            teacher = 100 * statistics.fmean(recall)
+            line += f"; the teacher, trained on all of the train split: {teacher:.1f}%"
+        lines.append(line + f"; chance {100 / len(ELPV_CLASSES):.0f}%.")
+    return "\n".join(lines)
+
+
 def elpv_budget_table(records: list[dict]) -> str:
     """Allocated - uniform per method and size, paired by seed (accuracy, balanced)."""
     cells = _cells(records, "elpv")
@@ -1501,6 +1565,11 @@ seeds. W2: latent W2 of each class's training latents to its centroids with the 
 and with uniform weights, mean over seeds, classes in the order 0 / 1/3 / 2/3 / 1 (none for
 random). Differences: paired by seed, in points +- s.e.; "wins" / "loses" beyond 2 s.e.
 
+In short (counted from the records below; "wins" / "loses" beyond 2 s.e., with at least 2
+seeds):
+
+{summary}
+
 ![ELPV accuracy and balanced accuracy per cell]({figure})
 
 {cells}
@@ -1546,6 +1615,7 @@ def elpv_report(records: list[dict], planned: list[tuple], figure: str, results:
         figure=figure,
         cells=cells,
         budget=elpv_budget_table(mine),
+        summary=elpv_summary(mine),
     )
 
 

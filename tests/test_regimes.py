@@ -292,3 +292,16 @@ def test_the_elpv_section_names_what_to_train_when_the_prior_is_missing(
     for f in ("config.json", "model.safetensors"):
         (tmp_path / "teacher" / f).write_text("{}")
     assert regimes.elpv_folders() == (tmp_path / "prior", tmp_path / "teacher")
+
+
+def test_the_elpv_summary_counts_the_verdicts_from_the_records(regimes):
+    summary = regimes.elpv_summary(_elpv_records(regimes, 0.02))
+    # ddoq-0.5 is 2 points above d4m on every seed of the uniform cell (its only pair)
+    assert "accuracy 1 wins, 0 tie, 0 loses (of 1); balanced accuracy 1 wins" in summary
+    # d4m allocated and uniform score the same on their 2 common seeds
+    assert "same total), per cell and method: accuracy 0 wins, 1 tie, 0 loses (of 1)" in summary
+    # 3 + 2 (cell, seed) pairs x 4 classes, every weighted W2 below the uniform one
+    assert "lower a class's latent W2 in 20 of 20 (cell, seed, class)" in summary
+    assert "Best balanced accuracy of any set: 43.0% (ddoq-0.5, Soft labels" in summary
+    assert "the teacher, trained on all of the train split: 38.0%; chance 25%." in summary
+    assert regimes.elpv_summary(_elpv_records(regimes, -0.02)).count("1 loses") == 2
