@@ -1126,6 +1126,54 @@ def write_report(records: list[dict], bench_md: Path, figures: Path, results: Pa
     return body
 
 
+def converged_report(records: list[dict], planned: list[tuple]) -> str:
+    """Section ``regimes-converged``: the headline cells under the base and the converged
+    protocol side by side, and whether each verdict of the base protocol survives."""
+    cells = _cells(records)
+    conv_runs = {
+        record_key(r)
+        for r in records
+        if r["section"] == "regimes" and r.get("variant") == "converged"
+    }
+    done = len(conv_runs & set(planned))
+    rows = []
+    for cell in plan_converged(quick=False):
+        base = cells.get((cell.regime, cell.labels, "base", cell.ipc, "none"), {})
+        conv = cells.get(cell.key()[1:6], {})
+        for m in ("random", "ddoq-0.5", "ddoq-1"):
+            found = []
+            for by in (base, conv):
+                mean, se, n = paired(
+                    _by_seed(by.get(m, {}), "acc"), _by_seed(by.get("d4m", {}), "acc")
+                )
+                found.append((mean, se, n, verdict(mean, se) if n >= 2 else "n/a"))
+            (bm, bs, bn, bv), (cm, cs, cn, cv) = found
+            survives = "-" if "n/a" in (bv, cv) else "yes" if bv == cv else "no"
+            d4m = [fmt_se(list(_by_seed(by.get("d4m", {}), "acc").values())) for by in (base, conv)]
+            base_diff, conv_diff = f"{_diff(bm, bs)} ({bn})", f"{_diff(cm, cs)} ({cn})"
+            rows.append(
+                [cell.regime, cell.labels, cell.ipc, f"{m} - d4m", d4m[0], base_diff, bv,
+                 d4m[1], conv_diff, cv, survives]
+            )  # fmt: skip
+    header = ["regime", "labels", "IPC", "difference", "d4m % base", "base (seeds)", "verdict"]
+    header += ["d4m % converged", "converged (seeds)", "verdict", "survives"]
+    return "\n".join(
+        [
+            "## The headline cells under the converged protocol (regime study, issue 21)",
+            "",
+            f"**{done} of {len(planned)} converged runs of the plan done** (`python "
+            "benchmarks/regimes.py --preset converged --shard 0/2 & ... --shard 1/2`, resumable;"
+            " `--preset converged --report` rewrites this section). The same cells, methods"
+            " and seeds as the base protocol's (about 3,000 image passes), each student trained"
+            " until its held-out loss has not improved for 40 epochs (at most 400; `ddoq train"
+            " --preset converged`). Differences: paired by seed, in points +- s.e.; a verdict"
+            " needs 2 seeds; it survives when both protocols give the same one.",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
+
+
 # ---------------------------------------------------------------- cross-architecture
 
 
@@ -1758,6 +1806,8 @@ def main() -> None:
             print(write_elpv_report(records, bench_md, figures, args.results, planned))
         else:
             print(write_report(records, bench_md, figures, args.results))
+            if converged:
+                write_section("regimes-converged", converged_report(records, planned), bench_md)
         return
     args.results.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -1792,6 +1842,8 @@ def main() -> None:
         print(write_elpv_report(records, bench_md, figures, args.results, planned))
     else:
         print(write_report(records, bench_md, figures, args.results))
+        if converged:
+            write_section("regimes-converged", converged_report(records, planned), bench_md)
     print(f"total {time.perf_counter() - started:.0f} s; records in {args.results}")
 
 

@@ -589,7 +589,7 @@ def test_wasserstein_links_to_the_study_page_which_shows_its_tables_and_plots():
         text_md.split(f"<!-- BEGIN {name} -->")[1]
         .split(f"<!-- END {name} -->")[0]
         .count("](docs/benchmarks/")
-        for name in ("regimes", "regimes-cross-arch", "converged", "elpv")
+        for name in ("regimes", "regimes-cross-arch", "converged", "regimes-converged", "elpv")
         if f"<!-- BEGIN {name} -->" in text_md
     )
     assert section.split("<!-- END regimes -->")[0].count("](docs/benchmarks/") >= 1

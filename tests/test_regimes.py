@@ -305,3 +305,24 @@ def test_the_elpv_summary_counts_the_verdicts_from_the_records(regimes):
     assert "Best balanced accuracy of any set: 43.0% (ddoq-0.5, Soft labels" in summary
     assert "the teacher, trained on all of the train split: 38.0%; chance 25%." in summary
     assert regimes.elpv_summary(_elpv_records(regimes, -0.02)).count("1 loses") == 2
+
+
+def test_the_converged_report_says_which_base_verdicts_survive(regimes):
+    recs = []
+    for variant, gap in (("base", 0.01), ("converged", -0.01)):
+        for seed in range(3):
+            for m, acc in (("d4m", 0.9), ("ddoq-0.5", 0.9 + gap), ("ddoq-1", 0.9 + 0.01)):
+                recs.append({"section": "regimes", "regime": "contam15", "labels": "hard",
+                             "variant": variant, "ipc": 10, "budget": "none", "method": m,
+                             "seed": seed, "acc": acc + 0.001 * seed})  # fmt: skip
+    planned = regimes.planned_runs(regimes.plan_converged(False), [0, 1, 2, 3, 4])
+    body = regimes.converged_report(recs, planned)
+    assert "**9 of 200 converged runs of the plan done**" in body
+    rows = {
+        line.split(" | ")[3]: line for line in body.splitlines() if "| contam15 | hard |" in line
+    }
+    assert rows["ddoq-0.5 - d4m"].endswith(
+        "| wins | 90.1 +- 0.1 | -1.00 +- 0.00 (3) | loses | no |"
+    )
+    assert rows["ddoq-1 - d4m"].endswith("| wins | yes |")
+    assert rows["random - d4m"].endswith("| n/a | - |")  # no random runs: no verdict

@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 ROOT = Path(__file__).resolve().parents[3]  # a checkout (ddoq/ui/app_pages/findings.py)
-SECTIONS = ("regimes", "regimes-cross-arch", "converged", "elpv")
+SECTIONS = ("regimes", "regimes-cross-arch", "converged", "regimes-converged", "elpv")
 HEADING_NOTE = re.compile(r"\s*\(regime study, issue \d+\)")
 IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<path>[^)]+)\)\s*$")
 
