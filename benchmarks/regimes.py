@@ -1572,8 +1572,9 @@ def elpv_plot(records: list[dict], folder: Path, planned: list[tuple]) -> Path |
             ax.axhline(100 / len(ELPV_CLASSES), color="k", lw=0.6, ls="--", label="chance")
         ax.set_ylabel(f"test {name} % (+- 1 s.e.)")
         ax.set_title(f"ELPV, {name}", fontsize=9)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     path = folder / "elpv.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
