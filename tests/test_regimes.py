@@ -326,3 +326,19 @@ def test_the_converged_report_says_which_base_verdicts_survive(regimes):
     )
     assert rows["ddoq-1 - d4m"].endswith("| wins | yes |")
     assert rows["random - d4m"].endswith("| n/a | - |")  # no random runs: no verdict
+
+
+def test_the_regimes_report_reads_only_its_section(regimes):
+    """The records file also holds cross-arch runs (no variant) and ELPV runs: the regimes
+    section's tables, its training-cost table included, leave them out."""
+    base = {"section": "regimes", "regime": "balanced", "labels": "soft", "variant": "base",
+            "ipc": 2, "budget": "none", "acc": 0.9, "train_s": 2.0, "passes": 1000,
+            "w2_weighted": 1.0, "w2_uniform": 2.0}  # fmt: skip
+    recs = [{**base, "method": m, "seed": s} for m in regimes.METHODS for s in range(2)]
+    alone = regimes.report(recs)
+    other = [{"section": "cross-arch", "teacher": "convnet", "student": "convnet",
+              "method": "d4m", "seed": 0, "acc": 0.5, "train_s": 9.0, "passes": 10},
+             {**base, "section": "elpv", "variant": "converged", "method": "d4m", "seed": 0,
+              "train_s": 50.0}]  # fmt: skip
+    assert regimes.report(recs + other) == alone
+    assert "| base | 2.00 | 10 |" in alone["times"]  # 2 s / 1000 passes, 10 runs
