@@ -6,6 +6,7 @@ rewrites only that section so scripts can be rerun independently.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -60,6 +61,14 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def load_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a results file, one JSON object a line ([] when it is not there)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:

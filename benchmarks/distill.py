@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _report import machine_line, markdown_table, write_section
+from _report import load_jsonl, machine_line, markdown_table, write_section
 
 from ddoq.data import load_dataset
 from ddoq.distillation.config import DistillConfig
@@ -83,11 +83,7 @@ def fmt_acc(values: list[float]) -> str:
 
 def load_records(paths: list[str]) -> list[dict]:
     """Run records (one JSON object a line) from earlier or parallel invocations."""
-    records = []
-    for path in paths:
-        if Path(path).is_file():
-            records += [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-    return records
+    return [record for path in paths for record in load_jsonl(path)]
 
 
 def key(r: dict) -> tuple:

@@ -75,6 +75,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from _report import load_jsonl as load_records
 from _report import machine_line, markdown_table, write_section
 
 from ddoq.budget import allocate_budget, distortion_curves
@@ -706,12 +707,6 @@ def allocation(study: Study, cell: Cell) -> list[int]:
 # ---------------------------------------------------------------- records and runs
 
 
-def load_records(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def record_key(r: dict) -> tuple:
     return (
         r["section"],
@@ -811,14 +806,19 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.1f} +- {std:.1f} ({len(values)})"
 
 
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (NaN for fewer than 2 values) of `values`."""
+    if len(values) < 2:
+        return statistics.fmean(values), math.nan
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
 def fmt_se(values: list[float]) -> str:
     """Mean +- standard error of fractions, in percent ("-" for none, no s.e. for one)."""
     if not values:
         return "-"
-    mean = 100 * statistics.fmean(values)
-    if len(values) < 2:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} +- {100 * statistics.stdev(values) / math.sqrt(len(values)):.1f}"
+    mean, se = mean_se(values)
+    return f"{100 * mean:.1f}" + ("" if math.isnan(se) else f" +- {100 * se:.1f}")
 
 
 def _cells(
@@ -1142,13 +1142,9 @@ def converged_report(records: list[dict], planned: list[tuple]) -> str:
         base = cells.get((cell.regime, cell.labels, "base", cell.ipc, "none"), {})
         conv = cells.get(cell.key()[1:6], {})
         for m in ("random", "ddoq-0.5", "ddoq-1"):
-            found = []
-            for by in (base, conv):
-                mean, se, n = paired(
-                    _by_seed(by.get(m, {}), "acc"), _by_seed(by.get("d4m", {}), "acc")
-                )
-                found.append((mean, se, n, verdict(mean, se) if n >= 2 else "n/a"))
-            (bm, bs, bn, bv), (cm, cs, cn, cv) = found
+            (bm, bs, bn, bv), (cm, cs, cn, cv) = (
+                _compare(by.get(m, {}), by.get("d4m", {}), "acc") for by in (base, conv)
+            )
             survives = "-" if "n/a" in (bv, cv) else "yes" if bv == cv else "no"
             d4m = [fmt_se(list(_by_seed(by.get("d4m", {}), "acc").values())) for by in (base, conv)]
             base_diff, conv_diff = f"{_diff(bm, bs)} ({bn})", f"{_diff(cm, cs)} ({cn})"
@@ -1373,13 +1369,20 @@ def _by_seed(runs: dict[int, dict], field: str) -> dict[int, float]:
     return {s: r[field] for s, r in runs.items() if r.get(field) is not None}
 
 
+def _compare(a: dict[int, dict], b: dict[int, dict], field: str) -> tuple[float, float, int, str]:
+    """`field` of runs `a` minus runs `b`, paired by seed: mean, s.e., seeds and `verdict`
+    ("n/a" below 2 seeds in common, where the s.e. is NaN)."""
+    mean, se, n = paired(_by_seed(a, field), _by_seed(b, field))
+    return mean, se, n, verdict(mean, se)
+
+
 def _paired_row(a: dict[int, dict], b: dict[int, dict]) -> list:
-    """a - b paired by seed (`paired`, `verdict`): accuracy, verdict, balanced, verdict, seeds."""
+    """a - b paired by seed (`_compare`): accuracy, verdict, balanced, verdict, seeds."""
     row: list = []
     for field in ("acc", "balanced_acc"):
-        mean, se, n = paired(_by_seed(a, field), _by_seed(b, field))
-        row += [_diff(mean, se), verdict(mean, se) if n else "n/a"]
-    return row + [len(set(_by_seed(a, "acc")) & set(_by_seed(b, "acc")))]
+        mean, se, _, said = _compare(a, b, field)
+        row += [_diff(mean, se), said]
+    return row + [_compare(a, b, "acc")[2]]
 
 
 def elpv_tables(records: list[dict], planned: list[tuple]) -> list[tuple[str, str]]:
@@ -1443,6 +1446,11 @@ def elpv_tables(records: list[dict], planned: list[tuple]) -> list[tuple[str, st
     return out
 
 
+def _teacher_recall(records: list[dict]) -> list[float]:
+    """The teacher's per-class recall from the first record that has it (older ones do not)."""
+    return next((r["teacher_recall"] for r in records if r.get("teacher_recall")), [])
+
+
 def elpv_summary(records: list[dict]) -> str:
     """ "In short": the verdicts of the ELPV cells, counted from the records.
 
@@ -1456,20 +1464,13 @@ def elpv_summary(records: list[dict]) -> str:
         return "- no runs yet"
 
     def count(pairs: list[tuple[dict, dict]], field: str) -> str:
-        verdicts = []
-        for a, b in pairs:
-            mean, se, n = paired(_by_seed(a, field), _by_seed(b, field))
-            if n >= 2:
-                verdicts.append(verdict(mean, se))
+        verdicts = [said for a, b in pairs if (said := _compare(a, b, field)[3]) != "n/a"]
         return ", ".join(f"{verdicts.count(v)} {v}" for v in ("wins", "tie", "loses")) + (
             f" (of {len(verdicts)})"
         )
 
     ddoq = [(by[m], by.get("d4m", {})) for by in cells.values() for m in by if "ddoq" in m]
-    budget = []
-    for key, by in cells.items():
-        uniform = cells.get((*key[:4], "uniform"), {}) if key[4] == "allocated" else {}
-        budget += [(by[m], uniform.get(m, {})) for m in by if uniform]
+    budget = [(alloc, uniform) for _, _, alloc, uniform in _budget_pairs(cells)]
     w2 = {  # one (weighted, uniform) list pair per cell and seed: its methods share them
         (key, seed): list(zip(r["w2_weighted"], r["w2_uniform"], strict=True))
         for key, by in cells.items()
@@ -1488,7 +1489,7 @@ def elpv_summary(records: list[dict]) -> str:
         ),
         default=None,
     )
-    recall = next((r["teacher_recall"] for r in records if r.get("teacher_recall")), None)
+    recall = _teacher_recall(records)
     lines = [
         f"- DDOQ (alpha 0.5 and 1) against D4M, per cell and alpha: accuracy {count(ddoq, 'acc')}; "
         f"balanced accuracy {count(ddoq, 'balanced_acc')}.",
@@ -1507,18 +1508,23 @@ def elpv_summary(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _budget_pairs(cells: dict) -> list[tuple[tuple, str, dict, dict]]:
+    """(allocated cell key, method, its runs, the runs of the uniform cell of the same labels
+    and total) for every method of every allocated cell, in `_elpv_order`."""
+    return [
+        (key, m, cells[key].get(m, {}), cells.get((*key[:4], "uniform"), {}).get(m, {}))
+        for key in sorted((k for k in cells if k[4] == "allocated"), key=_elpv_order)
+        for m in CONVERGED_METHODS + tuple(sorted(set(cells[key]) - set(CONVERGED_METHODS)))
+    ]
+
+
 def elpv_budget_table(records: list[dict]) -> str:
     """Allocated - uniform per method and size, paired by seed (accuracy, balanced)."""
-    cells = _cells(records, "elpv")
     rows = []
-    for labels, ipc in sorted({(k[1], k[3]) for k in cells}, key=lambda t: (t[0] != "hard", t[1])):
-        pair = [k for k in cells if (k[1], k[3]) == (labels, ipc)]
-        uni = next((cells[k] for k in pair if k[4] == "uniform"), {})
-        alloc = next((cells[k] for k in pair if k[4] == "allocated"), {})
-        for m in CONVERGED_METHODS:
-            row = _paired_row(alloc.get(m, {}), uni.get(m, {}))
-            if row[-1]:
-                rows.append([labels, ipc // len(ELPV_CLASSES), m, *row])
+    for key, m, alloc, uniform in _budget_pairs(_cells(records, "elpv")):
+        row = _paired_row(alloc, uniform)
+        if row[-1]:
+            rows.append([key[1], key[3] // len(ELPV_CLASSES), m, *row])
     if not rows:
         return "- no size has both splits with seeds in common yet"
     return markdown_table(
@@ -1559,10 +1565,10 @@ def elpv_plot(records: list[dict], folder: Path, planned: list[tuple]) -> Path |
             for i, key in enumerate(keys):
                 vals = list(_by_seed(cells.get(key, {}).get(m, {}), field).values())
                 if vals:
+                    mean, se = mean_se(vals)
                     xs.append(i + j * width)
-                    ys.append(100 * statistics.fmean(vals))
-                    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                    es.append(100 * sd / math.sqrt(len(vals)))
+                    ys.append(100 * mean)
+                    es.append(0.0 if math.isnan(se) else 100 * se)
             if xs:
                 ax.bar(xs, ys, width, yerr=es, capsize=2, label=m)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))])
@@ -1637,7 +1643,7 @@ def elpv_report(records: list[dict], planned: list[tuple], figure: str, results:
     first = mine[0] if mine else {}
     teacher_acc = first.get("teacher_acc")
     secs = compute_seconds(mine)
-    recall = next((r["teacher_recall"] for r in mine if r.get("teacher_recall")), [])
+    recall = _teacher_recall(mine)
     blind = [c for c, r in zip(ELPV_CLASSES, recall, strict=False) if r < 0.1]
     cells = "\n\n".join(f"### {title}\n\n{body}" for title, body in elpv_tables(mine, planned))
     return ELPV_BODY.format(

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import machine_line, markdown_table, write_section
+from _report import load_jsonl, machine_line, markdown_table, write_section
 from PIL import Image
+
+from ddoq._io import atomic_write
 
 CLASSES = ("disc", "stripes", "checks")
 RESULTS = Path(__file__).resolve().parent / "results" / "train_prior.jsonl"
@@ -170,21 +172,13 @@ def main() -> None:
         print(body)
         return
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     row = full_run(args)
-    records = [r for r in _records() if r["data"] != row["data"]] + [row]
-    tmp_path = RESULTS.with_suffix(".tmp")
-    tmp_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp_path.replace(RESULTS)
+    records = [r for r in load_jsonl(RESULTS) if r["data"] != row["data"]] + [row]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(RESULTS, lambda f: f.write(text.encode()))
     body = report(records)
     write_section("train-prior", body)
     print(body)
-
-
-def _records() -> list[dict]:
-    if not RESULTS.is_file():
-        return []
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
 
 
 def full_run(args: argparse.Namespace) -> dict:
