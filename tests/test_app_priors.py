@@ -114,6 +114,25 @@ def test_picker_is_in_the_sidebar_and_a_bad_folder_is_one_line():
     assert len(errors) == 1 and "/no/such/model" in errors[0] and "\n" not in errors[0]
 
 
+def test_auto_stands_for_the_prior_trained_for_the_dataset_in_use_now():
+    from ddoq.app.state import Choices
+
+    trained = {"/data/photos": "/cache/priors/photos-1"}
+    ch = Choices({}, trained.get)
+    ch.init()
+    assert ch.store["s_prior"] == "auto" and ch.prior == "embedded"  # mnist: none trained
+    ch.choose_dataset("/data/photos")
+    assert ch.prior == "/cache/priors/photos-1"  # at once, with no rerun in between
+    ch.choose_dataset("/data/other")
+    assert ch.prior == "embedded"
+    ch.choose_prior("embedded")
+    ch.choose_dataset("/data/photos")
+    assert ch.prior == "embedded"  # a prior picked by name stays picked
+    plain = Choices(dict(ch.store))
+    plain.choose_prior("auto")
+    assert plain.prior == "embedded"  # without a lookup, auto is the embedded prior
+
+
 def test_auto_is_the_default_and_takes_the_prior_trained_for_the_folder(tmp_path):
     """As ``ddoq distill --prior auto``: the embedded prior until one is trained for the
     folder, then that one, with nothing to pick."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +58,6 @@ DEFAULTS: dict[str, object] = {
     "s_folder": "",  # the folder typed in when s_source is FOLDER
     "s_upload": "",  # the extracted zip's folder when s_source is UPLOAD
     "s_prior": AUTO_PRIOR,  # AUTO_PRIOR, "embedded", PIXELS, PRIOR_FOLDER, or a listed source
-    "s_prior_auto": "embedded",  # what AUTO_PRIOR stands for now (`Choices.resolve_auto`)
     "s_prior_folder": "",  # the model folder typed in when s_prior is PRIOR_FOLDER
     "s_device": "auto",
     "s_class": 0,
@@ -168,10 +167,16 @@ class Choices:
     ----------
     store : MutableMapping
         ``st.session_state`` in the app, any mutable mapping elsewhere.
+    trained_prior : Callable[[str], str | None] | None
+        the folder of the prior trained for a dataset, or None when there is none: what
+        `AUTO_PRIOR` stands for (None: auto is always the embedded prior).
     """
 
-    def __init__(self, store: MutableMapping) -> None:
+    def __init__(
+        self, store: MutableMapping, trained_prior: Callable[[str], str | None] | None = None
+    ) -> None:
         self.store = store
+        self._trained_prior = trained_prior
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -228,16 +233,13 @@ class Choices:
     def prior(self) -> str:
         """The prior's name or folder, or `PIXELS` for none (also while no folder is typed)."""
         choice = str(self.store["s_prior"])
-        if choice == AUTO_PRIOR:
-            return str(self.store.get("s_prior_auto") or "embedded")
+        if choice == AUTO_PRIOR:  # as ``ddoq distill --prior auto``, for the dataset in use now
+            dataset = self.dataset
+            trained = self._trained_prior(dataset) if self._trained_prior and dataset else None
+            return trained or "embedded"
         if choice == PRIOR_FOLDER:
             return str(self.store.get("s_prior_folder") or "").strip() or PIXELS
         return choice
-
-    def resolve_auto(self, trained: str | None) -> None:
-        """Let `AUTO_PRIOR` stand for `trained` (the folder of the prior trained for the
-        dataset, as ``ddoq distill --prior auto`` picks it), else for the embedded prior."""
-        self.store["s_prior_auto"] = trained or "embedded"
 
     def choose_prior(self, name: str) -> None:
         """Use the prior `name`: a listed option as is, any other folder as typed in."""

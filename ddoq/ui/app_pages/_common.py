@@ -63,7 +63,7 @@ torch.set_num_threads(max(1, int(os.environ.get("DDOQ_APP_THREADS", "1"))))
 
 def choices() -> Choices:
     """This browser session's choices (`ddoq.app.state.Choices` over st.session_state)."""
-    return Choices(st.session_state)
+    return Choices(st.session_state, trained_prior)
 
 
 def keep_settings() -> None:
@@ -388,7 +388,6 @@ def prior_sidebar() -> None:
     if st.session_state.get(USE_PRIOR):
         ch.set("s_prior", st.session_state.pop(USE_PRIOR))
     trained = trained_prior(ch.dataset)
-    ch.resolve_auto(trained)
     listed = {i.source: i for i in listed_priors()}
     options = prior_options(trained, list(listed))
     if st.session_state["s_prior"] not in options:  # another dataset's trained prior
