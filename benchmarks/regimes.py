@@ -1127,48 +1127,195 @@ def write_report(records: list[dict], bench_md: Path, figures: Path, results: Pa
     return body
 
 
-def converged_report(records: list[dict], planned: list[tuple]) -> str:
-    """Section ``regimes-converged``: the headline cells under the base and the converged
-    protocol side by side, and whether each verdict of the base protocol survives."""
+def _converged_rows(records: list[dict]) -> list[dict]:
+    """Per headline cell and method against D4M: the base and the converged protocol's
+    paired differences, verdicts and D4M accuracies (``converged_report``, the plot)."""
     cells = _cells(records)
-    conv_runs = {
-        record_key(r)
-        for r in records
-        if r["section"] == "regimes" and r.get("variant") == "converged"
-    }
-    done = len(conv_runs & set(planned))
     rows = []
     for cell in plan_converged(quick=False):
-        base = cells.get((cell.regime, cell.labels, "base", cell.ipc, "none"), {})
-        conv = cells.get(cell.key()[1:6], {})
+        by = {
+            "base": cells.get((cell.regime, cell.labels, "base", cell.ipc, "none"), {}),
+            "converged": cells.get(cell.key()[1:6], {}),
+        }
         for m in ("random", "ddoq-0.5", "ddoq-1"):
-            (bm, bs, bn, bv), (cm, cs, cn, cv) = (
-                _compare(by.get(m, {}), by.get("d4m", {}), "acc") for by in (base, conv)
+            row: dict = {"cell": cell, "method": m}
+            for proto, runs in by.items():
+                row[proto] = _compare(runs.get(m, {}), runs.get("d4m", {}), "acc")
+                row[proto + "_d4m"] = list(_by_seed(runs.get("d4m", {}), "acc").values())
+                row[proto + "_acc"] = list(_by_seed(runs.get(m, {}), "acc").values())
+            bv, cv = row["base"][3], row["converged"][3]
+            row["survives"] = "-" if "n/a" in (bv, cv) else "yes" if bv == cv else "no"
+            rows.append(row)
+    return rows
+
+
+def converged_summary(rows: list[dict]) -> str:
+    """Which verdicts of the base protocol survive the converged one, counted from `rows`."""
+    both = [r for r in rows if r["survives"] != "-"]
+    if not both:
+        return "- no cell has both protocols yet"
+
+    def name(r: dict) -> str:
+        c = r["cell"]
+        return f"{r['method']} {c.regime} {c.labels} IPC {c.ipc}"
+
+    def changes(rs: list[dict]) -> str:
+        return (
+            "; ".join(
+                f"{name(r)} ({r['base'][3]} -> {r['converged'][3]}, {_diff(*r['converged'][:2])})"
+                for r in rs
             )
-            survives = "-" if "n/a" in (bv, cv) else "yes" if bv == cv else "no"
-            d4m = [fmt_se(list(_by_seed(by.get("d4m", {}), "acc").values())) for by in (base, conv)]
-            base_diff, conv_diff = f"{_diff(bm, bs)} ({bn})", f"{_diff(cm, cs)} ({cn})"
-            rows.append(
-                [cell.regime, cell.labels, cell.ipc, f"{m} - d4m", d4m[0], base_diff, bv,
-                 d4m[1], conv_diff, cv, survives]
-            )  # fmt: skip
+            or "none"
+        )
+
+    out = []
+    for label, rs in (("DDOQ - D4M", [r for r in both if r["method"] != "random"]),
+                      ("random - D4M", [r for r in both if r["method"] == "random"])):  # fmt: skip
+        same = [r for r in rs if r["survives"] == "yes"]
+        changed = [r for r in rs if r["survives"] == "no"]
+        kept = ", ".join(
+            f"{n} {v}" for v in ("wins", "tie", "loses")
+            if (n := sum(r["base"][3] == v for r in same))
+        ) or "none"  # fmt: skip
+        out.append(
+            f"- **{label}**: {len(same)} of {len(rs)} verdicts survive ({kept}); changed: "
+            f"{changes(changed)}."
+        )
+    d4m = [
+        (statistics.fmean(r["base_d4m"]), statistics.fmean(r["converged_d4m"]))
+        for r in rows
+        if r["method"] == "ddoq-0.5" and r["base_d4m"] and r["converged_d4m"]
+    ]
+    if d4m:
+        gains = [100 * (c - b) for b, c in d4m]
+        out.append(
+            f"- **D4M's own accuracy** moves by {min(gains):+.1f} to {max(gains):+.1f} points "
+            f"from the base to the converged protocol over {len(d4m)} cells (mean "
+            f"{statistics.fmean(gains):+.1f})."
+        )
+    return "\n".join(out)
+
+
+def converged_plot(rows: list[dict], folder: Path) -> Path | None:
+    """DDOQ - D4M per headline cell under both protocols (+- 2 s.e.), and D4M's and random's
+    accuracy under both (+- 1 s.e.): ``folder/regimes_converged.png``. One colour per
+    method; the base protocol pale, the converged one hatched."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is pinned in requirements.txt
+        print("matplotlib is not installed: no plots")
+        return None
+    if not any(r["converged"][2] for r in rows):
+        return None
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    row = {(r["cell"], r["method"]): r for r in rows}
+
+    def difference(cell: Cell, m: str, proto: str) -> tuple[float, float, int]:
+        mean, se, n, _ = row[(cell, m)][proto]
+        return 100 * mean, 0.0 if math.isnan(se) else 200 * se, n
+
+    def accuracy(cell: Cell, m: str, proto: str) -> tuple[float, float, int]:
+        vals = row[(cell, "random")][proto + ("_d4m" if m == "d4m" else "_acc")]
+        if not vals:
+            return math.nan, 0.0, 0
+        mean, se = mean_se(vals)
+        return 100 * mean, 0.0 if math.isnan(se) else 100 * se, len(vals)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, 1, figsize=(12, 7.5))
+    panels = (
+        (axes[0], difference, ("ddoq-0.5", "ddoq-1"), " - d4m", "points (+- 2 s.e., by seed)"),
+        (axes[1], accuracy, ("d4m", "random"), "", "test accuracy % (+- 1 s.e.)"),
+    )
+    colours = {"ddoq-0.5": "C0", "ddoq-1": "C2", "d4m": "C1", "random": "C7"}
+    width = 0.8 / 4
+    for ax, value, methods, suffix, ylabel in panels:
+        series = [(m, p) for m in methods for p in ("base", "converged")]
+        for j, (m, proto) in enumerate(series):
+            pts = [(i, *value(c, m, proto)) for i, c in enumerate(cells)]
+            pts = [p for p in pts if p[3]]
+            if pts:
+                ax.bar([i + j * width for i, *_ in pts], [p[1] for p in pts], width,
+                       yerr=[p[2] for p in pts], capsize=2, color=colours[m],
+                       alpha=0.45 if proto == "base" else 1.0,
+                       hatch="//" if proto == "converged" else None,
+                       label=f"{m}{suffix}, {proto}")  # fmt: skip
+        ax.set_ylabel(ylabel)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cells))])
+        ax.set_xticklabels([f"{c.regime}\n{c.labels}\nIPC {c.ipc}" for c in cells], fontsize=8)
+        ax.legend(fontsize=7, ncol=2)
+    axes[0].axhline(0, color="k", lw=0.6)
+    axes[0].set_title("DDOQ minus D4M, base and converged protocol", fontsize=9)
+    axes[1].set_ylim(50, 100)
+    axes[1].set_title("D4M and random real images", fontsize=9)
+    fig.tight_layout()
+    path = folder / "regimes_converged.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def converged_report(records: list[dict], planned: list[tuple], figure: str = "(no plot)") -> str:
+    """Section ``regimes-converged``: the headline cells under the base and the converged
+    protocol side by side, and whether each verdict of the base protocol survives."""
+    conv = [r for r in records if r["section"] == "regimes" and r.get("variant") == "converged"]
+    done = len({record_key(r) for r in conv} & set(planned))
+    secs = compute_seconds(conv)
+    rows = _converged_rows(records)
+    table = []
+    for r in rows:
+        c = r["cell"]
+        (bm, bs, bn, bv), (cm, cs, cn, cv) = r["base"], r["converged"]
+        table.append(
+            [c.regime, c.labels, c.ipc, f"{r['method']} - d4m", fmt_se(r["base_d4m"]),
+             f"{_diff(bm, bs)} ({bn})", bv, fmt_se(r["converged_d4m"]),
+             f"{_diff(cm, cs)} ({cn})", cv, r["survives"]]
+        )  # fmt: skip
     header = ["regime", "labels", "IPC", "difference", "d4m % base", "base (seeds)", "verdict"]
     header += ["d4m % converged", "converged (seeds)", "verdict", "survives"]
     return "\n".join(
         [
             "## The headline cells under the converged protocol (regime study, issue 21)",
             "",
-            f"**{done} of {len(planned)} converged runs of the plan done** (`python "
-            "benchmarks/regimes.py --preset converged --shard 0/2 & ... --shard 1/2`, resumable;"
-            " `--preset converged --report` rewrites this section). The same cells, methods"
-            " and seeds as the base protocol's (about 3,000 image passes), each student trained"
-            " until its held-out loss has not improved for 40 epochs (at most 400; `ddoq train"
-            " --preset converged`). Differences: paired by seed, in points +- s.e.; a verdict"
-            " needs 2 seeds; it survives when both protocols give the same one.",
+            machine_line(),
             "",
-            markdown_table(header, rows),
+            f"**{done} of {len(planned)} converged runs of the plan done**"
+            + (f" ({len(planned) - done} to go)" if done < len(planned) else "")
+            + f". Compute: {secs / 3600:.1f} h ({secs:,.0f} s: training, plus each cell and"
+            " seed's distillation once). Re-run: `python benchmarks/regimes.py --preset"
+            " converged --shard 0/2 & ... --shard 1/2` (resumable; `--preset converged"
+            " --report` rewrites this section and `docs/benchmarks/regimes_converged.png`)."
+            " The same cells, methods and seeds as the base protocol's (about 3,000 image"
+            " passes), each student trained until its held-out loss has not improved for"
+            f" {PRESETS['converged']['patience']} epochs (at most"
+            f" {PRESETS['converged']['epochs']}; `ddoq train --preset converged`). Differences:"
+            ' paired by seed, in points +- s.e.; a verdict needs 2 seeds ("wins" / "loses"'
+            " beyond 2 s.e.); it survives when both protocols give the same one. The base"
+            " protocol never ran balanced hard IPC 50.",
+            "",
+            "In short (counted from the table):",
+            "",
+            converged_summary(rows),
+            "",
+            f"![DDOQ minus D4M under both protocols, and D4M's accuracy]({figure})",
+            "",
+            markdown_table(header, table),
         ]
     )
+
+
+def write_converged_report(
+    records: list[dict], bench_md: Path, figures: Path, planned: list[tuple]
+) -> str:
+    """Plot, render and write the section ``regimes-converged`` of `bench_md`."""
+    path = converged_plot(_converged_rows(records), figures)
+    figure = _link([path] if path else [], "regimes_converged.png", bench_md)
+    body = converged_report(records, planned, figure)
+    write_section("regimes-converged", body, path=bench_md)
+    return body
 
 
 # ---------------------------------------------------------------- cross-architecture
@@ -1815,7 +1962,7 @@ def main() -> None:
         else:
             print(write_report(records, bench_md, figures, args.results))
             if converged:
-                write_section("regimes-converged", converged_report(records, planned), bench_md)
+                print(write_converged_report(records, bench_md, figures, planned))
         return
     args.results.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -1851,7 +1998,7 @@ def main() -> None:
     else:
         print(write_report(records, bench_md, figures, args.results))
         if converged:
-            write_section("regimes-converged", converged_report(records, planned), bench_md)
+            print(write_converged_report(records, bench_md, figures, planned))
     print(f"total {time.perf_counter() - started:.0f} s; records in {args.results}")
 
 

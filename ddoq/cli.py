@@ -770,6 +770,12 @@ def _add_train_teacher(subparsers) -> None:
     p.add_argument(
         "--limit-per-class", type=int, help="train on at most this many images per class"
     )
+    p.add_argument(
+        "--balanced",
+        action="store_true",
+        help="weight each class's images so that every class counts the same in the loss "
+        "(N / (C N_c)); for unequal classes, whose small ones a plain teacher may never predict",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
     _add_common(p)
     p.set_defaults(func=_cmd_train_teacher)
@@ -795,6 +801,7 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
         limit_per_class=args.limit_per_class,
         seed=args.seed,
         device=args.device,
+        balanced=args.balanced,
     ).check()
     report = train_teacher(config, args.out, progress=not args.quiet)
     names = report.class_names or []
@@ -804,6 +811,13 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
         f"{report.test_images} images of {len(names)} classes ({shown}); trained on "
         f"{report.train_images} images in {report.seconds:.0f} s"
     )
+    recall = report.recall or []
+    if report.balanced_accuracy is not None and len(recall) <= 20:
+        per_class = ", ".join(f"{n} {100 * r:.0f}%" for n, r in zip(names, recall, strict=True))
+        print(f"balanced accuracy {report.balanced_accuracy:.4f}; recall per class: {per_class}")
+        never = [n for n, r in zip(names, recall, strict=True) if r == 0]
+        if never and not config.balanced:
+            print(f"it never recognises {', '.join(never)}: for unequal classes, try --balanced")
     return 0
 
 

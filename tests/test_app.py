@@ -583,6 +583,13 @@ def test_wasserstein_links_to_the_study_page_which_shows_its_tables_and_plots():
     section = (Path(APP).parent / "BENCHMARKS.md").read_text().split("<!-- BEGIN regimes -->")[1]
     first_row = next(line for line in section.splitlines() if line.startswith("| balanced |"))
     assert first_row in text
+    # it opens on the README's findings, every paragraph of them
+    readme = (Path(APP).parent / "README.md").read_text().split("## Findings\n")[1]
+    paragraphs = [p for p in readme.split("\n## ")[0].split("\n\n") if p.strip()]
+    assert len(paragraphs) >= 2
+    shown = [m.value for m in at.markdown]
+    assert shown[0] == "**In short** (the README's findings)"
+    assert all(p.strip().split("\n")[0] in shown[1] for p in paragraphs)
     images = [node for node in _walk(at) if getattr(node, "type", None) == "image"]
     text_md = (Path(APP).parent / "BENCHMARKS.md").read_text()
     plots = sum(  # every plot of the sections the page shows

@@ -326,6 +326,26 @@ def test_the_converged_report_says_which_base_verdicts_survive(regimes):
     )
     assert rows["ddoq-1 - d4m"].endswith("| wins | yes |")
     assert rows["random - d4m"].endswith("| n/a | - |")  # no random runs: no verdict
+    # the summary counts the same: ddoq-1 keeps its win, ddoq-0.5 turns from win to loss
+    assert (
+        "- **DDOQ - D4M**: 1 of 2 verdicts survive (1 wins); changed: ddoq-0.5 contam15 hard"
+        " IPC 10 (wins -> loses, -1.00 +- 0.00)." in body
+    )
+    assert "- **random - D4M**: 0 of 0 verdicts survive (none); changed: none." in body
+    # D4M scored the same under both protocols
+    assert "moves by +0.0 to +0.0 points from the base to the converged protocol over 1" in body
+
+
+def test_the_converged_plot_is_drawn_from_the_converged_runs(regimes, tmp_path):
+    recs = [{"section": "regimes", "regime": "balanced", "labels": "soft", "variant": v,
+             "ipc": 2, "budget": "none", "method": m, "seed": s, "acc": 0.8 + 0.01 * s}
+            for v in ("base", "converged") for m in regimes.CONVERGED_METHODS
+            for s in range(2)]  # fmt: skip
+    rows = regimes._converged_rows(recs)
+    assert regimes.converged_plot(rows, tmp_path) == tmp_path / "regimes_converged.png"
+    assert (tmp_path / "regimes_converged.png").stat().st_size > 0
+    without = [r for r in recs if r["variant"] == "base"]
+    assert regimes.converged_plot(regimes._converged_rows(without), tmp_path / "no") is None
 
 
 def test_the_regimes_report_reads_only_its_section(regimes):

@@ -5,6 +5,7 @@ On a folder whose classes no teacher knows, the Distill page says so in one line
 in the session, and once it is done the page names the new teacher.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +70,11 @@ def test_train_a_teacher_for_a_folder_from_the_page(folder):
     warning = " ".join(w.value for w in at.warning)
     assert "[one, seven, zero]" in warning and "[0, 1, 2, 3" in warning
     at.number_input(key="dist_teacher_epochs").set_value(3).run()
+    assert at.checkbox(key="dist_teacher_balanced").value is False  # 15 images per class
     at.button(key="dist_teacher_train").click().run()
     assert not at.exception and not at.error
     job = at.session_state["teacher_jobs"][str(folder)]
+    assert job.config.balanced is False
     job.join(120)
     assert job.status == "done", job.error
     assert job.progress == 1.0
@@ -79,6 +82,7 @@ def test_train_a_teacher_for_a_folder_from_the_page(folder):
     assert not at.exception and not at.error and not at.warning
     success = " ".join(s.value for s in at.success)
     assert "held-out accuracy" in success and "3 classes" in success
+    assert f"balanced accuracy {job.report.balanced_accuracy:.1%}" in success
     assert str(teacher_dir_for(folder)) in success
     caption = " ".join(c.value for c in at.caption)
     assert f"Soft labels from {teacher_dir_for(folder)}" in caption
@@ -86,3 +90,26 @@ def test_train_a_teacher_for_a_folder_from_the_page(folder):
     # the Train page of the same session sees it too
     at.switch_page("ddoq/ui/app_pages/train.py").run()
     assert any("trained for this dataset" in c.value for c in at.caption)
+
+
+def test_the_teacher_button_balances_unequal_classes_by_default(folder, tmp_path):
+    """A copy of the folder with 15 / 15 / 5 images: the box is ticked, and the queued
+    teacher is trained with --balanced."""
+    import shutil
+
+    unequal = tmp_path / "unequal"
+    shutil.copytree(folder, unequal)
+    for extra in sorted((unequal / "seven").iterdir())[5:]:
+        extra.unlink()
+    at = _page("ddoq/ui/app_pages/distill.py", str(unequal))
+    assert at.checkbox(key="dist_teacher_balanced").value is True
+    at.number_input(key="dist_teacher_epochs").set_value(1).run()
+    at.button(key="dist_teacher_train").click().run()
+    assert not at.exception and not at.error
+    job = at.session_state["teacher_jobs"][str(unequal)]
+    assert job.config.balanced is True
+    job.join(120)
+    assert job.status == "done", job.error
+    assert json.loads((teacher_dir_for(unequal) / "config.json").read_text())["training"][
+        "balanced"
+    ]

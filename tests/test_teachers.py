@@ -285,3 +285,50 @@ def test_progress_callback_and_bad_settings(env, tmp_path, capsys):
         assert main(["train-teacher", *argv, "--out", str(tmp_path / "x"), "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_class_balanced_weights_are_scikit_learns_balanced_class_weights():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from ddoq.teachers.training import class_balanced_weights
+
+    rng = np.random.default_rng(0)
+    y = rng.choice([0, 1, 3, 4], size=300, p=[0.6, 0.25, 0.1, 0.05])  # class 2 absent
+    expected = compute_class_weight("balanced", classes=np.unique(y), y=y)
+    got = class_balanced_weights(torch.as_tensor(y)).numpy()
+    lookup = dict(zip(np.unique(y), expected, strict=True))
+    np.testing.assert_allclose(got, [lookup[c] for c in y], rtol=1e-6)
+    assert got.mean() == pytest.approx(1.0)
+
+
+def test_a_balanced_teacher_on_unequal_classes_records_recall_and_balanced_accuracy(
+    env, tmp_path, capsys
+):
+    """A folder of 48 threes and 10 eights: --balanced weights the loss, and the recorded
+    per-class recall and balanced accuracy are scikit-learn's on the saved teacher's
+    predictions of the held-out split."""
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    folder = _write_folder(tmp_path / "unequal", ["3"], 48)
+    _write_folder(folder, ["8"], 10)
+    test = load_dataset(folder, "test", image_size=32)
+    outs = {}
+    for balanced in (False, True):
+        out = tmp_path / f"teacher-{balanced}"
+        argv = ["train-teacher", "--dataset", str(folder), "--epochs", "3", "--width", "8"]
+        argv += ["--out", str(out), "--quiet"] + (["--balanced"] if balanced else [])
+        assert main(argv) == 0
+        printed = capsys.readouterr().out
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["training"]["balanced"] is balanced
+        assert ("--balanced" in cfg["command"]) is balanced
+        pred = hard_labels(load_teacher(out), test.images()).numpy()
+        truth = np.asarray(test.targets)
+        metrics = cfg["metrics"]
+        assert metrics["test_balanced_accuracy"] == pytest.approx(
+            balanced_accuracy_score(truth, pred)
+        )
+        np.testing.assert_allclose(metrics["test_recall"], recall_score(truth, pred, average=None))
+        assert f"balanced accuracy {metrics['test_balanced_accuracy']:.4f}" in printed
+        outs[balanced] = (out / "model.safetensors").read_bytes()
+    assert outs[False] != outs[True]  # the weights changed what it learned

@@ -39,7 +39,7 @@ from ddoq.teachers.model import (
     _torchvision_names,
 )
 from ddoq.teachers.selection import teacher_dir_for
-from ddoq.train.loop import AUGMENTATIONS, TrainConfig, augment, evaluate, fit
+from ddoq.train.loop import AUGMENTATIONS, TrainConfig, augment, fit
 
 __all__ = [
     "Progress",
@@ -81,6 +81,11 @@ class TeacherConfig:
         everything is seeded by it.
     limit_per_class : int | None
         train on at most this many images per class (None: all).
+    balanced : bool
+        weight each image's loss by ``N / (C N_c)`` (scikit-learn's
+        ``class_weight="balanced"``, `class_balanced_weights`) so that every class counts the
+        same; for unequal classes, where an unweighted teacher can learn to never predict
+        the small ones.
     device : str
         torch device.
     """
@@ -100,6 +105,7 @@ class TeacherConfig:
     arch: str = "convnet"
     weights: str | None = None
     channels: int | None = None
+    balanced: bool = False
 
     def check(self) -> TeacherConfig:
         """Raise ValueError on an impossible setting; return self."""
@@ -138,6 +144,8 @@ class TeacherReport:
     class_names: list[str] | None = None
     train_images: int = 0
     test_images: int = 0
+    balanced_accuracy: float | None = None
+    recall: list[float] | None = None
 
 
 def _progress_callback(progress: bool | Progress) -> tuple[Progress | None, bool]:
@@ -188,10 +196,12 @@ def train_teacher(
     start = time.perf_counter()
     x_train, y_train = train.images(), torch.as_tensor(train.targets)
     x_test, y_test = test.images(), torch.as_tensor(test.targets)
+    weights = class_balanced_weights(y_train) if config.balanced else None
     fn = _train_convnet if config.arch == "convnet" else _finetune
-    state, accuracy = fn(
-        config, train.num_classes, (x_train, y_train), (x_test, y_test), callback, bar
-    )
+    state, model = fn(config, train.num_classes, (x_train, y_train, weights), callback, bar)
+    accuracy, recall = held_out_scores(model, x_test, y_test, train.num_classes, config.device)
+    present = [r for r, n in zip(recall, torch.bincount(y_test, minlength=len(recall))) if n]
+    balanced_accuracy = sum(present) / len(present)
     seconds = time.perf_counter() - start
     if callback is not None:
         callback(config.epochs, config.epochs, {"test_accuracy": accuracy, "seconds": seconds})
@@ -210,6 +220,8 @@ def train_teacher(
         "training": asdict(config),
         "metrics": {
             "test_accuracy": accuracy,
+            "test_balanced_accuracy": balanced_accuracy,
+            "test_recall": recall,
             "train_seconds": round(seconds, 1),
             "train_images": len(train),
             "test_images": len(test),
@@ -223,8 +235,43 @@ def train_teacher(
         meta["weights_file"] = config.weights
     _write_teacher(out, state, meta)
     return TeacherReport(
-        str(out), float(accuracy), seconds, meta["class_names"], len(train), len(test)
+        str(out),
+        float(accuracy),
+        seconds,
+        meta["class_names"],
+        len(train),
+        len(test),
+        balanced_accuracy,
+        recall,
     )
+
+
+def class_balanced_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Per-image loss weights ``N / (C N_c)`` for image labels `targets` (C: the classes
+    present), scikit-learn's ``compute_class_weight("balanced")`` given to each image; their
+    mean is 1, and every class's weights sum to ``N / C``."""
+    targets = torch.as_tensor(targets).long()
+    counts = torch.bincount(targets).double()
+    present = int((counts > 0).sum())
+    per_class = torch.where(counts > 0, len(targets) / (present * counts.clamp(min=1)), 0.0)
+    return per_class[targets].float()
+
+
+@torch.no_grad()
+def held_out_scores(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: str
+) -> tuple[float, list[float]]:
+    """Top-1 accuracy of `model` on ``images N x C x H x W``, and its recall on each of
+    `num_classes` classes (0.0 for a class with no held-out image)."""
+    model.eval()
+    preds = torch.cat(
+        [model(images[i : i + 500].to(device)).argmax(1).cpu() for i in range(0, len(images), 500)]
+    )
+    labels = torch.as_tensor(labels).long()
+    hits = torch.bincount(labels[preds == labels], minlength=num_classes).double()
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    recall = torch.where(counts > 0, hits / counts.clamp(min=1), 0.0)
+    return float((preds == labels).double().mean()), [float(r) for r in recall]
 
 
 def _command(config: TeacherConfig) -> str:
@@ -239,6 +286,8 @@ def _command(config: TeacherConfig) -> str:
         value = getattr(config, name)
         if value != getattr(d, name) and value is not None:
             parts.append(f"--{name.replace('_', '-')} {value}")
+    if config.balanced:
+        parts.append("--balanced")
     return " ".join(parts)
 
 
@@ -261,12 +310,12 @@ def _write_teacher(out: Path, state: dict[str, torch.Tensor], meta: dict) -> Non
 def _train_convnet(
     config: TeacherConfig,
     num_classes: int,
-    data: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     callback: Progress | None,
     bar: bool,
-) -> tuple[dict[str, torch.Tensor], float]:
-    """The ConvNet teacher via one `ddoq.train.loop.fit` call (progress through `on_epoch`)."""
+) -> tuple[dict[str, torch.Tensor], nn.Module]:
+    """The ConvNet teacher via one `ddoq.train.loop.fit` call (progress through `on_epoch`);
+    ``data``: images, labels and per-image loss weights (None: uniform)."""
     assert config.lr is not None  # (train_teacher sets the arch's default)
     run = TrainConfig(
         student="convnet",
@@ -280,7 +329,7 @@ def _train_convnet(
         seed=config.seed,
         device=config.device,
     )
-    x_train, y_train = data
+    x_train, y_train, weights = data
     on_epoch = None
     if callback is not None:
         start = time.perf_counter()
@@ -294,27 +343,26 @@ def _train_convnet(
         run,
         x_train,
         y_train,
+        weights=weights,
         num_classes=num_classes,
-        test=test,
         progress=bar if callback is None else False,
         on_epoch=on_epoch,
     )
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    assert result.test_accuracy is not None  # (measured on `test`)
-    return state, float(result.test_accuracy)
+    return state, result.model
 
 
 def _finetune(
     config: TeacherConfig,
     num_classes: int,
-    data: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     callback: Progress | None,
     bar: bool,
-) -> tuple[dict[str, torch.Tensor], float]:
-    """A torchvision classifier from `config.weights`, new head, fine-tuned with AdamW."""
+) -> tuple[dict[str, torch.Tensor], nn.Module]:
+    """A torchvision classifier from `config.weights`, new head, fine-tuned with AdamW;
+    ``data`` as `_train_convnet`'s. Returns the state and the model on normalised input."""
     assert config.lr is not None  # (train_teacher sets the arch's default)
-    x_train, y_train = data
+    x_train, y_train, weights = data
     torch.manual_seed(config.seed)
     if config.weights is not None:
         state = _read_state(Path(config.weights).expanduser())
@@ -352,7 +400,8 @@ def _finetune(
         total = 0.0
         for idx in torch.randperm(n, generator=gen).split(config.batch_size):
             x = augment(x_train[idx], mode, gen).to(device)
-            loss = F.cross_entropy(net((x - mean) / std), y_train[idx].to(device))
+            loss = F.cross_entropy(net((x - mean) / std), y_train[idx].to(device), reduction="none")
+            loss = (loss * weights[idx].to(device)).mean() if weights is not None else loss.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -366,6 +415,5 @@ def _finetune(
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return net((x.to(device) - mean) / std)
 
-    accuracy = evaluate(_Normalised(), test[0], test[1], device=device)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    return state, float(accuracy)
+    return state, _Normalised()

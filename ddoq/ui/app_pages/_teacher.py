@@ -39,12 +39,25 @@ def _choice(dataset_name: str) -> tuple[Teacher | None, str | None]:
         return None, str(err)
 
 
-def _config(dataset_name: str, epochs: int) -> TeacherConfig:
-    """What the button trains: the CLI's defaults for `dataset_name`."""
+def _config(dataset_name: str, epochs: int, balanced: bool) -> TeacherConfig:
+    """What the button trains: the CLI's defaults for `dataset_name` (``--balanced`` when
+    asked)."""
     embedded = dataset_name.strip().lower() in EMBEDDED_DATASETS
     return TeacherConfig(
-        dataset=dataset_name, epochs=int(epochs), augment="digits" if embedded else "auto"
+        dataset=dataset_name,
+        epochs=int(epochs),
+        augment="digits" if embedded else "auto",
+        balanced=balanced,
     )
+
+
+def _unequal(dataset_name: str) -> bool:
+    """Whether the dataset's largest train class has over 1.5 times the smallest's images."""
+    try:
+        counts = [n for n in load_dataset(dataset_name, "train").class_counts() if n]
+    except ValueError:
+        return False
+    return bool(counts) and max(counts) > 1.5 * min(counts)
 
 
 def teacher_panel(dataset_name: str, *, key: str = "teacher") -> Teacher | None:
@@ -68,18 +81,29 @@ def teacher_panel(dataset_name: str, *, key: str = "teacher") -> Teacher | None:
         st.caption(f"Soft labels from {teacher.describe()}.")
     else:
         st.warning(f"No teacher for this dataset's classes: {problem}")
-        cols = st.columns([1, 2])
+        cols = st.columns([1, 1, 2])
         epochs = cols[0].number_input(
             "Teacher epochs", 1, 100, 12, key=f"{key}_epochs", disabled=busy
         )
-        if cols[1].button(
+        balanced = cols[1].checkbox(
+            "Balance the classes",
+            value=_unequal(dataset_name),
+            key=f"{key}_balanced",
+            disabled=busy,
+            help="Weight each class's images so every class counts the same in the loss "
+            "(`ddoq train-teacher --balanced`). On by default when the classes are unequal: "
+            "a plain teacher can learn never to predict the small ones.",
+        )
+        if cols[2].button(
             "Train a teacher for this dataset",
             icon=":material/school:",
             disabled=busy,
             key=f"{key}_train",
         ):
             try:
-                job = jobs[dataset_name] = submit(TeacherJob(_config(dataset_name, epochs)))
+                job = jobs[dataset_name] = submit(
+                    TeacherJob(_config(dataset_name, epochs, balanced))
+                )
                 busy = True
             except ValueError as err:
                 st.error(f"Training a teacher: {err}")
@@ -99,10 +123,15 @@ def _job_view(dataset_name: str, busy: bool, key: str) -> None:
             st.caption(f"Last epoch's loss: {job.info['loss']:.3f}")
         if job.report is not None and not job.running:
             r = job.report
+            balanced = (
+                f", balanced accuracy {r.balanced_accuracy:.1%}"
+                if r.balanced_accuracy is not None
+                else ""
+            )
             st.success(
                 f"Trained a teacher for {len(r.class_names or [])} classes: held-out accuracy "
-                f"{r.test_accuracy:.1%} on {r.test_images} images ({r.seconds:.0f} s); "
-                f"saved in `{r.output_dir}`."
+                f"{r.test_accuracy:.1%}{balanced} on {r.test_images} images "
+                f"({r.seconds:.0f} s); saved in `{r.output_dir}`."
             )
         if busy and not job.running:
             st.rerun()  # the job ended: pick the new teacher up on the whole page

@@ -1,6 +1,7 @@
 """Where the weights help: the regime study's findings, as BENCHMARKS.md records them.
 
-Shows the sections written by `benchmarks/regimes.py` (the study on the digits, its
+Opens on the README's "Findings" (the plain statement of what the study found), then
+shows the sections written by `benchmarks/regimes.py` (the study on the digits, its
 cross-architecture table, and the study on a real dataset of unequal classes, ELPV) and by
 `benchmarks/converged.py` (the converged protocol) from the repository's BENCHMARKS.md,
 with their plots. Nothing is computed here; rerun the scripts to refresh them.
@@ -23,6 +24,17 @@ st.caption(
     "on real solar-cell images of four unequal classes (ELPV), with per-class budgets: the "
     "study `benchmarks/regimes.py` made, as the repository's BENCHMARKS.md records it."
 )
+readme = ROOT / "README.md"
+summary = re.search(r"^## Findings\n(.*?)(?=^## )", readme.read_text() if readme.is_file() else "",
+                    re.S | re.M)  # fmt: skip
+if summary:
+    with st.container(border=True):
+        st.markdown("**In short** (the README's findings)")
+        st.markdown(
+            summary.group(1)
+            .replace("[BENCHMARKS.md](BENCHMARKS.md)", "BENCHMARKS.md (below)")
+            .strip()
+        )
 source = ROOT / "BENCHMARKS.md"
 text = source.read_text() if source.is_file() else ""
 shown = 0
