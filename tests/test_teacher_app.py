@@ -58,6 +58,20 @@ def _page(page: str, dataset: str) -> AppTest:
     return at
 
 
+def _train_from_page(at: AppTest, dataset: str, *, epochs: int, balanced: bool):
+    """Click **Train a teacher for this dataset** (the box showing `balanced`, as it opens
+    for the dataset); wait for the queued job and return it."""
+    at.number_input(key="dist_teacher_epochs").set_value(epochs).run()
+    assert at.checkbox(key="dist_teacher_balanced").value is balanced
+    at.button(key="dist_teacher_train").click().run()
+    assert not at.exception and not at.error
+    job = at.session_state["teacher_jobs"][dataset]
+    assert job.config.balanced is balanced
+    job.join(120)
+    assert job.status == "done", job.error
+    return job
+
+
 def test_mnist_names_the_embedded_teacher():
     at = _page("ddoq/ui/app_pages/distill.py", "mnist")
     assert any("Soft labels from the embedded teacher" in c.value for c in at.caption)
@@ -69,14 +83,7 @@ def test_train_a_teacher_for_a_folder_from_the_page(folder):
     at = _page("ddoq/ui/app_pages/distill.py", str(folder))
     warning = " ".join(w.value for w in at.warning)
     assert "[one, seven, zero]" in warning and "[0, 1, 2, 3" in warning
-    at.number_input(key="dist_teacher_epochs").set_value(3).run()
-    assert at.checkbox(key="dist_teacher_balanced").value is False  # 15 images per class
-    at.button(key="dist_teacher_train").click().run()
-    assert not at.exception and not at.error
-    job = at.session_state["teacher_jobs"][str(folder)]
-    assert job.config.balanced is False
-    job.join(120)
-    assert job.status == "done", job.error
+    job = _train_from_page(at, str(folder), epochs=3, balanced=False)  # 15 per class
     assert job.progress == 1.0
     at.run()
     assert not at.exception and not at.error and not at.warning
@@ -102,14 +109,7 @@ def test_the_teacher_button_balances_unequal_classes_by_default(folder, tmp_path
     for extra in sorted((unequal / "seven").iterdir())[5:]:
         extra.unlink()
     at = _page("ddoq/ui/app_pages/distill.py", str(unequal))
-    assert at.checkbox(key="dist_teacher_balanced").value is True
-    at.number_input(key="dist_teacher_epochs").set_value(1).run()
-    at.button(key="dist_teacher_train").click().run()
-    assert not at.exception and not at.error
-    job = at.session_state["teacher_jobs"][str(unequal)]
-    assert job.config.balanced is True
-    job.join(120)
-    assert job.status == "done", job.error
+    _train_from_page(at, str(unequal), epochs=1, balanced=True)
     assert json.loads((teacher_dir_for(unequal) / "config.json").read_text())["training"][
         "balanced"
     ]
