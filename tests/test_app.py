@@ -143,12 +143,13 @@ def test_explore_umap_runs_in_the_background(monkeypatch):
 
     monkeypatch.setattr(common, "project", slow_project)
     common.umap_job.clear()
-    at = _open(s_class=5, s_view="UMAP")
+    # the prior the page computes on (the picker's "auto" is not a prior name)
+    at = _open(s_class=5, s_view="UMAP", s_prior="embedded")
     assert any("background" in i.value for i in at.info)
     assert len(_charts(at)) == 1  # PCA meanwhile
     release.set()
     at.session_state["s_view"] = "UMAP"
-    common.umap_job("mnist", at.session_state["s_prior"], 5).result(30)
+    common.umap_job("mnist", "embedded", 5).result(30)
     at.run()
     assert not any("background" in i.value for i in at.info)
     common.umap_job.clear()
@@ -158,15 +159,18 @@ def test_explore_uses_a_cached_umap_embedding(cache_dir):
     from app_pages._common import class_points, umap_job
     from ddoq.app.projection import _FORMAT, _params, _write, cache_path, data_fingerprint
 
-    at = _open(s_class=6)
-    pts = class_points("mnist", at.session_state["s_prior"], 6).points
+    # the prior the page computes on, so that the page's job finds the embedding written
+    # here (the picker's "auto" is not a prior name: class_points would read pixels)
+    at = _open(s_class=6, s_prior="embedded")
+    pts = class_points("mnist", "embedded", 6).points
     fp, params = data_fingerprint(pts), _params("umap", 15, 0.1, 0)
     fake = np.random.default_rng(0).normal(size=(len(pts), 2)).astype(np.float32)
     meta = {"format": _FORMAT, "fingerprint": fp, "params": params}
     _write(cache_path(fp, params, cache_dir), {"embedding": fake}, meta)
     umap_job.clear()
     at.radio(key="w_s_view").set_value("UMAP").run()
-    umap_job("mnist", at.session_state["s_prior"], 6).result(30)
+    # the page's own job: read from the disk cache, no UMAP fit (nor numba compilation)
+    assert umap_job("mnist", "embedded", 6).result(30).from_cache
     at.run()
     at.button(key="btn_run").click().run()
     assert not at.exception
