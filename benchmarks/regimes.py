@@ -1246,10 +1246,11 @@ def converged_plot(rows: list[dict], folder: Path) -> Path | None:
         ax.set_ylabel(ylabel)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cells))])
         ax.set_xticklabels([f"{c.regime}\n{c.labels}\nIPC {c.ipc}" for c in cells], fontsize=8)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=4, loc="upper center")
     axes[0].axhline(0, color="k", lw=0.6)
+    axes[0].set_ylim(top=axes[0].get_ylim()[1] + 1.0)  # room for the legend
     axes[0].set_title("DDOQ minus D4M, base and converged protocol", fontsize=9)
-    axes[1].set_ylim(50, 100)
+    axes[1].set_ylim(50, 106)
     axes[1].set_title("D4M and random real images", fontsize=9)
     fig.tight_layout()
     path = folder / "regimes_converged.png"
