@@ -92,6 +92,7 @@ from ddoq.priors.catalog import prior_dir_for
 from ddoq.quantize import quantize_classes
 from ddoq.teachers import load_teacher, match_teacher, teacher_dir_for
 from ddoq.train.loop import PRESETS, TrainConfig, auto_epochs, fit
+from ddoq.train.metrics import balanced_accuracy, class_recalls
 from ddoq.transport import wasserstein2
 
 METHODS = ("random", "d4m", "ddoq-0.25", "ddoq-0.5", "ddoq-1")
@@ -205,40 +206,6 @@ def verdict(mean: float, se: float) -> str:
     if se == 0:
         return "wins" if mean > 0 else "loses" if mean < 0 else "tie"
     return "wins" if mean > 2 * se else "loses" if mean < -2 * se else "tie"
-
-
-def class_recalls(labels, predictions, num_classes: int) -> np.ndarray:
-    """Per-class recall (scikit-learn's): the share of class c's images predicted c (NaN
-    for an absent class).
-
-    Parameters
-    ----------
-    labels, predictions : array-like of int, shape (n,)
-        true and predicted classes in ``0..num_classes-1``.
-    num_classes : int
-        number of classes.
-
-    Returns
-    -------
-    numpy.ndarray, shape (num_classes,)
-        recall of each class; NaN where `labels` has no image of the class.
-    """
-    from sklearn.metrics import recall_score
-
-    return recall_score(
-        np.asarray(labels),
-        np.asarray(predictions),
-        labels=list(range(num_classes)),
-        average=None,
-        zero_division=np.nan,
-    )
-
-
-def balanced_accuracy(recalls) -> float:
-    """Mean per-class recall over the classes present (NaN recalls left out), as
-    `sklearn.metrics.balanced_accuracy_score`."""
-    r = np.asarray(recalls, dtype=np.float64)
-    return float(np.nanmean(r)) if np.any(~np.isnan(r)) else math.nan
 
 
 # ---------------------------------------------------------------- the plan

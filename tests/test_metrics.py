@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ddoq.train.metrics import (
@@ -153,3 +154,27 @@ def test_rank_runs_averages_the_groups_and_scores_them_by_hand(tmp_path):
         rank_runs(runs, random=[_run(tmp_path, "soft", 0.7)])
     with pytest.raises(ValueError, match="not a finished"):
         rank_runs(runs, random=[str(tmp_path / "missing")])
+
+
+def test_class_recalls_and_balanced_accuracy_are_sklearns():
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from ddoq.train.metrics import balanced_accuracy, class_recalls
+
+    y = np.array([0] * 6 + [1] * 3 + [2] + [3] * 2)
+    p = np.array([0, 0, 0, 0, 0, 1] + [1, 0, 0] + [2] + [0, 0])
+    recall = class_recalls(y, p, 4)
+    assert np.allclose(recall, [5 / 6, 1 / 3, 1.0, 0.0])
+    assert balanced_accuracy(recall) == pytest.approx(balanced_accuracy_score(y, p))
+    assert balanced_accuracy(recall) == pytest.approx((5 / 6 + 1 / 3 + 1) / 4)
+    assert np.mean(p == y) != pytest.approx(balanced_accuracy(recall))  # not accuracy
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 4, 500), rng.integers(0, 4, 500)
+    assert balanced_accuracy(class_recalls(y, p, 4)) == pytest.approx(balanced_accuracy_score(y, p))
+    y, p = np.array([0, 0, 1, 1]), np.array([0, 3, 1, 0])  # class 3 predicted, never true
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns, and leaves the class out too
+        expected = balanced_accuracy_score(y, p)
+    assert balanced_accuracy(class_recalls(y, p, 4)) == pytest.approx(expected)

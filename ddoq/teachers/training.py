@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
@@ -40,6 +41,7 @@ from ddoq.teachers.model import (
 )
 from ddoq.teachers.selection import teacher_dir_for
 from ddoq.train.loop import AUGMENTATIONS, TrainConfig, augment, fit
+from ddoq.train.metrics import balanced_accuracy, class_recalls
 
 __all__ = [
     "Progress",
@@ -199,9 +201,11 @@ def train_teacher(
     weights = class_balanced_weights(y_train) if config.balanced else None
     fn = _train_convnet if config.arch == "convnet" else _finetune
     state, model = fn(config, train.num_classes, (x_train, y_train, weights), callback, bar)
-    accuracy, recall = held_out_scores(model, x_test, y_test, train.num_classes, config.device)
-    present = [r for r, n in zip(recall, torch.bincount(y_test, minlength=len(recall))) if n]
-    balanced_accuracy = sum(present) / len(present)
+    predicted, truth = _predictions(model, x_test, config.device), y_test.numpy()
+    accuracy = float(np.mean(predicted == truth))
+    recalls = class_recalls(truth, predicted, train.num_classes)
+    balanced = balanced_accuracy(recalls)
+    recall = [0.0 if math.isnan(r) else float(r) for r in recalls]  # 0 for a class not held out
     seconds = time.perf_counter() - start
     if callback is not None:
         callback(config.epochs, config.epochs, {"test_accuracy": accuracy, "seconds": seconds})
@@ -220,7 +224,7 @@ def train_teacher(
         "training": asdict(config),
         "metrics": {
             "test_accuracy": accuracy,
-            "test_balanced_accuracy": balanced_accuracy,
+            "test_balanced_accuracy": balanced,
             "test_recall": recall,
             "train_seconds": round(seconds, 1),
             "train_images": len(train),
@@ -241,7 +245,7 @@ def train_teacher(
         meta["class_names"],
         len(train),
         len(test),
-        balanced_accuracy,
+        balanced,
         recall,
     )
 
@@ -258,20 +262,13 @@ def class_balanced_weights(targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def held_out_scores(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: str
-) -> tuple[float, list[float]]:
-    """Top-1 accuracy of `model` on ``images N x C x H x W``, and its recall on each of
-    `num_classes` classes (0.0 for a class with no held-out image)."""
+def _predictions(model: nn.Module, images: torch.Tensor, device: str) -> np.ndarray:
+    """`model`'s top-1 class of each of ``images N x C x H x W`` (batches of 500)."""
     model.eval()
-    preds = torch.cat(
-        [model(images[i : i + 500].to(device)).argmax(1).cpu() for i in range(0, len(images), 500)]
-    )
-    labels = torch.as_tensor(labels).long()
-    hits = torch.bincount(labels[preds == labels], minlength=num_classes).double()
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    recall = torch.where(counts > 0, hits / counts.clamp(min=1), 0.0)
-    return float((preds == labels).double().mean()), [float(r) for r in recall]
+    batches = [
+        model(images[i : i + 500].to(device)).argmax(1).cpu() for i in range(0, len(images), 500)
+    ]
+    return torch.cat(batches).numpy()
 
 
 def _command(config: TeacherConfig) -> str:

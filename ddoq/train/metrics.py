@@ -34,11 +34,16 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 __all__ = [
     "Ranking",
     "RankingScores",
     "augmentation_robust_score",
+    "balanced_accuracy",
+    "class_recalls",
     "hard_label_recovery",
     "improvement_over_random",
     "label_robust_score",
@@ -386,3 +391,40 @@ def rank_runs(
             "no_aug and random_no_aug ones"
         )
     return Ranking(scores, acc, groups, lrs_weight, ars_weight)
+
+
+# ---------------------------------------------------------------- per-class scores
+
+
+def class_recalls(labels: Any, predictions: Any, num_classes: int) -> np.ndarray:
+    """Per-class recall (scikit-learn's): the share of class c's images predicted c (NaN
+    for an absent class).
+
+    Parameters
+    ----------
+    labels, predictions : array-like of int, shape (n,)
+        true and predicted classes in ``0..num_classes-1``.
+    num_classes : int
+        number of classes.
+
+    Returns
+    -------
+    numpy.ndarray, shape (num_classes,)
+        recall of each class; NaN where `labels` has no image of the class.
+    """
+    from sklearn.metrics import recall_score
+
+    return recall_score(
+        np.asarray(labels),
+        np.asarray(predictions),
+        labels=list(range(num_classes)),
+        average=None,
+        zero_division=np.nan,
+    )
+
+
+def balanced_accuracy(recalls: Any) -> float:
+    """Mean per-class recall over the classes present (NaN recalls left out), as
+    `sklearn.metrics.balanced_accuracy_score`."""
+    r = np.asarray(recalls, dtype=np.float64)
+    return float(np.nanmean(r)) if np.any(~np.isnan(r)) else math.nan

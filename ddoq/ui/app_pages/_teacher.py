@@ -24,19 +24,27 @@ __all__ = ["teacher_panel"]
 _JOBS = "teacher_jobs"  # st.session_state[_JOBS][dataset name] -> TeacherJob
 
 
-def _choice(dataset_name: str) -> tuple[Teacher | None, str | None]:
-    """``(teacher, None)`` when one fits the dataset's classes, else ``(None, why not)``.
+def _choice(dataset_name: str) -> tuple[Teacher | None, str | None, bool]:
+    """``(teacher, None, unequal)`` when one fits the dataset's classes, else
+    ``(None, why not, unequal)``; `unequal`: whether the largest train class has over 1.5
+    times the smallest's images (the default of **Balance the classes**).
 
-    ``(None, None)`` when the dataset itself does not load (the page reports that).
+    ``(None, None, False)`` when the dataset itself does not load (the page reports that).
     """
     try:
-        classes = [str(c) for c in load_dataset(dataset_name, "train").classes]
+        train = load_dataset(dataset_name, "train")
     except ValueError:
-        return None, None
+        return None, None, False
+    counts = [int(n) for n in train.class_counts() if n]
+    unequal = bool(counts) and max(counts) > 1.5 * min(counts)
     try:
-        return resolve_teacher("auto", classes, dataset=dataset_name), None
+        return (
+            resolve_teacher("auto", [str(c) for c in train.classes], dataset=dataset_name),
+            None,
+            unequal,
+        )
     except ValueError as err:
-        return None, str(err)
+        return None, str(err), unequal
 
 
 def _config(dataset_name: str, epochs: int, balanced: bool) -> TeacherConfig:
@@ -49,15 +57,6 @@ def _config(dataset_name: str, epochs: int, balanced: bool) -> TeacherConfig:
         augment="digits" if embedded else "auto",
         balanced=balanced,
     )
-
-
-def _unequal(dataset_name: str) -> bool:
-    """Whether the dataset's largest train class has over 1.5 times the smallest's images."""
-    try:
-        counts = [n for n in load_dataset(dataset_name, "train").class_counts() if n]
-    except ValueError:
-        return False
-    return bool(counts) and max(counts) > 1.5 * min(counts)
 
 
 def teacher_panel(dataset_name: str, *, key: str = "teacher") -> Teacher | None:
@@ -74,7 +73,7 @@ def teacher_panel(dataset_name: str, *, key: str = "teacher") -> Teacher | None:
     jobs: dict[str, TeacherJob] = st.session_state.setdefault(_JOBS, {})
     job = jobs.get(dataset_name)
     busy = job is not None and job.running
-    teacher, problem = _choice(dataset_name)
+    teacher, problem, unequal = _choice(dataset_name)
     if teacher is None and problem is None:
         return None
     if teacher is not None:
@@ -87,7 +86,7 @@ def teacher_panel(dataset_name: str, *, key: str = "teacher") -> Teacher | None:
         )
         balanced = cols[1].checkbox(
             "Balance the classes",
-            value=_unequal(dataset_name),
+            value=unequal,
             key=f"{key}_balanced",
             disabled=busy,
             help="Weight each class's images so every class counts the same in the loss "
